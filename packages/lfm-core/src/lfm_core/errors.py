@@ -1,0 +1,25 @@
+"""User-facing errors: the CLI prints their message on one line, without a traceback."""
+
+
+class LFMError(Exception):
+    """An error caused by the user's input or environment, not by a bug. Exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(LFMError, ValueError):
+    """A bad value given by the user (unknown name, rate out of range...). Exit code 2."""
+
+    exit_code = 2
+
+
+class DataNotFoundError(LFMError, FileNotFoundError):
+    """Data or weights that must be on disk are missing; the message says where and how to get them."""
+
+
+class CheckpointError(LFMError):
+    """A checkpoint is corrupt, unsafe or does not match the run."""
+
+
+class NonFiniteError(LFMError, FloatingPointError):
+    """Training produced non-finite values too many times in a row."""

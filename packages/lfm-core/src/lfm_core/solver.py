@@ -1,0 +1,295 @@
+"""The tri-level LFM solver: Algorithm 1 of the paper and its hypergradient.
+
+One step, given the batches bound into a :class:`TriLevelProblem`:
+
+1. real SGD step of W1 on ``loss1(W1, upper)``              -> W1'
+2. ``a = weights(W1', upper)``  (u at W1', encoder V, r)
+3. real SGD step of W2 on ``loss2(W2, a, upper)``           -> W2'
+4. ``L = loss3(W2', upper)``; the upper variables (B, V, r) descend dL/d(upper).
+
+The hypergradient follows the chain W2' -> (a, upper) -> (W1', V, r, upper) -> upper.
+A one-step unroll ``W' = W - lr * grad_W loss(W, lam)`` contributes
+``dL/dlam = -lr * grad_lam <grad_W loss(W, lam), g>`` with ``g = dL/dW'``; this
+"mixed vector product" (MVP) is what the engines compute differently:
+
+* ``exact``: reverse-over-forward autodiff: a forward-mode JVP of the loss along ``g``
+  gives ``<grad_W loss, g>`` as a function of ``lam``, whose reverse gradient is exact.
+  No double backward; for per-example weights ``lam`` the reverse pass is trivial.
+* ``finite-difference``: DARTS-style central differences
+  ``(grad_lam loss(W + eps g) - grad_lam loss(W - eps g)) / 2 eps``; no graph through W.
+* ``first-order``: all terms through the unrolled steps are dropped; only the direct
+  dependence of ``loss3`` on the upper variables remains.
+
+The unrolled steps are the real optimiser steps (Algorithm 1 updates W1 and W2 anyway), so
+the derivative of W' with respect to its gradient is ``lr`` for plain or momentum SGD
+(``lr * (1 + momentum)`` with Nesterov): momentum buffers and weight decay do not depend on
+the upper variables. With other optimisers the hypergradient is the usual one-step
+approximation. BatchNorm running statistics are touched only by the two real steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.func import jvp
+
+from lfm_core.errors import UsageError
+
+Params = dict[str, Tensor]
+ENGINES = ("exact", "finite-difference", "first-order")
+Engine = Literal["exact", "finite-difference", "first-order"]
+
+
+class TriLevelProblem(Protocol):
+    """The four functions of one LFM step, with the step's batches already bound.
+
+    Parameters arrive as name -> tensor dicts (``module.named_parameters()`` names), so an
+    implementation evaluates its networks with ``torch.func.functional_call``.
+    ``upper`` holds the upper-level tensors (e.g. ``"B"``, ``"r"`` and the encoder's
+    parameters under ``"V.<name>"``); each function may ignore the ones it does not use.
+    """
+
+    def loss1(self, w1: Params, upper: Params) -> Tensor: ...
+
+    def weights(self, w1: Params, upper: Params) -> Tensor: ...
+
+    def loss2(self, w2: Params, a: Tensor, upper: Params) -> Tensor: ...
+
+    def loss3(self, w2: Params, upper: Params) -> Tensor: ...
+
+
+@dataclass
+class StepStats:
+    loss1: float
+    loss2: float
+    loss3: float
+    a_mean: float
+    finite: bool = True
+    grads: Params = field(default_factory=dict, repr=False)
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise UsageError(f"unknown hypergradient engine {engine!r}. Valid choices: {', '.join(ENGINES)}.")
+    return engine
+
+
+# ------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def frozen_bn_stats(*modules: nn.Module | None) -> Iterator[None]:
+    """Batch norm uses batch statistics but leaves its running buffers alone (virtual passes)."""
+    saved = []
+    for module in modules:
+        if module is None:
+            continue
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                saved.append(m)
+                m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in saved:
+            m.track_running_stats = True
+
+
+def detached(params: Params, requires_grad: bool = False) -> Params:
+    return {k: v.detach().requires_grad_(requires_grad) for k, v in params.items()}
+
+
+def snapshot(params: Params) -> Params:
+    """A copy that in-place optimiser steps cannot change."""
+    return {k: v.detach().clone() for k, v in params.items()}
+
+
+def named_params(module: nn.Module) -> Params:
+    return {k: p for k, p in module.named_parameters() if p.requires_grad}
+
+
+def _zeros_for_none(grads: Iterable[Tensor | None], like: Iterable[Tensor]) -> list[Tensor]:
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
+
+
+def _dot(a: Params, b: Params) -> Tensor:
+    return sum((a[k] * b[k]).sum() for k in a)  # type: ignore[return-value]
+
+
+def unroll_scale(optimizer: torch.optim.Optimizer) -> float:
+    """d(W')/d(grad) of one optimiser step: lr, times (1 + momentum) for Nesterov SGD."""
+    group = optimizer.param_groups[0]
+    lr = float(group["lr"])
+    if isinstance(optimizer, torch.optim.SGD) and group.get("nesterov"):
+        lr *= 1.0 + float(group.get("momentum", 0.0))
+    return lr
+
+
+# ------------------------------------------------------------------------------------
+# mixed vector products  grad_lam < grad_W loss(W, lam), v >
+# ------------------------------------------------------------------------------------
+LossFn = Callable[[Params, Params], Tensor]
+
+
+def mvp_exact(loss: LossFn, w: Params, lam: Params, v: Params) -> Params:
+    lam_ = detached(lam, True)
+    w_ = detached(w)
+    v_ = {k: v[k].detach() for k in w_}
+    _, tangent = jvp(lambda w_in: loss(w_in, lam_), (w_,), (v_,))
+    grads = torch.autograd.grad(tangent, list(lam_.values()), allow_unused=True)
+    return dict(zip(lam_, _zeros_for_none(grads, lam_.values())))
+
+
+def mvp_finite_difference(loss: LossFn, w: Params, lam: Params, v: Params, eps: float = 0.01) -> Params:
+    norm = torch.sqrt(sum((t.detach().double() ** 2).sum() for t in v.values()))
+    if not torch.isfinite(norm) or norm == 0:
+        return {k: torch.zeros_like(t) for k, t in lam.items()}
+    step = eps / float(norm)
+    out = []
+    for sign in (1.0, -1.0):
+        w_ = {k: (w[k].detach() + sign * step * v[k].detach()) for k in w}
+        lam_ = detached(lam, True)
+        grads = torch.autograd.grad(loss(w_, lam_), list(lam_.values()), allow_unused=True)
+        out.append(_zeros_for_none(grads, lam_.values()))
+    return {k: (gp - gm) / (2 * step) for k, gp, gm in zip(lam, *out)}
+
+
+# ------------------------------------------------------------------------------------
+# the solver
+# ------------------------------------------------------------------------------------
+class TriLevelSolver:
+    """Runs Algorithm 1 one step at a time and owns the hypergradient.
+
+    ``upper`` maps names to leaf tensors (or parameters) that ``upper_optimizer`` updates.
+    ``w2`` may be the same module as ``w1`` (single-network variant): then the W2 step
+    starts from W1'. ``modules`` lists every module whose batch norm must be frozen
+    during virtual passes (the networks and the encoder).
+    """
+
+    def __init__(
+        self,
+        w1: nn.Module,
+        w2: nn.Module,
+        upper: dict[str, Tensor],
+        opt1: torch.optim.Optimizer,
+        opt2: torch.optim.Optimizer,
+        upper_optimizer: torch.optim.Optimizer,
+        engine: Engine = "exact",
+        fd_eps: float = 0.01,
+        modules: Iterable[nn.Module] = (),
+        grad_clip: float | None = None,
+        reduce: Callable[[list[Tensor]], None] | None = None,
+    ):
+        self.w1, self.w2 = w1, w2
+        self.upper = upper
+        self.opt1, self.opt2, self.upper_optimizer = opt1, opt2, upper_optimizer
+        self.engine = check_engine(engine)
+        self.fd_eps = fd_eps
+        self.modules = [w1, w2, *modules]
+        self.grad_clip = grad_clip
+        # averages gradients across processes (multi-process data parallel); None: one process
+        self.reduce = reduce
+
+    # -- the MVP of the selected engine -------------------------------------------------
+    def mvp(self, loss: LossFn, w: Params, lam: Params, v: Params) -> Params:
+        with frozen_bn_stats(*self.modules):
+            if self.engine == "exact":
+                return mvp_exact(loss, w, lam, v)
+            return mvp_finite_difference(loss, w, lam, v, self.fd_eps)
+
+    def _real_step(self, module: nn.Module, opt: torch.optim.Optimizer, loss: Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in module.parameters() if p.grad is not None]
+        if self.reduce is not None:
+            self.reduce([p.grad for p in params])
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(params, self.grad_clip)
+        opt.step()
+
+    def step(self, problem: TriLevelProblem, update_upper: bool = True) -> StepStats:
+        upper_fixed = detached(self.upper)
+
+        # Stage I: real step of W1 (its weights before the step are kept for the MVP).
+        w1_old = snapshot(named_params(self.w1))
+        scale1 = unroll_scale(self.opt1)
+        loss1 = problem.loss1(named_params(self.w1), upper_fixed)
+        self._real_step(self.w1, self.opt1, loss1)
+
+        # Stage II: a from W1', then a real step of W2.
+        w1_new = {k: v.requires_grad_() for k, v in snapshot(named_params(self.w1)).items()}
+        upper_live = detached(self.upper, True)
+        with frozen_bn_stats(*self.modules):
+            a = problem.weights(w1_new, upper_live)
+        w2_old = snapshot(named_params(self.w2))
+        scale2 = unroll_scale(self.opt2)
+        loss2 = problem.loss2(named_params(self.w2), a.detach(), upper_fixed)
+        self._real_step(self.w2, self.opt2, loss2)
+
+        # Stage III: validation loss of W2'.
+        w2_new = detached(named_params(self.w2), True)
+        upper3 = detached(self.upper, True)
+        with frozen_bn_stats(*self.modules):
+            loss3 = problem.loss3(w2_new, upper3)
+        stats = StepStats(float(loss1.detach()), float(loss2.detach()), float(loss3.detach()), float(a.detach().mean()))
+        if not update_upper:
+            return stats
+        grads = self.hypergradient(
+            problem, loss3, w2_new, upper3, upper_fixed, a, w1_new, upper_live, w1_old, w2_old, scale1, scale2
+        )
+        stats.grads = grads
+        stats.finite = all(bool(torch.isfinite(g).all()) for g in grads.values())
+        if not stats.finite:
+            return stats  # the caller decides (skip and count); nothing was applied
+        self.upper_optimizer.zero_grad(set_to_none=True)
+        for k, t in self.upper.items():
+            t.grad = grads[k].to(t.dtype)
+        self.upper_optimizer.step()
+        return stats
+
+    def hypergradient(
+        self, problem, loss3, w2_new, upper3, upper_fixed, a, w1_new, upper_live, w1_old, w2_old, scale1, scale2
+    ) -> Params:
+        names = list(self.upper)
+        need_second = self.engine != "first-order"
+        inputs = list(upper3.values()) + (list(w2_new.values()) if need_second else [])
+        grads = _zeros_for_none(torch.autograd.grad(loss3, inputs, allow_unused=True), inputs)
+        total = dict(zip(names, grads[: len(names)]))
+        if need_second:
+            g2 = dict(zip(w2_new, grads[len(names):]))
+            # through W2' = W2 - lr2 grad loss2(W2, a, upper)
+            lam2 = {"__a__": a.detach(), **upper3}
+            m2 = self.mvp(lambda w, lam: problem.loss2(w, lam["__a__"], lam), w2_old, lam2, g2)
+            da = -scale2 * m2.pop("__a__")
+            for k in names:
+                total[k] = total[k] - scale2 * m2[k]
+            # through a(W1', upper)
+            targets = list(w1_new.values()) + list(upper_live.values())
+            ga = _zeros_for_none(torch.autograd.grad(a, targets, grad_outputs=da, allow_unused=True), targets)
+            h = dict(zip(w1_new, ga[: len(w1_new)]))
+            if self.w2 is self.w1:
+                # single network: W2's step starts at W1', so W1' also reaches W2' directly:
+                # dW2'/dW1' = I - lr2 * Hessian(loss2); the Hessian-vector product is the MVP of
+                # loss2(W + delta) with respect to delta at delta = 0.
+                zero = {k: torch.zeros_like(t) for k, t in w2_old.items()}
+                a_fixed = a.detach()
+                hv = self.mvp(
+                    lambda w, d: problem.loss2({k: w[k] + d[k] for k in w}, a_fixed, upper_fixed),
+                    w2_old, zero, g2,
+                )
+                h = {k: h[k] + g2[k] - scale2 * hv[k] for k in h}
+            for k, g in zip(names, ga[len(w1_new):]):
+                total[k] = total[k] + g
+            # through W1' = W1 - lr1 grad loss1(W1, upper)
+            m1 = self.mvp(problem.loss1, w1_old, upper3, h)
+            for k in names:
+                total[k] = total[k] - scale1 * m1[k]
+        if self.reduce is not None:
+            values = [total[k] for k in names]
+            self.reduce(values)
+            total = dict(zip(names, values))
+        return total

@@ -1,0 +1,197 @@
+"""The hypergradient engines against brute-force central differences of the whole step."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from lfm_core.solver import TriLevelSolver, frozen_bn_stats, named_params
+from lfm_core.weighting import lfm_weights
+
+torch.set_default_dtype(torch.float64)
+N_TR, N_VAL, D, K = 6, 5, 4, 3
+
+
+class Net(nn.Module):
+    def __init__(self, bn: bool):
+        super().__init__()
+        self.fc1 = nn.Linear(D, 5)
+        self.bn = nn.BatchNorm1d(5) if bn else nn.Identity()
+        self.fc2 = nn.Linear(5, K)
+
+    def forward(self, x, alpha):
+        return self.fc2(torch.tanh(self.bn(self.fc1(x)))) * (1 + alpha)
+
+
+class TinyProblem:
+    """b weights W1's loss; alpha (an 'architecture' scalar) enters every network; V, r weight W2."""
+
+    def __init__(self, w1, w2, enc, data, drop="none", similarity="dot"):
+        self.w1, self.w2, self.enc = w1, w2, enc
+        self.x_tr, self.y_tr, self.x_val, self.y_val = data
+        self.drop, self.similarity = drop, similarity
+
+    def _enc_params(self, upper):
+        return {k[2:]: v for k, v in upper.items() if k.startswith("V.")}
+
+    def loss1(self, w1, upper):
+        out = functional_call(self.w1, w1, (self.x_tr, upper["alpha"]))
+        return (upper["b"] * F.cross_entropy(out, self.y_tr, reduction="none")).mean()
+
+    def weights(self, w1, upper):
+        u = F.cross_entropy(functional_call(self.w1, w1, (self.x_val, upper["alpha"])), self.y_val, reduction="none")
+        enc = self._enc_params(upper)
+        f_tr = functional_call(self.enc, enc, (self.x_tr,))
+        f_val = functional_call(self.enc, enc, (self.x_val,))
+        return lfm_weights(f_tr, f_val, self.y_tr, self.y_val, u, upper["r"], self.similarity, self.drop)
+
+    def loss2(self, w2, a, upper):
+        out = functional_call(self.w2, w2, (self.x_tr, upper["alpha"]))
+        return (a * F.cross_entropy(out, self.y_tr, reduction="none")).mean()
+
+    def loss3(self, w2, upper):
+        out = functional_call(self.w2, w2, (self.x_val, upper["alpha"]))
+        return F.cross_entropy(out, self.y_val)
+
+
+def make(seed=0, bn=True, single=False, drop="none", similarity="dot"):
+    g = torch.Generator().manual_seed(seed)
+    data = (torch.randn(N_TR, D, generator=g), torch.randint(0, K, (N_TR,), generator=g),
+            torch.randn(N_VAL, D, generator=g), torch.randint(0, K, (N_VAL,), generator=g))
+    data[1][:3] = data[3][:3]  # make sure labels overlap so z is not all zero
+    torch.manual_seed(seed)
+    w1 = Net(bn)
+    w2 = w1 if single else Net(bn)
+    enc = nn.Linear(D, 3)
+    upper = {"b": torch.rand(N_TR, generator=g) + 0.5, "r": torch.rand(N_VAL, generator=g) + 0.5,
+             "alpha": torch.tensor(0.3)}
+    upper.update({f"V.{k}": p.detach().clone() for k, p in enc.named_parameters()})
+    return w1, w2, enc, upper, data, drop, similarity
+
+
+def solver_grads(engine, w1, w2, enc, upper, data, drop, similarity, momentum=0.0):
+    w1, enc = copy.deepcopy(w1), copy.deepcopy(enc)
+    w2 = w1 if w2 is None else copy.deepcopy(w2)
+    upper = {k: v.clone().requires_grad_() for k, v in upper.items()}
+    opt1 = torch.optim.SGD(w1.parameters(), lr=0.5, momentum=momentum)
+    opt2 = torch.optim.SGD(w2.parameters(), lr=0.7, momentum=momentum)
+    up = torch.optim.SGD(upper.values(), lr=0.0)
+    solver = TriLevelSolver(w1, w2, upper, opt1, opt2, up, engine=engine, fd_eps=1e-4, modules=[enc])
+    problem = TinyProblem(w1, w2, enc, data, drop, similarity)
+    stats = solver.step(problem)
+    return stats.grads, (w1, w2)
+
+
+def objective(w1, w2, enc, upper, data, drop, similarity):
+    """F(upper): the validation loss of W2' after one plain SGD step of each learner."""
+    single = w2 is None
+    problem = TinyProblem(w1, w1 if single else w2, enc, data, drop, similarity)
+    with frozen_bn_stats(w1, enc, *( [] if single else [w2])):
+        p1 = {k: v.detach().requires_grad_() for k, v in named_params(w1).items()}
+        g1 = torch.autograd.grad(problem.loss1(p1, upper), list(p1.values()))
+        w1n = {k: p1[k].detach() - 0.5 * g for k, g in zip(p1, g1)}
+        a = problem.weights(w1n, upper)
+        start = w1n if single else named_params(w2)
+        p2 = {k: v.detach().requires_grad_() for k, v in start.items()}
+        g2 = torch.autograd.grad(problem.loss2(p2, a, upper), list(p2.values()), create_graph=False)
+        w2n = {k: p2[k].detach() - 0.7 * g for k, g in zip(p2, g2)}
+        if single:
+            # W2' depends on W1' through its starting point: rebuild with a differentiable path
+            w2n = {k: w1n[k] - 0.7 * g for k, g in zip(p2, g2)}
+        return problem.loss3(w2n, upper)
+
+
+def brute_force(w1, w2, enc, upper, data, drop, similarity, h=1e-6):
+    out = {}
+    for name, val in upper.items():
+        grad = torch.zeros_like(val)
+        flat = grad.view(-1)
+        for i in range(val.numel()):
+            vals = []
+            for sign in (1, -1):
+                pert = {k: v.clone() for k, v in upper.items()}
+                pert[name].view(-1)[i] += sign * h
+                vals.append(float(objective(w1, w2, enc, pert, data, drop, similarity)))
+            flat[i] = (vals[0] - vals[1]) / (2 * h)
+        out[name] = grad
+    return out
+
+
+def rel_err(a, b):
+    num = sum(float((a[k] - b[k]).norm() ** 2) for k in a) ** 0.5
+    den = sum(float(b[k].norm() ** 2) for k in b) ** 0.5
+    return num / den
+
+
+@pytest.mark.parametrize("bn", [False, True])
+def test_exact_matches_brute_force(bn):
+    w1, w2, enc, upper, data, drop, sim = make(bn=bn)
+    ref = brute_force(w1, w2, enc, upper, data, drop, sim)
+    got, _ = solver_grads("exact", w1, w2, enc, upper, data, drop, sim)
+    assert rel_err(got, ref) < 1e-4
+    for k in ("b", "r", "alpha", "V.weight"):
+        assert float(ref[k].abs().max()) > 0, k  # every path is exercised
+        assert float((got[k] - ref[k]).norm() / ref[k].norm()) < 1e-4, k
+
+
+def test_exact_matches_brute_force_single_network():
+    w1, _, enc, upper, data, drop, sim = make(bn=False, single=True)
+    ref = brute_force(w1, None, enc, upper, data, drop, sim)
+    got, _ = solver_grads("exact", w1, None, enc, upper, data, drop, sim)
+    assert rel_err(got, ref) < 1e-4
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "l2"])
+@pytest.mark.parametrize("drop", ["x", "u", "z"])
+def test_exact_matches_brute_force_variants(similarity, drop):
+    w1, w2, enc, upper, data, _, _ = make(seed=1, bn=False, drop=drop, similarity=similarity)
+    ref = brute_force(w1, w2, enc, upper, data, drop, similarity)
+    got, _ = solver_grads("exact", w1, w2, enc, upper, data, drop, similarity)
+    assert rel_err(got, ref) < 1e-4
+
+
+def test_momentum_does_not_change_the_hypergradient_at_first_step():
+    w1, w2, enc, upper, data, drop, sim = make(bn=False)
+    plain, _ = solver_grads("exact", w1, w2, enc, upper, data, drop, sim)
+    mom, _ = solver_grads("exact", w1, w2, enc, upper, data, drop, sim, momentum=0.9)
+    assert rel_err(mom, plain) < 1e-10
+
+
+def test_finite_difference_engine_close_to_exact():
+    w1, w2, enc, upper, data, drop, sim = make(bn=True)
+    exact, _ = solver_grads("exact", w1, w2, enc, upper, data, drop, sim)
+    fd, _ = solver_grads("finite-difference", w1, w2, enc, upper, data, drop, sim)
+    assert rel_err(fd, exact) < 1e-5
+
+
+def test_first_order_keeps_only_direct_terms():
+    w1, w2, enc, upper, data, drop, sim = make(bn=True)
+    fo, (w1n, w2n) = solver_grads("first-order", w1, w2, enc, upper, data, drop, sim)
+    # the direct term: d loss3(W2', upper) / d upper with W2' held fixed
+    problem = TinyProblem(w1n, w2n, enc, data, drop, sim)
+    up = {k: v.clone().requires_grad_() for k, v in upper.items()}
+    with frozen_bn_stats(w1n, w2n, enc):
+        loss = problem.loss3(named_params(w2n), up)
+    direct = torch.autograd.grad(loss, list(up.values()), allow_unused=True)
+    for (k, g) in zip(up, direct):
+        expected = torch.zeros_like(up[k]) if g is None else g
+        torch.testing.assert_close(fo[k], expected)
+    assert float(fo["alpha"].abs()) > 0
+    assert float(fo["b"].abs().max()) == 0 and float(fo["r"].abs().max()) == 0
+
+
+def test_virtual_passes_leave_batchnorm_buffers_alone():
+    w1, w2, enc, upper, data, drop, sim = make(bn=True)
+    w1c, w2c = copy.deepcopy(w1), copy.deepcopy(w2)
+    # reference: only the two real training steps touch the buffers
+    for net in (w1c, w2c):
+        net.train()
+        net(data[0], upper["alpha"])
+    _, (w1n, w2n) = solver_grads("exact", w1, w2, enc, upper, data, drop, sim)
+    for ref, got in ((w1c, w1n), (w2c, w2n)):
+        torch.testing.assert_close(got.bn.running_mean, ref.bn.running_mean)
+        torch.testing.assert_close(got.bn.running_var, ref.bn.running_var)
+        assert int(got.bn.num_batches_tracked) == 1
