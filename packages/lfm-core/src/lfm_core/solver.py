@@ -30,6 +30,7 @@ approximation. BatchNorm running statistics are touched only by the two real ste
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Literal, Protocol
 
@@ -218,6 +219,8 @@ class TriLevelSolver:
         w1_old = snapshot(named_params(self.w1))
         scale1 = unroll_scale(self.opt1)
         loss1 = problem.loss1(named_params(self.w1), upper_fixed)
+        if not torch.isfinite(loss1):
+            return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
         self._real_step(self.w1, self.opt1, loss1)
 
         # Stage II: a from W1', then a real step of W2.
@@ -228,6 +231,8 @@ class TriLevelSolver:
         w2_old = snapshot(named_params(self.w2))
         scale2 = unroll_scale(self.opt2)
         loss2 = problem.loss2(named_params(self.w2), a.detach(), upper_fixed)
+        if not torch.isfinite(loss2):
+            return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, math.nan, finite=False)
         self._real_step(self.w2, self.opt2, loss2)
 
         # Stage III: validation loss of W2'.

@@ -1,0 +1,226 @@
+"""``lfm-bench``: list, run and report the paper's experiments."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from lfm_core.errors import LFMError, UsageError
+from lfm_core.experiments import PROFILES, check_profile, get_experiment
+from lfm_core.registries import ALL, EXPERIMENTS
+
+console = Console(stderr=True)
+out = Console()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lfm-core")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Reproduce the tables and figures of "Learning From Mistakes" (Zhang et al., IEEE TAI 2025).
+
+    \b
+    lfm-bench list                      experiments (and other registries) installed
+    lfm-bench run table7 --noise flip   run one experiment (default profile: cpu)
+    lfm-bench report                    rebuild every table and figure from the results
+    """
+
+
+@cli.command("list")
+@click.argument("pattern", default="*")
+@click.option("--registry", "-r", type=click.Choice(sorted(ALL)), default="experiments", show_default=True,
+              help="Which registry to list.")
+def list_cmd(pattern: str, registry: str) -> None:
+    """List installed experiments (or another registry's names) matching a glob PATTERN."""
+    reg = ALL[registry]
+    names = reg.list(pattern)
+    if registry != "experiments":
+        for name in names:
+            out.print(name)
+        return
+    from rich.table import Table
+
+    table = Table("name", "kind", "title", "package", box=None)
+    for name in names:
+        try:
+            exp = get_experiment(name)
+            table.add_row(name, exp.kind, exp.title, exp.package)
+        except Exception as exc:  # a broken plug-in must not hide the others
+            table.add_row(name, "?", f"[red]failed to load: {exc}", "")
+    out.print(table)
+
+
+COMMON_OPTIONS = [
+    click.Option(["--profile"], type=click.Choice(PROFILES), default="cpu", show_default=True,
+                 help="smoke: seconds, for CI; cpu: scaled down to 2 CPU cores on embedded data; "
+                      "paper: the paper's protocol (GPU, CIFAR/ANIMAL-10N on disk)."),
+    click.Option(["--results"], type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+                 show_default=True, help="Results root; one run directory per cell and seed."),
+    click.Option(["--seeds"], default=None, help="Comma-separated seeds (default: the profile's, e.g. 0,1,2)."),
+    click.Option(["--data-root"], type=click.Path(path_type=Path), default=None,
+                 help="Folder with CIFAR-10/100, ANIMAL-10N or ImageNet (paper profile)."),
+    click.Option(["--download"], is_flag=True, help="Allow torchvision to download CIFAR into --data-root."),
+    click.Option(["--force"], is_flag=True, help="Rerun cells that already have a result."),
+    click.Option(["--device"], default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    click.Option(["--mixed-precision"], type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True),
+    click.Option(["--only"], default=None, help="Run only cells whose row or column contains this text."),
+]
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                      "help_option_names": []})
+@click.argument("experiment")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run_cmd(experiment: str, args: tuple[str, ...]) -> None:
+    """Run EXPERIMENT (see `lfm-bench list`); `lfm-bench run EXPERIMENT --help` shows its options."""
+    if experiment in ("-h", "--help"):
+        click.echo(click.get_current_context().get_help())
+        return
+    exp = get_experiment(experiment)
+
+    def body(**kw: Any) -> None:
+        _run(exp, **kw)
+
+    command = click.Command(
+        name=experiment,
+        params=COMMON_OPTIONS + exp.options() + [click.Option(["-h", "--help"], is_flag=True, expose_value=False,
+                                                              is_eager=True, callback=_show_help)],
+        callback=body,
+        help=f"{exp.title}\n\n{exp.__doc__ or ''}",
+    )
+    command.main(list(args), prog_name=f"lfm-bench run {experiment}", standalone_mode=False)
+
+
+def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+
+
+def _parse_seeds(text: str | None, default: list[int]) -> list[int]:
+    if not text:
+        return list(default)
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"bad --seeds {text!r}: expected comma-separated integers such as 0,1,2") from None
+
+
+def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | None, download: bool,
+         force: bool, device: str | None, mixed_precision: str, only: str | None, **options: Any) -> None:
+    from lfm_core.report import render_terminal
+    from lfm_core.runner import collect_results, run_one
+
+    check_profile(profile)
+    if data_root is not None and not data_root.exists():
+        raise UsageError(f"--data-root {data_root} does not exist; give a folder holding the data set")
+    exp.validate(profile, {**options, "data_root": data_root})
+    seed_list = _parse_seeds(seeds, exp.seeds[profile])
+    cells = exp.cells(profile, {**options, "data_root": data_root})
+    if only:
+        cells = [c for c in cells if only in c.row or only in c.column]
+    if not cells:
+        raise UsageError(f"no cell of {exp.name} matches --only {only!r}")
+    console.print(f"[bold]{exp.name}[/]: {exp.title}")
+    console.print(f"profile [cyan]{profile}[/], {len(cells)} cells x {len(seed_list)} seeds, results in {results}")
+    description = exp.describe(profile, {**options, "data_root": data_root})
+    if description:
+        console.print(description)
+
+    _install_signal_handlers()
+    jobs = [(c, s) for c in cells for s in seed_list]
+    records = []
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        total = bar.add_task("cells", total=len(jobs))
+        inner = bar.add_task("", total=1, visible=False)
+
+        def progress(done: int, n: int, text: str = "") -> None:
+            bar.update(inner, completed=done, total=max(n, 1), description=f"  {text}", visible=True)
+
+        for cell, seed in jobs:
+            bar.update(total, description=f"{cell.row} | {cell.column} | seed {seed}")
+            bar.reset(inner, total=1, visible=False)
+            record, computed = run_one(
+                exp, cell, profile, seed, results, force=force, options=_jsonable(options),
+                progress=progress, echo=lambda t: bar.console.print(t),
+                data_root=str(data_root) if data_root else None, download=download, device=device,
+                mixed_precision=mixed_precision,
+            )
+            records.append(record)
+            tag = "ran" if computed else "cached"
+            bar.console.print(f"  {tag}: {cell.row} | {cell.column} | seed {seed}: "
+                              f"{exp.metric}={record['metrics'][exp.metric]:.2f} ({record['wall_s']:.0f}s)")
+            bar.advance(total)
+    all_records = [r for r in collect_results(results) if r["experiment"] == exp.name and r["profile"] == profile]
+    render_terminal(exp, all_records, profile, out)
+
+
+def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
+
+
+def _install_signal_handlers() -> None:
+    # SIGTERM becomes KeyboardInterrupt, so the training loop saves its checkpoint on the way out.
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@cli.command("report")
+@click.argument("experiments", nargs=-1)
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True, help="Results root to collect.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
+              show_default=True, help="Where to write tables (md/csv/tex), figures (png) and README.md.")
+@click.option("--profile", type=click.Choice(PROFILES), default=None, help="Only runs of this profile.")
+def report_cmd(experiments: tuple[str, ...], results: Path, out_dir: Path, profile: str | None) -> None:
+    """Rebuild tables and figures from every run under --results, beside the paper's numbers."""
+    from lfm_core.report import write_report
+
+    if not results.exists():
+        raise UsageError(f"--results {results} does not exist; run an experiment first (lfm-bench run table7)")
+    names = list(experiments) or EXPERIMENTS.names()
+    for name in names:
+        EXPERIMENTS.get(name)  # unknown names fail before anything is written
+    written = write_report(results, out_dir, names, profile=profile)
+    for path in written:
+        out.print(str(path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LFM_DEBUG") == "1"
+    try:
+        cli.main(argv, prog_name="lfm-bench", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        console.print(f"interrupted ({exc or 'Ctrl-C'}); rerun the same command to resume")
+        sys.exit(130)
+    except LFMError as exc:
+        if debug:
+            raise
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,190 @@
+"""Runs an experiment's cells x seeds, one run directory each (DomainBed style).
+
+``<results>/<experiment>/<profile>/<cell slug>/seed<k>/`` holds ``config.json`` (the resolved
+config), ``log.txt``, ``metrics.jsonl`` (one record per epoch), ``checkpoint.pt`` (for resume)
+and, once finished, ``result.json``. A finished run is not rerun unless ``force``; an unfinished
+one resumes from its checkpoint; a lock file stops two processes from running the same directory.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lfm_core.errors import LFMError
+from lfm_core.experiments import Cell, Experiment
+from lfm_core.io import atomic_write_json, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
+
+RESULT = "result.json"
+CHECKPOINT = "checkpoint.pt"
+
+
+class RunLockedError(LFMError):
+    pass
+
+
+@dataclass
+class RunContext:
+    """What ``Experiment.run_cell`` gets: its directory, logging, checkpoints, progress."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    progress: Callable[[int, int, str], None] = lambda done, total, text="": None
+    echo: Callable[[str], None] = lambda text: None
+    data_root: str | None = None
+    download: bool = False
+    device: str | None = None
+    mixed_precision: str = "no"
+    _metrics: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._metrics = read_jsonl(self.run_dir / "metrics.jsonl")
+
+    def log(self, text: str) -> None:
+        stamp = _dt.datetime.now().strftime("%H:%M:%S")
+        with open(self.run_dir / "log.txt", "a") as fh:
+            fh.write(f"[{stamp}] {text}\n")
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one record (e.g. one epoch); the file is rewritten atomically."""
+        self._metrics.append(record)
+        write_jsonl(self.run_dir / "metrics.jsonl", self._metrics)
+
+    def truncate_metrics(self, n: int) -> None:
+        """On resume: keep the first n records (those the checkpoint covers)."""
+        self._metrics = self._metrics[:n]
+        write_jsonl(self.run_dir / "metrics.jsonl", self._metrics)
+
+    @property
+    def metrics(self) -> list[dict]:
+        return list(self._metrics)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def save_checkpoint(self, state: dict) -> None:
+        save_checkpoint(self.checkpoint_path, state)
+
+    def load_checkpoint(self) -> dict | None:
+        return load_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
+
+
+def run_dir_for(results: Path, experiment: str, profile: str, cell: Cell, seed: int) -> Path:
+    return Path(results) / experiment / profile / cell.slug() / f"seed{seed}"
+
+
+class _Lock:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = self.path.read_text().strip() if self.path.exists() else "?"
+            if pid.isdigit() and not _alive(int(pid)):
+                self.path.unlink(missing_ok=True)  # a stale lock from a killed run
+                return self.__enter__()
+            raise RunLockedError(
+                f"run directory {self.path.parent} is in use by process {pid}; wait for it or remove {self.path}"
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
+    }
+
+
+def run_one(
+    experiment: Experiment,
+    cell: Cell,
+    profile: str,
+    seed: int,
+    results: Path,
+    *,
+    force: bool = False,
+    options: dict[str, Any] | None = None,
+    **ctx_kwargs: Any,
+) -> tuple[dict[str, Any], bool]:
+    """Run (or resume, or reuse) one cell x seed. Returns (result record, whether it was computed)."""
+    run_dir = run_dir_for(results, experiment.name, profile, cell, seed)
+    result_path = run_dir / RESULT
+    if result_path.exists() and not force:
+        try:
+            return json.loads(result_path.read_text()), False
+        except json.JSONDecodeError:
+            pass  # unreadable: run again
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _Lock(run_dir / ".lock"):
+        if force:
+            for name in (RESULT, CHECKPOINT, "metrics.jsonl", "log.txt"):
+                (run_dir / name).unlink(missing_ok=True)
+        config = {
+            "experiment": experiment.name,
+            "profile": profile,
+            "row": cell.row,
+            "column": cell.column,
+            "params": cell.params,
+            "seed": seed,
+            "options": options or {},
+        }
+        atomic_write_json(run_dir / "config.json", config)
+        ctx = RunContext(run_dir=run_dir, config=config, **ctx_kwargs)
+        ctx.log(f"start {experiment.name} {profile} {cell.row} | {cell.column} seed {seed}")
+        start = time.perf_counter()
+        metrics = experiment.run_cell(cell, profile, seed, ctx)
+        wall = time.perf_counter() - start + float(metrics.pop("_resumed_wall_s", 0.0))
+        if experiment.metric not in metrics:
+            raise RuntimeError(f"{experiment.name}.run_cell returned no {experiment.metric!r}")
+        record = {**config, "metrics": metrics, "wall_s": round(wall, 3), "env": environment()}
+        atomic_write_json(result_path, record)
+        ctx.log(f"done in {wall:.1f}s: {metrics}")
+        return record, True
+
+
+def collect_results(results: Path) -> list[dict[str, Any]]:
+    """Every finished run under a results root (unreadable files are skipped, never fatal)."""
+    records = []
+    for path in sorted(Path(results).rglob(RESULT)):
+        try:
+            rec = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        if isinstance(rec, dict) and "experiment" in rec and "metrics" in rec:
+            rec["run_dir"] = str(path.parent)
+            records.append(rec)
+    return records
+
+
+def remove_run(run_dir: Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""Seeding, device placement and mixed precision (through Accelerate), RNG state capture."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from lfm_core.errors import UsageError
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
+        "python_version": random.getstate()[0],
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((state["python_version"], tuple(int(v) for v in py[:-1]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None):
+    """An Accelerator for device placement, autocast and multi-process runs."""
+    if mixed_precision not in MIXED_PRECISION:
+        raise UsageError(f"unknown mixed precision {mixed_precision!r}. Valid choices: {', '.join(MIXED_PRECISION)}.")
+    from accelerate import Accelerator
+
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    if mixed_precision == "fp16" and cpu:
+        raise UsageError("mixed precision 'fp16' needs a GPU. Valid choices on CPU: no, bf16.")
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+def all_reduce_mean(accelerator):
+    """A `reduce` hook for the solver: average gradients over processes (DDP has no double backward)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return None
+    import torch.distributed as dist
+
+    world = accelerator.num_processes
+
+    def reduce(tensors: list[torch.Tensor]) -> None:
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t.div_(world)
+
+    return reduce

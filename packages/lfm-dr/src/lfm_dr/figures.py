@@ -1,0 +1,66 @@
+"""Figures 6-8 drawn with matplotlib from the collected results."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusions(frame, out_path, rows: list[str]) -> None:
+    """Row-normalised confusion matrices (per-class recall, %), averaged over seeds, side by side."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(rows), figsize=(5.2 * len(rows), 4.6), constrained_layout=True)
+    for ax, row in zip(np.atleast_1d(axes), rows):
+        mats = [np.asarray(c, dtype=float) for c in frame.loc[frame["row"] == row, "confusion"] if c is not None]
+        if not mats:
+            ax.set_title(f"{row}: not run")
+            ax.axis("off")
+            continue
+        conf = np.mean(mats, axis=0)
+        recall = 100 * conf / np.maximum(conf.sum(1, keepdims=True), 1)
+        im = ax.imshow(recall, vmin=0, vmax=100, cmap="Blues")
+        k = recall.shape[0]
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{recall[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if recall[i, j] > 60 else "black")
+        acc = 100 * np.trace(conf) / max(conf.sum(), 1)
+        ax.set_title(f"{row} (accuracy {acc:.1f}%, {len(mats)} seeds)")
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+    fig.colorbar(im, ax=axes, label="recall (%)", shrink=0.8)
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+
+
+def plot_network_bars(frame, out_path, rows: list[str], columns: list[str], title: str) -> None:
+    """Grouped bars: test accuracy per noise rate for each (network, method), mean ± std over seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
+    width = 0.8 / len(rows)
+    x = np.arange(len(columns))
+    for i, row in enumerate(rows):
+        means, stds = [], []
+        for column in columns:
+            vals = frame.loc[(frame["row"] == row) & (frame["column"] == column), "test_acc"].dropna()
+            means.append(vals.mean() if len(vals) else np.nan)
+            stds.append(vals.std(ddof=0) if len(vals) > 1 else 0.0)
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=row)
+    ax.set_xticks(x, columns)
+    ax.set_xlabel("flip-noise rate")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)

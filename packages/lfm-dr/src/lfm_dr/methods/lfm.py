@@ -1,0 +1,140 @@
+"""LFM data reweighting (paper eq. 9) on the lfm-core tri-level solver.
+
+B = one weight b_i per training example and r = one coefficient r_j per meta example, both
+indexed by the example's data-set index (not its position in the mini-batch); V is an image
+encoder. W1 learns from the b-weighted loss, W2 from the a-weighted loss, and (B, V, r)
+descend W2's meta loss through both unrolled steps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from lfm_core.encoders import create_encoder
+from lfm_core.registries import METHODS
+from lfm_core.solver import Params, TriLevelSolver
+from lfm_core.weighting import lfm_weights
+from lfm_dr.methods.base import DRContext, DRMethod, make_sgd
+
+DEFAULTS = {
+    "encoder": "resnet18",
+    "pretrained": True,
+    "encoder_weights": None,
+    "engine": "exact",
+    "similarity": "dot",
+    "drop": "none",
+    "variant": "two",  # or "single": W2 := W1
+    "lr_b": 0.01,
+    "lr_r": 0.01,
+    "lr_v": 0.01,
+    "b_min": 0.0,
+}
+
+
+class DRProblem:
+    """The four functions of one LFM-DR step with the step's batches bound."""
+
+    def __init__(self, w1, w2, encoder, x, y, idx, xm, ym, jm, similarity: str, drop: str):
+        self.w1, self.w2, self.encoder = w1, w2, encoder
+        self.x, self.y, self.idx = x, y, idx
+        self.xm, self.ym, self.jm = xm, ym, jm
+        self.similarity, self.drop = similarity, drop
+
+    def loss1(self, w1: Params, upper: Params) -> Tensor:
+        losses = F.cross_entropy(functional_call(self.w1, w1, (self.x,)), self.y, reduction="none")
+        return (upper["b"][self.idx] * losses).mean()
+
+    def weights(self, w1: Params, upper: Params) -> Tensor:
+        u = F.cross_entropy(functional_call(self.w1, w1, (self.xm,)), self.ym, reduction="none")
+        enc = {k[2:]: v for k, v in upper.items() if k.startswith("V.")}
+        feats = functional_call(self.encoder, enc, (torch.cat([self.x, self.xm]),))
+        f_tr, f_val = feats[: len(self.x)], feats[len(self.x):]
+        return lfm_weights(f_tr, f_val, self.y, self.ym, u, upper["r"][self.jm], self.similarity, self.drop)
+
+    def loss2(self, w2: Params, a: Tensor, upper: Params) -> Tensor:
+        losses = F.cross_entropy(functional_call(self.w2, w2, (self.x,)), self.y, reduction="none")
+        return (a * losses).mean()
+
+    def loss3(self, w2: Params, upper: Params) -> Tensor:
+        return F.cross_entropy(functional_call(self.w2, w2, (self.xm,)), self.ym)
+
+
+@METHODS.register("lfm")
+class LFMReweighting(DRMethod):
+    name = "lfm"
+    scheduled = ("w1", "w2")
+
+    def __init__(self, ctx: DRContext):
+        self.ctx = ctx
+        self.opt = {**DEFAULTS, **ctx.options}
+        self.w1 = ctx.model_fn()
+        self.w2 = self.w1 if self.opt["variant"] == "single" else ctx.model_fn()
+        self.encoder = create_encoder(
+            self.opt["encoder"], pretrained=bool(self.opt["pretrained"]), weights=self.opt["encoder_weights"]
+        ).to(ctx.device)
+        # a pretrained encoder keeps its ImageNet statistics; a random one normalises by batch
+        self.encoder.train(not self.opt["pretrained"])
+        self.b = torch.ones(ctx.n_train, device=ctx.device, requires_grad=True)
+        self.r = torch.ones(ctx.n_meta, device=ctx.device, requires_grad=True)
+        upper = {"b": self.b, "r": self.r}
+        upper.update({f"V.{k}": p for k, p in self.encoder.named_parameters()})
+        self.upper_opt = torch.optim.Adam([
+            {"params": [self.b], "lr": self.opt["lr_b"]},
+            {"params": [self.r], "lr": self.opt["lr_r"]},
+            {"params": list(self.encoder.parameters()), "lr": self.opt["lr_v"]},
+        ], weight_decay=0.0)
+        self.opt1 = make_sgd(self.w1.parameters(), ctx)
+        self.opt2 = self.opt1 if self.w2 is self.w1 else make_sgd(self.w2.parameters(), ctx)
+        self.solver = TriLevelSolver(
+            self.w1, self.w2, upper, self.opt1, self.opt2, self.upper_opt,
+            engine=self.opt["engine"], modules=[self.encoder],
+        )
+
+    def modules(self):
+        mods = {"w1": self.w1, "encoder": self.encoder}
+        if self.w2 is not self.w1:
+            mods["w2"] = self.w2
+        return mods
+
+    def optimizers(self):
+        opts = {"w1": self.opt1, "upper": self.upper_opt}
+        if self.opt2 is not self.opt1:
+            opts["w2"] = self.opt2
+        return opts
+
+    def extra_state(self):
+        return {"b": self.b.detach().clone(), "r": self.r.detach().clone()}
+
+    def load_extra_state(self, state):
+        with torch.no_grad():
+            self.b.copy_(state["b"])
+            self.r.copy_(state["r"])
+
+    def train_step(self, x, y, idx, epoch):
+        xm, ym, jm = self.ctx.next_meta()
+        problem = DRProblem(self.w1, self.w2, self.encoder, x, y, idx, xm, ym, jm,
+                            self.opt["similarity"], self.opt["drop"])
+        stats = self.solver.step(problem)
+        if stats.finite:
+            with torch.no_grad():
+                self.b.clamp_(min=self.opt["b_min"])
+        return {"loss": stats.loss2, "loss_w1": stats.loss1, "meta_loss": stats.loss3,
+                "a_mean": stats.a_mean, "finite": float(stats.finite)}
+
+    def eval_models(self):
+        models = {"main": self.w2}
+        if self.w2 is not self.w1:
+            models["w1"] = self.w1
+        return models
+
+    def summary(self, clean_mask: Tensor | None = None) -> dict[str, float]:
+        """Mean b on clean and on corrupted training examples (what B learned)."""
+        out = {"b_mean": float(self.b.mean()), "r_mean": float(self.r.mean())}
+        if clean_mask is not None and clean_mask.any() and (~clean_mask).any():
+            b = self.b.detach().cpu()
+            out["b_clean"] = float(b[clean_mask].mean())
+            out["b_noisy"] = float(b[~clean_mask].mean())
+        return out

@@ -1,0 +1,219 @@
+"""The one training loop every DR method shares: data order, lr schedule, evaluation,
+checkpoints (resume at any step), and guards against non-finite losses."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lfm_core.errors import CheckpointError, NonFiniteError
+from lfm_core.registries import METHODS, MODELS
+from lfm_core.runtime import rng_state, seed_everything, set_rng_state
+from lfm_dr.methods.base import DRContext, DRMethod
+
+MAX_BAD_STEPS = 5
+
+
+@dataclass
+class TrainConfig:
+    method: str = "ce"
+    model: str = "resnet32"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 100
+    batch_size: int = 100
+    meta_batch_size: int = 100
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (0.8, 0.9)  # fractions of the epochs where lr /= 10
+    options: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    augment: Callable[[Tensor], Tensor] | None = None
+    eval_batch_size: int = 500
+
+
+class _Stream:
+    """Deterministic, resumable batches: epoch e uses the permutation of generator seed (seed, e)."""
+
+    def __init__(self, data: Dataset, batch_size: int, seed: int, drop_last: bool = True):
+        self.data, self.batch_size, self.seed, self.drop_last = data, batch_size, seed, drop_last
+        n = len(data)
+        self.per_epoch = n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
+        self.epoch, self.pos = 0, 0
+
+    def batch_indices(self, epoch: int, step: int) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        perm = torch.randperm(len(self.data), generator=g)
+        return perm[step * self.batch_size:(step + 1) * self.batch_size]
+
+    def next(self) -> Tensor:
+        if self.pos >= self.per_epoch:
+            self.epoch, self.pos = self.epoch + 1, 0
+        idx = self.batch_indices(self.epoch, self.pos)
+        self.pos += 1
+        return idx
+
+
+def gather(data: Dataset, idx: Tensor, device, augment=None) -> tuple[Tensor, Tensor, Tensor]:
+    if hasattr(data, "images") and hasattr(data, "labels") and getattr(data, "transform", None) is None:
+        x, y = data.images[idx], data.labels[idx]
+    else:
+        items = [data[int(i)] for i in idx]
+        x = torch.stack([it[0] for it in items])
+        y = torch.tensor([it[1] for it in items])
+    if augment is not None:
+        x = augment(x)
+    return x.to(device), y.to(device), idx.to(device)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Dataset, num_classes: int, device, batch_size: int = 500):
+    """Accuracy (%) and the confusion matrix (rows: true class)."""
+    was = model.training
+    model.eval()
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for start in range(0, len(data), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(data)))
+        x, y, _ = gather(data, idx, device)
+        pred = model(x).argmax(1).cpu()
+        conf += torch.bincount(y.cpu() * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
+    model.train(was)
+    return 100.0 * float(conf.diag().sum()) / max(int(conf.sum()), 1), conf
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device:
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_method(cfg: TrainConfig, splits, seed: int, device) -> tuple[DRMethod, _Stream, _Stream]:
+    num_classes = splits.num_classes
+    counts = torch.bincount(splits.train.labels, minlength=num_classes).tolist()
+    meta_stream = _Stream(splits.meta, min(cfg.meta_batch_size, len(splits.meta)), seed + 7919)
+
+    def next_meta():
+        return gather(splits.meta, meta_stream.next(), device)
+
+    def model_fn():
+        return MODELS.create(cfg.model, num_classes=num_classes, **cfg.model_kwargs).to(device)
+
+    ctx = DRContext(
+        model_fn=model_fn, num_classes=num_classes, class_counts=counts, n_train=len(splits.train),
+        n_meta=len(splits.meta), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        epochs=cfg.epochs, next_meta=next_meta, device=device, options=dict(cfg.options),
+    )
+    method = METHODS.get(cfg.method)(ctx)
+    train_stream = _Stream(splits.train, min(cfg.batch_size, len(splits.train)), seed)
+    return method, train_stream, meta_stream
+
+
+def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    return 0.1 ** sum(epoch >= round(m * cfg.epochs) for m in cfg.milestones)
+
+
+def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
+    """Train one method on one split; resumes from ``ctx``'s checkpoint. Returns final metrics."""
+    device = _device(cfg)
+    seed_everything(seed)
+    method, train_stream, meta_stream = build_method(cfg, splits, seed, device)
+    scheduled = {name: opt for name, opt in method.optimizers().items() if name in method.scheduled}
+    base_lr = {name: [g["lr"] for g in opt.param_groups] for name, opt in scheduled.items()}
+    start_epoch, start_step, bad_in_row, skipped, wall_before = 0, 0, 0, 0, 0.0
+
+    state = ctx.load_checkpoint()
+    if state is not None:
+        try:
+            for name, module in method.modules().items():
+                module.load_state_dict(state["modules"][name])
+            for name, opt in method.optimizers().items():
+                opt.load_state_dict(state["optimizers"][name])
+            method.load_extra_state(state["extra"])
+            set_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"checkpoint {ctx.checkpoint_path} does not match this run ({str(exc).splitlines()[0][:120]}); "
+                "rerun with --force to start over"
+            ) from None
+        start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        skipped, wall_before = int(state["skipped"]), float(state["wall_s"])
+        meta_stream.epoch, meta_stream.pos = int(state["meta_epoch"]), int(state["meta_pos"])
+        ctx.truncate_metrics(start_epoch)
+        ctx.log(f"resumed at epoch {start_epoch} step {start_step}")
+
+    def save(epoch: int, step: int, wall: float) -> None:
+        ctx.save_checkpoint({
+            "epoch": epoch, "step": step, "skipped": skipped, "wall_s": wall,
+            "meta_epoch": meta_stream.epoch, "meta_pos": meta_stream.pos,
+            "modules": {n: m.state_dict() for n, m in method.modules().items()},
+            "optimizers": {n: o.state_dict() for n, o in method.optimizers().items()},
+            "extra": method.extra_state(), "rng": rng_state(),
+        })
+
+    steps = train_stream.per_epoch
+    total_steps = cfg.epochs * steps
+    t0 = time.perf_counter() - wall_before
+    epoch, step = start_epoch, start_step
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            factor = lr_factor(cfg, epoch)
+            for name, opt in scheduled.items():
+                for group, lr in zip(opt.param_groups, base_lr[name]):
+                    group["lr"] = lr * factor
+            sums: dict[str, float] = {}
+            first = start_step if epoch == start_epoch else 0
+            for step in range(first, steps):
+                idx = train_stream.batch_indices(epoch, step)
+                x, y, idx = gather(splits.train, idx, device, cfg.augment)
+                stats = method.train_step(x, y, idx, epoch)
+                finite = stats.pop("finite", 1.0) and math.isfinite(stats.get("loss", 0.0))
+                if not finite:
+                    skipped += 1
+                    bad_in_row += 1
+                    ctx.log(f"non-finite loss or hypergradient at epoch {epoch} step {step}; step skipped")
+                    if bad_in_row >= MAX_BAD_STEPS:
+                        raise NonFiniteError(
+                            f"{bad_in_row} non-finite steps in a row at epoch {epoch} (method {cfg.method}); "
+                            f"last good checkpoint kept at {ctx.checkpoint_path}; try a smaller learning rate"
+                        )
+                    continue
+                bad_in_row = 0
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                ctx.progress(epoch * steps + step + 1, total_steps, f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}")
+            step = 0
+            method.end_epoch(epoch)
+            record: dict[str, Any] = {"epoch": epoch + 1, "lr": cfg.lr * factor, "skipped_steps": skipped}
+            record.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
+            for name, model in method.eval_models().items():
+                acc, _ = evaluate(model, splits.test, splits.num_classes, device, cfg.eval_batch_size)
+                record["test_acc" if name == "main" else f"test_acc_{name}"] = acc
+            record["time_s"] = round(time.perf_counter() - t0, 2)
+            ctx.log_metrics(record)
+            save(epoch + 1, 0, time.perf_counter() - t0)
+    except KeyboardInterrupt:
+        save(epoch, step, time.perf_counter() - t0)
+        ctx.log(f"interrupted at epoch {epoch} step {step}; checkpoint saved")
+        raise
+
+    metrics: dict[str, Any] = {}
+    per_class = None
+    for name, model in method.eval_models().items():
+        acc, conf = evaluate(model, splits.test, splits.num_classes, device, cfg.eval_batch_size)
+        metrics["test_acc" if name == "main" else f"test_acc_{name}"] = acc
+        if name == "main":
+            per_class = conf
+    metrics["confusion"] = per_class.tolist()
+    metrics["skipped_steps"] = skipped
+    if hasattr(method, "summary"):
+        clean = getattr(splits.train, "clean_labels", None)
+        mask = (clean == splits.train.labels).cpu() if clean is not None else None
+        metrics.update(method.summary(mask))
+    metrics["_resumed_wall_s"] = wall_before
+    return metrics
