@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from lfm_core.errors import LFMError, UsageError
 from lfm_core.experiments import PROFILES, check_profile, get_experiment
 from lfm_core.registries import ALL, EXPERIMENTS
 
+# timm's import triggers torch's deprecation warning for torch.jit.script; it is not ours to fix
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 console = Console(stderr=True)
 out = Console()
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -257,11 +258,11 @@ def synthetic(
     k = _check_size("num_classes", num_classes, 2)
     n_tr, n_te, s = _check_size("n_train", n_train), _check_size("n_test", n_test), _check_size("image_size", image_size)
     g = torch.Generator().manual_seed(int(seed))
-    means = torch.randn(k, 3, s, s, generator=g)
+    means = torch.randn(k, 3, s, s, generator=g, dtype=torch.float32)
 
     def make(n: int) -> IndexedTensorDataset:
         y = (torch.arange(n) % k)[torch.randperm(n, generator=g)]  # balanced classes
-        x = means[y] + torch.randn(n, 3, s, s, generator=g)
+        x = means[y] + torch.randn(n, 3, s, s, generator=g, dtype=torch.float32)
         return IndexedTensorDataset(x, y, k)
 
     train, test = make(n_tr), make(n_te)
@@ -289,12 +290,13 @@ def _cifar(name: str, root: str | None, download: bool, augment: bool) -> DataBu
         raw = [cls(root=str(base), train=t, download=download) for t in (True, False)]
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         raise DataNotFoundError(f"{title} in {base / folder} is missing or corrupt ({e}); {hint}") from None
-    m, sd = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    m, sd = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (mean, std))
     sets = []
     for i, r in enumerate(raw):
         x = torch.from_numpy(r.data).permute(0, 3, 1, 2).contiguous().float()
         x.div_(255.0).sub_(m).div_(sd)
-        sets.append(IndexedTensorDataset(x, np.asarray(r.targets), k, transform=cifar_train_transform() if augment and i == 0 else None))
+        transform = cifar_train_transform() if augment and i == 0 else None
+        sets.append(IndexedTensorDataset(x, np.asarray(r.targets), k, transform=transform))
     return DataBundle(name, k, sets[0], sets[1], classes=list(raw[0].classes))
 
 
@@ -404,7 +406,8 @@ def load_dataset(name: str, root: str | None = None, download: bool = False, **k
         valid = [p for p in inspect.signature(factory).parameters if p not in ("root", "download")]
         bad = [o for o in kw if o not in valid]
         raise UsageError(
-            f"data set {name!r} does not take option(s) {', '.join(map(repr, bad))}; valid options: {', '.join(valid) or '(none)'}"
+            f"data set {name!r} does not take option(s) {', '.join(map(repr, bad))}; "
+            f"valid options: {', '.join(valid) or '(none)'}"
         ) from None
     return factory(root=root, download=download, **kw)
 
@@ -464,7 +467,8 @@ def make_splits(
     y = pool.labels.numpy()
     per_class = _counts(y, k)
     smallest = min(per_class)
-    if isinstance(meta_per_class, bool) or not isinstance(meta_per_class, (int, np.integer)) or not 0 <= meta_per_class < smallest:
+    is_int = isinstance(meta_per_class, (int, np.integer)) and not isinstance(meta_per_class, bool)
+    if not is_int or not 0 <= meta_per_class < smallest:
         raise UsageError(
             f"meta_per_class {meta_per_class!r} is invalid for {bundle.name}: its smallest class has "
             f"{smallest} training examples, so use an integer in [0, {smallest - 1}]"
@@ -521,7 +525,7 @@ def make_splits(
         "noise": noise,
         "noise_rate": float(noise_rate),
         "noise_transition": None if transition is None else [[float(v) for v in row] for row in transition],
-        "noise_actual_rate": float(corrupted.float().mean()) if len(train) else 0.0,
+        "actual_noise_rate": float(corrupted.float().mean()) if len(train) else 0.0,
         **imb_info,
         "max_train": max_train,
     }

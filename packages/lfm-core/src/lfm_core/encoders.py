@@ -9,9 +9,11 @@ Hugging Face cache only.
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -134,14 +136,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataNotFoundError(f"encoder weights file {p} does not exist; pass an existing .pth/.pt/.safetensors file")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             sd: Any = load_file(str(p))
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickle with non-tensor objects, ...
+    # corrupt or truncated file, or a pickle holding more than tensors (weights_only refuses it)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LFMError(f"cannot read encoder weights file {p}: {msg}") from None
     for key in ("state_dict", "model"):

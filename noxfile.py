@@ -1,0 +1,100 @@
+"""Sessions: tests, install_alone, reproduce, bench, lint.
+
+``tests``, ``reproduce`` and ``bench`` share one development environment (``.nox/dev``) because
+each fresh environment with torch costs minutes and gigabytes; ``install_alone`` builds one
+fresh environment per package on purpose, since isolation is what it checks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES = ["lfm-core", "lfm-dr", "lfm-nas"]
+CONSTRAINTS = ["-c", str(ROOT / "constraints.txt")]
+TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+DEV = ROOT / ".nox" / "dev"
+nox.options.sessions = ["tests", "install_alone", "reproduce"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _bin(env: Path, name: str) -> str:
+    return str(env / ("Scripts" if os.name == "nt" else "bin") / name)
+
+
+def _dev_env(session: nox.Session) -> Path:
+    """Create (once) the shared environment with torch pinned and every package editable."""
+    marker = DEV / ".ready"
+    if not marker.exists():
+        shutil.rmtree(DEV, ignore_errors=True)
+        session.run(sys.executable, "-m", "venv", str(DEV), external=True)
+        pip = [_bin(DEV, "python"), "-m", "pip", "install", "-q", *CONSTRAINTS]
+        session.run(*pip, *TORCH, external=True)
+        editables = [arg for p in PACKAGES for arg in ("-e", str(ROOT / "packages" / p))]
+        session.run(*pip, *editables, "pytest>=7", "ruff", external=True)
+        marker.write_text("ok\n")
+    else:  # entry points may have changed: refresh the editable installs cheaply
+        editables = [arg for p in PACKAGES for arg in ("-e", str(ROOT / "packages" / p))]
+        session.run(_bin(DEV, "python"), "-m", "pip", "install", "-q", "--no-deps", *editables, external=True)
+    return DEV
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """Every package's tests and the cross-package tests, in the shared environment."""
+    env = _dev_env(session)
+    paths = [str(ROOT / "packages" / p / "tests") for p in PACKAGES] + [str(ROOT / "tests")]
+    session.run(_bin(env, "python"), "-m", "pytest", "-q", *paths, *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def reproduce(session: nox.Session) -> None:
+    """The smoke profile of every registered experiment, then the report; fails on anything missing."""
+    env = _dev_env(session)
+    out = Path(tempfile.mkdtemp(prefix="lfm-reproduce-"))
+    session.run(_bin(env, "python"), str(ROOT / "tests" / "reproduce.py"), str(out), external=True)
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """Step-cost benchmarks; results in benchmarks/results/*.json and benchmarks/README.md."""
+    env = _dev_env(session)
+    session.run(_bin(env, "python"), str(ROOT / "benchmarks" / "step_cost.py"), "--json",
+                "--write", str(ROOT / "benchmarks" / "results"), *session.posargs, external=True)
+
+
+@nox.session(name="install_alone", venv_backend="none")
+@nox.parametrize("package", PACKAGES)
+def install_alone(session: nox.Session, package: str) -> None:
+    """Each package in a fresh environment with only what it declares (lfm-dr without lfm-nas)."""
+    env = Path(tempfile.mkdtemp(prefix=f"lfm-alone-{package}-"))
+    try:
+        session.run(sys.executable, "-m", "venv", str(env), external=True)
+        pip = [_bin(env, "python"), "-m", "pip", "install", "-q", *CONSTRAINTS]
+        session.run(*pip, *TORCH, external=True)
+        wanted = ["lfm-core"] if package == "lfm-core" else ["lfm-core", package]
+        session.run(*pip, *[str(ROOT / "packages" / p) for p in wanted], "pytest>=7", external=True)
+        py = _bin(env, "python")
+        session.run(py, "-m", "pytest", "-q", str(ROOT / "packages" / package / "tests"), external=True)
+        session.run(_bin(env, "lfm-bench"), "--help", external=True)
+        session.run(_bin(env, "lfm-bench"), "list", external=True)
+        if package == "lfm-dr":
+            session.run(py, "-c", "import importlib.util, sys; import lfm_dr; "
+                        "sys.exit(importlib.util.find_spec('lfm_nas') is not None)", external=True)
+            session.run(_bin(env, "lfm-bench"), "run", "table7", "--profile", "smoke",
+                        "--results", str(env / "results"), external=True)
+    finally:
+        shutil.rmtree(env, ignore_errors=True)
+
+
+@nox.session(venv_backend="none")
+def lint(session: nox.Session) -> None:
+    env = _dev_env(session)
+    session.run(_bin(env, "ruff"), "check", str(ROOT / "packages"), str(ROOT / "tests"),
+                str(ROOT / "benchmarks"), str(ROOT / "noxfile.py"), external=True)

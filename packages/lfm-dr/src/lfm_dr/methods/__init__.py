@@ -1,0 +1,1 @@
+"""Data-reweighting methods: the interface the trainer calls (``base``) and the baselines."""

@@ -1,0 +1,61 @@
+"""`nox -s reproduce`: the smoke profile of every registered experiment, then the report.
+
+Fails (non-zero exit) if an experiment is missing, a run fails, or a table/figure is not written.
+Usage: python tests/reproduce.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lfm_core.experiments import get_experiment
+from lfm_core.registries import EXPERIMENTS
+
+EXPECTED = [f"table{i}" for i in range(1, 11)] + [f"figure{i}" for i in range(4, 9)]
+
+
+def main(out: Path) -> int:
+    names = EXPERIMENTS.names()
+    missing = [n for n in EXPECTED if n not in names]
+    if missing:
+        print(f"missing experiments: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    results, report = out / "results", out / "report"
+    for name in names:
+        start = time.perf_counter()
+        cmd = ["lfm-bench", "run", name, "--profile", "smoke", "--results", str(results)]
+        if get_experiment(name).name == "figure8":
+            cmd += ["--data-root", str(out)]  # no CIFAR-100 here: must fail cleanly, checked below
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        took = time.perf_counter() - start
+        if name == "figure8":
+            ok = proc.returncode == 1 and "CIFAR-100" in proc.stderr and "Traceback" not in proc.stderr
+            print(f"{name}: needs CIFAR-100, refused cleanly ({took:.0f}s)" if ok else proc.stderr)
+            if not ok:
+                return 1
+            continue
+        print(f"{name}: exit {proc.returncode} in {took:.0f}s")
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+            return 1
+    proc = subprocess.run(["lfm-bench", "report", "--results", str(results), "--out", str(report)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+        return 1
+    expected_files = [report / f"{n}.{ext}" for n in names for ext in ("md", "csv", "tex")]
+    expected_files += [report / f"{n}.png" for n in names if get_experiment(n).kind == "figure" and n != "figure8"]
+    expected_files.append(report / "README.md")
+    absent = [str(p) for p in expected_files if not p.exists() or p.stat().st_size == 0]
+    if absent:
+        print("report is missing: " + ", ".join(absent), file=sys.stderr)
+        return 1
+    print(f"reproduce: {len(names)} experiments, {len(expected_files)} report files in {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))

@@ -1,0 +1,126 @@
+"""End-to-end tests of `lfm-bench`: listing, bad input, a smoke run, report, resume, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+CLI = [sys.executable, "-m", "lfm_core.cli"]
+
+
+class Evil:  # any pickled object: weights_only loading must refuse it
+    pass
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_one_line_error(proc, code: int, *words: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    text = proc.stderr.strip()
+    for w in words:
+        assert w in text, (w, text)
+
+
+def test_list_shows_dr_experiments():
+    proc = run("list")
+    assert proc.returncode == 0
+    for name in ("table6", "table7", "table8", "table9", "figure6", "figure7", "figure8"):
+        assert name in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (("run", "tabel7"), 2, ["unknown experiment 'tabel7'", "Did you mean 'table7'"]),
+        (("run", "table7", "--noise", "gaussian"), 2, ["gaussian", "flip"]),
+        (("run", "table7", "--profile", "gpu"), 2, ["gpu", "smoke"]),
+        (("run", "table7", "--seeds", "a,b"), 2, ["--seeds", "a,b"]),
+        (("run", "table7", "--data-root", "/no/such/dir"), 2, ["/no/such/dir", "does not exist"]),
+        (("run", "table7", "--methods", "Magic"), 2, ["Magic", "LFM-DR"]),
+        (("run", "table7", "--profile", "paper"), 1, ["CIFAR10", "--data-root"]),
+        (("run", "table9", "--profile", "paper"), 1, ["ANIMAL-10N", "--data-root"]),
+        (("list", "-r", "noize"), 2, ["noize"]),
+        (("report", "--results", "/no/such/results"), 2, ["/no/such/results"]),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, code, words, tmp_path):
+    proc = run(*args, "--results", str(tmp_path / "r")) if args[0] == "run" else run(*args)
+    assert_one_line_error(proc, code, *words)
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("result.json"))
+
+
+def test_smoke_run_report_and_cache(tmp_path):
+    res, out = tmp_path / "results", tmp_path / "report"
+    proc = run("run", "table7", "--profile", "smoke", "--results", str(res))
+    assert proc.returncode == 0, proc.stderr
+    assert "paper 89.06 ± 0.17" in proc.stdout and "LFM-DR" in proc.stdout
+    results = sorted(res.rglob("result.json"))
+    assert len(results) == 2
+    rec = json.loads(results[-1].read_text())
+    assert rec["profile"] == "smoke" and "test_acc" in rec["metrics"]
+    for f in ("config.json", "metrics.jsonl", "log.txt", "checkpoint.pt"):
+        assert (results[-1].parent / f).exists()
+    again = run("run", "table7", "--profile", "smoke", "--results", str(res))
+    assert again.returncode == 0 and "cached" in again.stderr
+    rep = run("report", "table7", "--results", str(res), "--out", str(out))
+    assert rep.returncode == 0, rep.stderr
+    md = (out / "table7.md").read_text()
+    assert "89.06 ± 0.17" in md and "not run" in md and "cited" in md
+    assert (out / "table7.tex").read_text().count(r"\toprule") == 1
+
+
+def _result(res: Path) -> dict:
+    (path,) = list(res.rglob("result.json"))
+    return json.loads(path.read_text())["metrics"]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    args = ["run", "table7", "--profile", "smoke", "--methods", "LFM-DR", "--epochs", "4"]
+    ref = run(*args, "--results", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    res = tmp_path / "killed"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([*CLI, *args, "--results", str(res)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        metrics = list(res.rglob("metrics.jsonl"))
+        if metrics and len(metrics[0].read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list(res.rglob("result.json")), "the run finished before it could be killed"
+    resumed = run(*args, "--results", str(res))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at epoch" in next(res.rglob("log.txt")).read_text()
+    a, b = _result(tmp_path / "ref"), _result(res)
+    assert a["test_acc"] == b["test_acc"] and a["test_acc_w1"] == b["test_acc_w1"]
+    assert a["b_mean"] == pytest.approx(b["b_mean"], abs=1e-6)
+
+
+def test_corrupt_and_pickled_checkpoints_are_refused(tmp_path):
+    args = ["run", "table7", "--profile", "smoke", "--methods", "Base Model", "--results", str(tmp_path)]
+    assert run(*args).returncode == 0
+    (result,) = list(tmp_path.rglob("result.json"))
+    ckpt = result.parent / "checkpoint.pt"
+    result.unlink()
+    ckpt.write_bytes(b"not a checkpoint")
+    assert_one_line_error(run(*args), 1, "cannot load checkpoint", "--force")
+
+    torch.save({"epoch": 1, "payload": Evil()}, ckpt)
+    assert_one_line_error(run(*args), 1, "cannot load checkpoint")
+    assert not result.exists()
+    assert run(*args, "--force").returncode == 0 and result.exists()
