@@ -391,7 +391,7 @@ def imagefolder(
         k = int(num_classes)
     if k < 2:
         raise UsageError(f"the images under {base} carry a single class; at least 2 are needed")
-    names = names or [str(i) for i in range(k)]
+    names = (names + [str(i) for i in range(len(names), k)])[:k]
     train = FileImageDataset(tr_paths, tr_labels, k, image_size=s)
     test = FileImageDataset(te_paths, te_labels, k, image_size=s)
     return DataBundle("imagefolder", k, train, test, classes=names)
