@@ -261,7 +261,7 @@ class MetaWeightNet(SingleModelMethod):
         self.vnet.train()
         xm, ym, _ = self.ctx.meta_batch(x)
         # 1. virtual step with the current MWN, 2. MWN update from the meta loss
-        fast = virtual_step(self.model, x, y, lambda l: self.weigh(l, self.vnet(l.detach())), self.lr)
+        fast = virtual_step(self.model, x, y, lambda losses: self.weigh(losses, self.vnet(losses.detach())), self.lr)
         lm = meta_loss(self.model, fast, xm, ym)
         vparams = list(self.vnet.parameters())
         grads = torch.autograd.grad(lm, vparams, allow_unused=True)
