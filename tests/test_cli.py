@@ -52,6 +52,12 @@ def test_list_shows_dr_experiments():
         (("run", "table7", "--profile", "paper"), 1, ["CIFAR10", "--data-root"]),
         (("run", "table9", "--profile", "paper"), 1, ["ANIMAL-10N", "--data-root"]),
         (("list", "-r", "noize"), 2, ["noize"]),
+        (("run", "table7", "--rates", "1.5"), 2, ["1.5", "outside [0, 1]"]),
+        (("run", "table7", "--rates", "-0.1"), 2, ["-0.1", "outside [0, 1]"]),
+        (("run", "table7", "--rates", "0.3"), 2, ["0.3", "Valid choices: 0, 0.2, 0.4"]),
+        (("run", "table7", "--profile", "paper", "--data-root", "/tmp"), 1, ["CIFAR10", "/tmp"]),
+        (("run", "table7", "--engine", "magic"), 2, ["magic", "exact"]),
+        (("run", "table7", "--mixed-precision", "fp8"), 2, ["fp8", "bf16"]),
         (("report", "--results", "/no/such/results"), 2, ["/no/such/results"]),
     ],
 )
@@ -124,3 +130,16 @@ def test_corrupt_and_pickled_checkpoints_are_refused(tmp_path):
     assert_one_line_error(run(*args), 1, "cannot load checkpoint")
     assert not result.exists()
     assert run(*args, "--force").returncode == 0 and result.exists()
+
+
+def test_a_run_in_use_is_refused(tmp_path):
+    args = ["run", "table7", "--profile", "smoke", "--methods", "Base Model", "--results", str(tmp_path)]
+    cell_dir = tmp_path / "table7" / "smoke"
+    proc = run(*args, "--epochs", "1")
+    assert proc.returncode == 0
+    (result,) = list(cell_dir.rglob("result.json"))
+    result.unlink()
+    (result.parent / ".lock").write_text(str(os.getpid()))  # this (alive) process holds it
+    assert_one_line_error(run(*args, "--epochs", "1"), 1, "in use by process", str(os.getpid()))
+    (result.parent / ".lock").write_text("999999999")  # a stale lock from a dead process is taken over
+    assert run(*args, "--epochs", "1").returncode == 0

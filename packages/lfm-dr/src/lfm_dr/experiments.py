@@ -184,11 +184,38 @@ class NoiseTable(DRExperiment):
     columns = [f"{d} {int(r * 100)}%" for d in ("CIFAR-10", "CIFAR-100") for r in NOISE_RATES]
 
     def options(self):
-        return [click.Option(["--noise"], type=click.Choice(["flip", "uniform", "pair"]), default=self.noise_default,
-                             show_default=True, help="Label-noise type.")] + super().options()
+        return [
+            click.Option(["--noise"], type=click.Choice(["flip", "uniform", "pair"]), default=self.noise_default,
+                         show_default=True, help="Label-noise type."),
+            click.Option(["--rates"], default=None,
+                         help="Comma-separated noise rates to run, among the table's 0, 0.2, 0.4 (default: all)."),
+        ] + super().options()
+
+    def validate(self, profile, options):
+        self.selected_rates(options)
+        super().validate(profile, options)
+
+    @staticmethod
+    def selected_rates(options) -> tuple[float, ...]:
+        text = options.get("rates")
+        if not text:
+            return NOISE_RATES
+        rates = []
+        for item in text.split(","):
+            try:
+                rate = float(item)
+            except ValueError:
+                raise UsageError(f"bad noise rate {item!r} in --rates: expected numbers such as 0.2,0.4") from None
+            if not 0.0 <= rate <= 1.0:
+                raise UsageError(f"noise rate {rate:g} is outside [0, 1]")
+            if not any(abs(rate - r) < 1e-9 for r in NOISE_RATES):
+                raise UsageError(f"noise rate {rate:g} is not a column of this table. Valid choices: 0, 0.2, 0.4.")
+            rates.append(rate)
+        return tuple(rates)
 
     def run_columns(self, profile, options):
-        cols = list(self.columns)
+        wanted = {f"{int(round(r * 100))}%" for r in self.selected_rates(options)}
+        cols = [c for c in self.columns if c.rsplit(" ", 1)[1] in wanted]
         if profile != "paper":
             cols = [c for c in cols if c.startswith("CIFAR-10 ") or has_cifar(options.get("data_root"), "cifar100")]
         if profile == "smoke":
