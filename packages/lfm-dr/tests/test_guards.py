@@ -77,3 +77,13 @@ def test_persistent_nan_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
     # 4 steps per epoch: the 5th bad step is the first of epoch 3; epoch 2 applied nothing
     assert state["epoch"] == 2
     assert all(torch.isfinite(t).all() for t in state["modules"]["w1"].values() if t.is_floating_point())
+
+
+def test_bf16_autocast_trains_with_finite_hypergradients(tmp_path):
+    for engine in ("exact", "finite-difference"):
+        cfg = TrainConfig(**{**CFG, "epochs": 1, "mixed_precision": "bf16",
+                             "options": {**CFG["options"], "engine": engine}})
+        metrics = train_dr(cfg, _splits(), 0, RunContext(run_dir=tmp_path / engine, config={}))
+        assert metrics["skipped_steps"] == 0
+        assert all(map(lambda v: v == v, (metrics["test_acc"], metrics["b_mean"], metrics["r_mean"])))
+        assert metrics["b_mean"] != 1.0  # B moved, so its hypergradient was finite and applied

@@ -157,6 +157,7 @@ def run_one(
             "params": cell.params,
             "seed": seed,
             "options": options or {},
+            "runtime": {k: ctx_kwargs.get(k) for k in ("device", "mixed_precision", "data_root")},
         }
         atomic_write_json(run_dir / "config.json", config)
         ctx = RunContext(run_dir=run_dir, config=config, **ctx_kwargs)

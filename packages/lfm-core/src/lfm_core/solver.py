@@ -197,7 +197,9 @@ class TriLevelSolver:
 
     # -- the MVP of the selected engine -------------------------------------------------
     def mvp(self, loss: LossFn, w: Params, lam: Params, v: Params) -> Params:
-        with frozen_bn_stats(*self.modules):
+        # forward-mode AD does not mix with autocast: the MVPs run in full precision
+        device_type = next(iter(w.values())).device.type
+        with frozen_bn_stats(*self.modules), torch.autocast(device_type, enabled=False):
             if self.engine == "exact":
                 return mvp_exact(loss, w, lam, v)
             return mvp_finite_difference(loss, w, lam, v, self.fd_eps)

@@ -161,7 +161,7 @@ class DRExperiment(Experiment):
         return TrainConfig(
             method=params["method"], model=params["model"], model_kwargs=model_kwargs,
             epochs=opts.get("epochs") or s["epochs"], batch_size=s["batch_size"], meta_batch_size=s["batch_size"],
-            lr=s["lr"], device=ctx.device, augment=augment,
+            lr=s["lr"], device=ctx.device, augment=augment, mixed_precision=ctx.mixed_precision,
             options={"encoder": s["encoder"], "pretrained": s["pretrained"],
                      "encoder_weights": opts.get("encoder_weights"), "engine": params.get("engine", "exact"),
                      "noise_rate": params.get("rate", 0.0)},

@@ -3,6 +3,7 @@ checkpoints (resume at any step), and guards against non-finite losses."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lfm_core.errors import CheckpointError, NonFiniteError
+from lfm_core.errors import CheckpointError, NonFiniteError, UsageError
 from lfm_core.registries import METHODS, MODELS
 from lfm_core.runtime import rng_state, seed_everything, set_rng_state
 from lfm_dr.methods.base import DRContext, DRMethod
@@ -36,6 +37,7 @@ class TrainConfig:
     device: str | None = None
     augment: Callable[[Tensor], Tensor] | None = None
     eval_batch_size: int = 500
+    mixed_precision: str = "no"  # "bf16" (CPU or GPU) or "fp16" (GPU): autocast of the forward passes
 
 
 class _Stream:
@@ -114,6 +116,18 @@ def build_method(cfg: TrainConfig, splits, seed: int, device) -> tuple[DRMethod,
     return method, train_stream, meta_stream
 
 
+def autocast(cfg: TrainConfig, device: torch.device):
+    """Autocast for the forward passes; the solver keeps its hypergradient products in float32."""
+    if cfg.mixed_precision in (None, "no"):
+        return contextlib.nullcontext()
+    if cfg.mixed_precision == "fp16" and device.type != "cuda":
+        raise UsageError("mixed precision 'fp16' needs a GPU. Valid choices on CPU: no, bf16.")
+    if cfg.mixed_precision not in ("bf16", "fp16"):
+        raise UsageError(f"unknown mixed precision {cfg.mixed_precision!r}. Valid choices: no, fp16, bf16.")
+    dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def lr_factor(cfg: TrainConfig, epoch: int) -> float:
     return 0.1 ** sum(epoch >= round(m * cfg.epochs) for m in cfg.milestones)
 
@@ -171,7 +185,8 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
             for step in range(first, steps):
                 idx = train_stream.batch_indices(epoch, step)
                 x, y, idx = gather(splits.train, idx, device, cfg.augment)
-                stats = method.train_step(x, y, idx, epoch)
+                with autocast(cfg, device):
+                    stats = method.train_step(x, y, idx, epoch)
                 finite = stats.pop("finite", 1.0) and math.isfinite(stats.get("loss", 0.0))
                 if not finite:
                     skipped += 1
