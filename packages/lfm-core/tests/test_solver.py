@@ -31,7 +31,8 @@ class Net(nn.Module):
         self.fc2 = nn.Linear(5, K)
 
     def forward(self, x, alpha):
-        return self.fc2(torch.tanh(self.bn(self.fc1(x)))) * (1 + alpha)
+        # alpha enters both before the batch norm and at the output, like an architecture weight
+        return self.fc2(torch.tanh(self.bn(self.fc1(x) * (1 + alpha)))) * (1 + alpha)
 
 
 class TinyProblem:
@@ -145,11 +146,14 @@ def test_exact_matches_brute_force(bn):
         assert float((got[k] - ref[k]).norm() / ref[k].norm()) < 1e-4, k
 
 
-def test_exact_matches_brute_force_single_network():
-    w1, _, enc, upper, data, drop, sim = make(bn=False, single=True)
+@pytest.mark.parametrize("bn", [False, True])
+def test_exact_matches_brute_force_single_network(bn):
+    w1, _, enc, upper, data, drop, sim = make(bn=bn, single=True)
     ref = brute_force(w1, None, enc, upper, data, drop, sim)
     got, _ = solver_grads("exact", w1, None, enc, upper, data, drop, sim)
     assert rel_err(got, ref) < 1e-4
+    for k in ("b", "r", "alpha", "V.weight"):
+        assert float(ref[k].abs().max()) > 0, k
 
 
 @pytest.mark.parametrize("similarity", ["cosine", "l2"])

@@ -100,6 +100,40 @@ def frozen_bn_stats(*modules: nn.Module | None) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def _plain_batch_norm(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """Batch norm from elementary ops (same values as the fused kernel, running stats untouched)."""
+    dims = [0] + list(range(2, x.dim()))
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    if self.training or self.running_mean is None:
+        mean = x.mean(dims, keepdim=True)
+        var = ((x - mean) ** 2).mean(dims, keepdim=True)
+    else:
+        mean, var = self.running_mean.view(shape), self.running_var.view(shape)
+    y = (x - mean) / torch.sqrt(var + self.eps)
+    if self.affine:
+        y = y * self.weight.view(shape) + self.bias.view(shape)
+    return y
+
+
+@contextlib.contextmanager
+def plain_batch_norm(*modules: nn.Module | None) -> Iterator[None]:
+    """Swap fused batch norm for elementary ops: in torch 2.11-2.14 the reverse-mode derivative
+    of the fused kernel's forward-mode tangent is wrong, which ``mvp_exact`` relies on."""
+    swapped = []
+    for module in modules:
+        if module is None:
+            continue
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and "forward" not in m.__dict__:
+                m.forward = _plain_batch_norm.__get__(m)
+                swapped.append(m)
+    try:
+        yield
+    finally:
+        for m in swapped:
+            del m.forward
+
+
 def detached(params: Params, requires_grad: bool = False) -> Params:
     return {k: v.detach().requires_grad_(requires_grad) for k, v in params.items()}
 
@@ -201,7 +235,8 @@ class TriLevelSolver:
         device_type = next(iter(w.values())).device.type
         with frozen_bn_stats(*self.modules), torch.autocast(device_type, enabled=False):
             if self.engine == "exact":
-                return mvp_exact(loss, w, lam, v)
+                with plain_batch_norm(*self.modules):
+                    return mvp_exact(loss, w, lam, v)
             return mvp_finite_difference(loss, w, lam, v, self.fd_eps)
 
     def _real_step(self, module: nn.Module, opt: torch.optim.Optimizer, loss: Tensor) -> None:
@@ -289,6 +324,11 @@ class TriLevelSolver:
                     w2_old, zero, g2,
                 )
                 h = {k: h[k] + g2[k] - scale2 * hv[k] for k in h}
+            if self.reduce is not None:
+                # dL/dW1' sums over every process's training examples before it meets loss1's MVP
+                values = list(h.values())
+                self.reduce(values)
+                h = dict(zip(h, values))
             for k, g in zip(names, ga[len(w1_new):]):
                 total[k] = total[k] + g
             # through W1' = W1 - lr1 grad loss1(W1, upper)
