@@ -1,0 +1,440 @@
+"""Search and evaluation loops: DARTS (1st/2nd order), P-DARTS, and their LFM versions.
+
+:func:`search` runs one architecture search and returns the genotype; :func:`train_eval`
+trains an evaluation network from a genotype and reports its test accuracy. Both keep the
+loops plain (no runtime, no checkpointing): the experiment layer wraps them.
+
+Data: loaders yield ``(x, y)`` or ``(x, y, idx)``; LFM methods need the validation loader to
+yield ``idx``, the example's index in the validation data set (it selects ``r_j``), e.g. by
+wrapping the data set in :class:`IndexedDataset`.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lfm_core.errors import NonFiniteError, UsageError
+from lfm_nas.darts import DartsArchitect
+from lfm_nas.eval_net import NetworkCIFAR, cutout as apply_cutout, eval_loss
+from lfm_nas.genotypes import Genotype
+from lfm_nas.operations import PRIMITIVES
+from lfm_nas.problem import LFMArchitect
+from lfm_nas.spaces import Network, PSNetwork, full_switches, limit_skips, pdarts_stages, prune_ops
+
+METHODS = ("darts1", "darts2", "lfm-darts", "pdarts", "lfm-pdarts")
+
+DEFAULTS: dict[str, Any] = {
+    "method": "darts2",
+    # search space
+    "C": 16, "layers": 8, "steps": 4, "multiplier": 4, "primitives": PRIMITIVES, "num_classes": None,
+    # LFM
+    "variant": "two", "engine": "exact", "similarity": "dot", "drop": "none", "ps_features": "grad",
+    "encoder": None, "encoder_kwargs": {}, "encoder_input": None, "n_val": None, "lfm_start": None,
+    # optimisation (DESIGN.md section 4)
+    "w_lr": 0.025, "w_lr_min": 0.001, "w_momentum": 0.9, "w_weight_decay": 3e-4, "grad_clip": 5.0,
+    "arch_lr": None, "arch_betas": (0.5, 0.999), "arch_weight_decay": 1e-3, "arch_grad_clip": None,
+    "encoder_lr": 1e-2, "r_lr": 1e-2, "fd_eps": 0.01,
+    # P-DARTS
+    "pdarts_layers": (5, 11, 17), "pdarts_ops": (8, 5, 3), "pdarts_skip_dropout": (0.1, 0.4, 0.7),
+    "max_skips": 2,
+    # misc
+    "steps_per_epoch": None, "max_nonfinite": 10, "seed": None,
+}
+
+
+# ------------------------------------------------------------------------------------
+# data helpers
+# ------------------------------------------------------------------------------------
+class IndexedDataset(torch.utils.data.Dataset):
+    """Wraps a data set so items are ``(x, y, index)``."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i][:2]
+        return x, y, i
+
+
+def _cycle(loader: Iterable) -> Iterator:
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise UsageError("a data loader is empty")
+
+
+def _to(batch: Sequence[Tensor], device) -> tuple[Tensor, ...]:
+    return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else torch.as_tensor(t, device=device)
+                 for t in batch)
+
+
+def _infer_num_classes(*loaders) -> int:
+    for loader in loaders:
+        ds = getattr(loader, "dataset", None)
+        while ds is not None:
+            for attr in ("num_classes",):
+                if isinstance(getattr(ds, attr, None), int):
+                    return getattr(ds, attr)
+            if getattr(ds, "classes", None) is not None:
+                return len(ds.classes)
+            targets = getattr(ds, "targets", None)
+            if targets is None and hasattr(ds, "tensors") and len(ds.tensors) > 1:
+                targets = ds.tensors[1]
+            if targets is not None:
+                return int(torch.as_tensor(targets).max()) + 1
+            ds = getattr(ds, "dataset", None)
+    raise UsageError("cannot infer the number of classes from the loaders; pass num_classes")
+
+
+def cosine_lr(epoch: int, epochs: int, lr_max: float, lr_min: float) -> float:
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+
+
+class _Memory:
+    """Peak memory of a run: ``torch.cuda.max_memory_allocated`` on GPU, else the growth of the
+    process's peak resident set (``ru_maxrss``; 0 when an earlier peak was higher)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        self.device = device
+        self.start = self._rss_mb()
+
+    @staticmethod
+    def _rss_mb() -> float:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+    def peak_mb(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return max(0.0, self._rss_mb() - self.start)
+
+
+@torch.no_grad()
+def evaluate_supernet(model: nn.Module, alphas: Mapping[str, Tensor], loader: Iterable, device,
+                      head: int | None = None, max_batches: int | None = None) -> float:
+    """Top-1 accuracy (%) of a supernet with fixed alphas (eval mode)."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    for b, batch in enumerate(loader):
+        if max_batches is not None and b >= max_batches:
+            break
+        x, y = _to(batch[:2], device)
+        logits = model(x, alphas, head=head) if head is not None else model(x, alphas)
+        correct += int((logits.argmax(1) == y).sum())
+        total += y.numel()
+    model.train(was)
+    return 100.0 * correct / max(1, total)
+
+
+def _make_encoder(cfg: Mapping[str, Any], device) -> nn.Module:
+    """The encoder V: a module, a factory, or a registered name (default ``smallcnn``) built by
+    ``lfm_core.encoders.create_encoder(name, **encoder_kwargs)`` (``pretrained``, ``weights``)."""
+    enc = cfg["encoder"] if cfg["encoder"] is not None else "smallcnn"
+    if isinstance(enc, nn.Module):
+        return enc.to(device)
+    if isinstance(enc, str):
+        from lfm_core.encoders import create_encoder
+
+        return create_encoder(enc, **dict(cfg.get("encoder_kwargs") or {})).to(device)
+    if callable(enc):
+        return enc().to(device)
+    raise UsageError(f"encoder must be a module, a registered name or a factory, got {type(enc).__name__}")
+
+
+# ------------------------------------------------------------------------------------
+# search
+# ------------------------------------------------------------------------------------
+def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterable, epochs: int,
+           device: str | torch.device = "cpu", log: Callable[[dict], None] | None = None,
+           progress: Callable[[int, int], None] | None = None) -> dict:
+    """One architecture search. ``config`` overrides :data:`DEFAULTS`; ``method`` is one of
+    ``darts1``, ``darts2``, ``lfm-darts``, ``pdarts``, ``lfm-pdarts``. For P-DARTS methods
+    ``epochs`` is per stage (the paper: 25) and ``lfm_start`` (default 10; 0 for DARTS) the first
+    epoch of each stage with architecture / LFM updates; before it W (W1 and W2) train on the
+    plain cross-entropy. Each P-DARTS stage builds new supernets, alphas and r (ones); the encoder
+    V carries over. ``encoder`` is a module, a factory or a name for
+    ``lfm_core.encoders.create_encoder`` (default ``smallcnn``, random init).
+
+    Returns ``{"genotype", "alphas", "val_acc", "epoch_time_s", "peak_mem_mb", "history", ...}``;
+    for LFM methods ``val_acc`` is W2's (the network trained for the validation loss), with
+    ``val_acc_w1`` alongside.
+    """
+    cfg = {**DEFAULTS, **dict(config)}
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown search option(s): {', '.join(sorted(unknown))}")
+    method = cfg["method"]
+    if method not in METHODS:
+        raise UsageError(f"unknown search method {method!r}. Valid choices: {', '.join(METHODS)}.")
+    device = torch.device(device)
+    if cfg["seed"] is not None:
+        torch.manual_seed(int(cfg["seed"]))
+    if cfg["num_classes"] is None:
+        cfg["num_classes"] = _infer_num_classes(train_loader, val_loader)
+    lfm = method.startswith("lfm-")
+    pdarts = method.endswith("pdarts")
+    if cfg["arch_lr"] is None:
+        cfg["arch_lr"] = 6e-4 if pdarts else 3e-4
+    if cfg["lfm_start"] is None:
+        cfg["lfm_start"] = 10 if pdarts else 0
+    if pdarts and cfg["arch_grad_clip"] is None and not lfm:
+        cfg["arch_grad_clip"] = 5.0  # P-DARTS clips the architecture gradient too
+    if lfm and cfg["n_val"] is None:
+        cfg["n_val"] = len(val_loader.dataset)  # type: ignore[attr-defined]
+    log = log or (lambda record: None)
+    steps_per_epoch = int(cfg["steps_per_epoch"] or len(train_loader))  # type: ignore[arg-type]
+
+    encoder = _make_encoder(cfg, device) if lfm and cfg["variant"] != "ps" else None
+
+    if pdarts and int(cfg["pdarts_ops"][0]) != len(cfg["primitives"]):
+        raise UsageError(f"pdarts_ops[0] ({cfg['pdarts_ops'][0]}) must equal the number of primitives "
+                         f"({len(cfg['primitives'])})")
+    stages = (pdarts_stages(cfg["pdarts_layers"], cfg["pdarts_ops"], cfg["pdarts_skip_dropout"], epochs, cfg["lfm_start"])
+              if pdarts else [None])
+    total = steps_per_epoch * epochs * len(stages)
+    state = {"done": 0, "epoch_times": [], "history": [], "nonfinite": 0}
+    mem = _Memory(device)
+    train_it, val_it = _cycle(train_loader), _cycle(val_loader)
+    primitives = tuple(cfg["primitives"])
+    switches = full_switches(len(primitives), cfg["steps"])
+    result: dict[str, Any] = {}
+
+    for stage in stages:
+        layers = stage.layers if stage else cfg["layers"]
+        space_kw = dict(C=cfg["C"], num_classes=cfg["num_classes"], layers=layers, steps=cfg["steps"],
+                        multiplier=cfg["multiplier"], primitives=primitives)
+        if stage:
+            space_kw.update(switches=switches, skip_dropout=stage.skip_dropout)
+        if lfm:
+            runner = _LFMRunner(cfg, space_kw, encoder, device)
+        else:
+            runner = _DartsRunner(cfg, space_kw, method, device)
+        for epoch in range(epochs):
+            lr = cosine_lr(epoch, epochs, cfg["w_lr"], cfg["w_lr_min"])
+            arch_on = epoch >= cfg["lfm_start"]
+            if stage:
+                runner.set_skip_dropout(stage.skip_dropout_at(epoch))
+            t0 = time.perf_counter()
+            losses = []
+            for _ in range(steps_per_epoch):
+                b_tr, b_val = _to(next(train_it), device), _to(next(val_it), device)
+                loss = runner.step(b_tr, b_val, lr, arch_on)
+                if loss is None:
+                    state["nonfinite"] += 1
+                    if state["nonfinite"] > cfg["max_nonfinite"]:
+                        raise NonFiniteError(f"{state['nonfinite']} non-finite hypergradients")
+                else:
+                    losses.append(loss)
+                state["done"] += 1
+                if progress:
+                    progress(state["done"], total)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
+            state["epoch_times"].append(dt)
+            record = {"stage": stage.index if stage else 0, "epoch": epoch, "lr": lr, "arch": arch_on,
+                      "train_loss": sum(losses) / max(1, len(losses)), "time_s": dt,
+                      "genotype": str(runner.genotype())}
+            state["history"].append(record)
+            log(record)
+        if stage and stage.index < len(stages) - 1:
+            switches = prune_ops(runner.alphas, switches, stage.keep, primitives)
+            log({"stage": stage.index, "pruned_to": stage.keep})
+
+    model_ops = runner.edge_ops
+    if pdarts:
+        genotype = limit_skips(runner.alphas, model_ops, cfg["max_skips"], cfg["steps"], cfg["multiplier"])
+        result["switches"] = switches
+    else:
+        genotype = runner.genotype()
+    accs = runner.evaluate(val_loader)
+    result.update({
+        "genotype": genotype,
+        "alphas": {k: v.detach().cpu() for k, v in runner.alphas.items()},
+        "val_acc": accs["val_acc"],
+        "epoch_time_s": sum(state["epoch_times"]) / max(1, len(state["epoch_times"])),
+        "peak_mem_mb": mem.peak_mb(),
+        "history": state["history"],
+        "nonfinite_steps": state["nonfinite"],
+        "method": method,
+    })
+    result.update({k: v for k, v in accs.items() if k != "val_acc"})
+    if lfm:
+        result["r"] = runner.arch.r.cpu()
+    return result
+
+
+class _DartsRunner:
+    def __init__(self, cfg, space_kw, method, device):
+        self.model = Network(**space_kw).to(device)
+        self.device = device
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg["w_lr"], momentum=cfg["w_momentum"],
+                                   weight_decay=cfg["w_weight_decay"])
+        order = "second" if method == "darts2" else "first"
+        engine = cfg["engine"] if cfg["engine"] in ("exact", "finite-difference") else "exact"
+        if method == "darts2" and cfg["engine"] == "first-order":
+            order = "first"
+        self.arch = DartsArchitect(self.model, order=order, engine=engine, arch_lr=cfg["arch_lr"],
+                                   arch_betas=cfg["arch_betas"], arch_weight_decay=cfg["arch_weight_decay"],
+                                   fd_eps=cfg["fd_eps"], arch_grad_clip=cfg["arch_grad_clip"], w_optimizer=self.opt)
+        self.grad_clip = cfg["grad_clip"]
+
+    alphas = property(lambda self: self.arch.alphas)
+    edge_ops = property(lambda self: self.model.edge_ops)
+
+    def set_skip_dropout(self, p):
+        self.model.set_skip_dropout(p)
+
+    def genotype(self):
+        return self.model.genotype(self.alphas)
+
+    def step(self, b_tr, b_val, lr, arch_on):
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        x, y = b_tr[0], b_tr[1]
+        if arch_on:
+            self.arch.step(x, y, b_val[0], b_val[1], lr)
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(x, self.arch.alphas), y)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.opt.step()
+        return float(loss.detach())
+
+    def evaluate(self, loader):
+        return {"val_acc": evaluate_supernet(self.model, self.alphas, loader, self.device)}
+
+
+class _LFMRunner:
+    def __init__(self, cfg, space_kw, encoder, device):
+        variant = cfg["variant"]
+        space = "pdarts" if "switches" in space_kw else "darts"
+        from lfm_core.registries import SEARCH_SPACES
+
+        factory = SEARCH_SPACES.get(space)
+        if variant == "ps":
+            kw = dict(space_kw)
+            num_classes = kw.pop("num_classes")
+            w1, w2 = PSNetwork(factory(**kw, num_classes=None), num_classes).to(device), None
+        else:
+            w1 = factory(**space_kw).to(device)
+            w2 = factory(**space_kw).to(device) if variant == "two" else None
+        self.device, self.variant = device, variant
+        self.arch = LFMArchitect(
+            w1, w2, encoder, n_val=cfg["n_val"], variant=variant, engine=cfg["engine"],
+            similarity=cfg["similarity"], drop=cfg["drop"], w_lr=cfg["w_lr"], w_momentum=cfg["w_momentum"],
+            w_weight_decay=cfg["w_weight_decay"], arch_lr=cfg["arch_lr"], arch_betas=cfg["arch_betas"],
+            arch_weight_decay=cfg["arch_weight_decay"], encoder_lr=cfg["encoder_lr"], r_lr=cfg["r_lr"],
+            grad_clip=cfg["grad_clip"], fd_eps=cfg["fd_eps"], encoder_input=cfg["encoder_input"],
+            ps_features=cfg["ps_features"],
+        )
+
+    alphas = property(lambda self: self.arch.alphas)
+    edge_ops = property(lambda self: self.arch.w1.edge_ops)
+
+    def set_skip_dropout(self, p):
+        for m in {id(n): n for n in (self.arch.w1, self.arch.w2)}.values():
+            m.set_skip_dropout(p)
+
+    def genotype(self):
+        return self.arch.genotype()
+
+    def step(self, b_tr, b_val, lr, arch_on):
+        if len(b_val) < 3:
+            raise UsageError("LFM needs the validation loader to yield (x, y, idx); wrap it in IndexedDataset")
+        self.arch.set_w_lr(lr)
+        for m in (self.arch.w1, self.arch.w2):
+            m.train()
+        if not arch_on:  # warm-up (P-DARTS: the first epochs of a stage): plain W1 and W2 steps
+            return self.arch.warmup_step(b_tr)
+        stats = self.arch.step(b_tr, b_val)
+        if not stats.finite:
+            return None
+        return stats.loss2
+
+    def evaluate(self, loader):
+        a = self.alphas
+        if self.variant == "ps":
+            m = self.arch.w1
+            return {"val_acc": evaluate_supernet(m, a, loader, self.device, head=2),
+                    "val_acc_w1": evaluate_supernet(m, a, loader, self.device, head=1)}
+        return {"val_acc": evaluate_supernet(self.arch.w2, a, loader, self.device),
+                "val_acc_w1": evaluate_supernet(self.arch.w1, a, loader, self.device)}
+
+
+# ------------------------------------------------------------------------------------
+# evaluation training
+# ------------------------------------------------------------------------------------
+def train_eval(genotype: Genotype, train_loader: Iterable, test_loader: Iterable, epochs: int, C: int = 36,
+               layers: int = 20, auxiliary_weight: float = 0.4, drop_path: float = 0.2, cutout: int = 16,
+               lr: float = 0.025, device: str | torch.device = "cpu", num_classes: int | None = None,
+               momentum: float = 0.9, weight_decay: float = 3e-4, grad_clip: float | None = 5.0,
+               seed: int | None = None, log: Callable[[dict], None] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> dict:
+    """Train ``NetworkCIFAR(C, layers, genotype)`` from scratch (DARTS protocol: SGD momentum 0.9,
+    wd 3e-4, cosine lr to 0, drop path rising linearly to ``drop_path``, auxiliary head with
+    weight ``auxiliary_weight``, cutout ``cutout`` applied to each training batch here: pass
+    ``cutout=0`` if the loader already does it) and return its test accuracy and error (%)."""
+    device = torch.device(device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    num_classes = num_classes or _infer_num_classes(train_loader, test_loader)
+    model = NetworkCIFAR(C, num_classes, layers, auxiliary_weight > 0, genotype, drop_path).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
+    log = log or (lambda record: None)
+    total, done = epochs * len(train_loader), 0  # type: ignore[arg-type]
+    mem = _Memory(device)
+    times = []
+    for epoch in range(epochs):
+        model.drop_path_prob = drop_path * epoch / max(1, epochs)
+        model.train()
+        t0, losses = time.perf_counter(), []
+        for batch in train_loader:
+            x, y = _to(batch[:2], device)
+            if cutout:
+                x = apply_cutout(x, cutout)
+            opt.zero_grad(set_to_none=True)
+            logits, logits_aux = model(x)
+            loss = eval_loss(logits, logits_aux, y, auxiliary_weight)
+            loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+            done += 1
+            if progress:
+                progress(done, total)
+        sched.step()
+        times.append(time.perf_counter() - t0)
+        log({"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), "time_s": times[-1]})
+    model.eval()
+    correct = n = 0
+    with torch.no_grad():
+        for batch in test_loader:
+            x, y = _to(batch[:2], device)
+            correct += int((model(x)[0].argmax(1) == y).sum())
+            n += y.numel()
+    acc = 100.0 * correct / max(1, n)
+    return {"test_acc": acc, "test_err": 100.0 - acc, "epoch_time_s": sum(times) / max(1, len(times)),
+            "peak_mem_mb": mem.peak_mb()}
