@@ -176,21 +176,21 @@ def mvp_exact(loss: LossFn, w: Params, lam: Params, v: Params) -> Params:
     v_ = {k: v[k].detach() for k in w_}
     _, tangent = jvp(lambda w_in: loss(w_in, lam_), (w_,), (v_,))
     grads = torch.autograd.grad(tangent, list(lam_.values()), allow_unused=True)
-    return dict(zip(lam_, _zeros_for_none(grads, lam_.values())))
+    return {k: g for k, g in zip(lam_, grads) if g is not None}
 
 
 def mvp_finite_difference(loss: LossFn, w: Params, lam: Params, v: Params, eps: float = 0.01) -> Params:
     norm = torch.sqrt(sum((t.detach().double() ** 2).sum() for t in v.values()))
     if not torch.isfinite(norm) or norm == 0:
-        return {k: torch.zeros_like(t) for k, t in lam.items()}
+        return {}
     step = eps / float(norm)
     out = []
     for sign in (1.0, -1.0):
         w_ = {k: (w[k].detach() + sign * step * v[k].detach()) for k in w}
         lam_ = detached(lam, True)
         grads = torch.autograd.grad(loss(w_, lam_), list(lam_.values()), allow_unused=True)
-        out.append(_zeros_for_none(grads, lam_.values()))
-    return {k: (gp - gm) / (2 * step) for k, gp, gm in zip(lam, *out)}
+        out.append(grads)
+    return {k: (gp - gm) / (2 * step) for k, gp, gm in zip(lam, *out) if gp is not None and gm is not None}
 
 
 # ------------------------------------------------------------------------------------
@@ -299,19 +299,27 @@ class TriLevelSolver:
         names = list(self.upper)
         need_second = self.engine != "first-order"
         inputs = list(upper3.values()) + (list(w2_new.values()) if need_second else [])
-        grads = _zeros_for_none(torch.autograd.grad(loss3, inputs, allow_unused=True), inputs)
-        total = dict(zip(names, grads[: len(names)]))
+        grads = torch.autograd.grad(loss3, inputs, allow_unused=True)
+        # terms are accumulated only for the upper variables they touch (an unused encoder
+        # would otherwise cost several full-size zero tensors per step)
+        total: dict[str, Tensor] = {k: g for k, g in zip(names, grads[: len(names)]) if g is not None}
+
+        def add(terms: Params, scale: float = 1.0) -> None:
+            for k, g in terms.items():
+                if k in self.upper and g is not None:
+                    total[k] = total[k] + scale * g if k in total else scale * g
+
         if need_second:
-            g2 = dict(zip(w2_new, grads[len(names):]))
+            g2 = dict(zip(w2_new, _zeros_for_none(grads[len(names):], w2_new.values())))
             # through W2' = W2 - lr2 grad loss2(W2, a, upper)
             lam2 = {"__a__": a.detach(), **upper3}
             m2 = self.mvp(lambda w, lam: problem.loss2(w, lam["__a__"], lam), w2_old, lam2, g2)
-            da = -scale2 * m2.pop("__a__")
-            for k in names:
-                total[k] = total[k] - scale2 * m2[k]
+            da = -scale2 * m2.pop("__a__", torch.zeros_like(a))
+            add(m2, -scale2)
             # through a(W1', upper)
             targets = list(w1_new.values()) + list(upper_live.values())
-            ga = _zeros_for_none(torch.autograd.grad(a, targets, grad_outputs=da, allow_unused=True), targets)
+            ga = list(torch.autograd.grad(a, targets, grad_outputs=da, allow_unused=True))
+            ga[: len(w1_new)] = _zeros_for_none(ga[: len(w1_new)], w1_new.values())
             h = dict(zip(w1_new, ga[: len(w1_new)]))
             if self.w2 is self.w1:
                 # single network: W2's step starts at W1', so W1' also reaches W2' directly:
@@ -323,18 +331,16 @@ class TriLevelSolver:
                     lambda w, d: problem.loss2({k: w[k] + d[k] for k in w}, a_fixed, upper_fixed),
                     w2_old, zero, g2,
                 )
-                h = {k: h[k] + g2[k] - scale2 * hv[k] for k in h}
+                h = {k: h[k] + g2[k] - scale2 * hv.get(k, torch.zeros_like(h[k])) for k in h}
             if self.reduce is not None:
                 # dL/dW1' sums over every process's training examples before it meets loss1's MVP
                 values = list(h.values())
                 self.reduce(values)
                 h = dict(zip(h, values))
-            for k, g in zip(names, ga[len(w1_new):]):
-                total[k] = total[k] + g
+            add(dict(zip(names, ga[len(w1_new):])))
             # through W1' = W1 - lr1 grad loss1(W1, upper)
-            m1 = self.mvp(problem.loss1, w1_old, upper3, h)
-            for k in names:
-                total[k] = total[k] - scale1 * m1[k]
+            add(self.mvp(problem.loss1, w1_old, upper3, h), -scale1)
+        total = {k: total[k] if k in total else torch.zeros_like(self.upper[k]) for k in names}
         if self.reduce is not None:
             values = [total[k] for k in names]
             self.reduce(values)
