@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lfm_core.runner import RunContext
-from lfm_dr.train import TrainConfig, build_method, train_dr
+from lfm_dr.train import TrainConfig, build_method, device_of, train_dr
 
 
 class _WithLabels(Dataset):
@@ -87,7 +87,7 @@ def fit(
     ctx = RunContext(run_dir=folder, config={"method": method, "model": model, "seed": seed})
     metrics = train_dr(cfg, splits, seed, ctx)
     # rebuild the method from the final checkpoint to hand its trained modules back
-    built, _, _ = build_method(cfg, splits, seed, torch.device(device) if device else _default_device())
+    built, _, _ = build_method(cfg, splits, seed, device_of(cfg))
     state = ctx.load_checkpoint()
     for name, module in built.modules().items():
         module.load_state_dict(state["modules"][name])
@@ -96,6 +96,3 @@ def fit(
     weights = getattr(built, "b", None)
     return FitResult(models["main"], models, metrics, None if weights is None else weights.detach().cpu(), folder)
 
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

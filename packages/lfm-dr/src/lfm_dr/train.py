@@ -89,7 +89,7 @@ def evaluate(model: torch.nn.Module, data: Dataset, num_classes: int, device, ba
     return 100.0 * float(conf.diag().sum()) / max(int(conf.sum()), 1), conf
 
 
-def _device(cfg: TrainConfig) -> torch.device:
+def device_of(cfg: TrainConfig) -> torch.device:
     if cfg.device:
         return torch.device(cfg.device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,7 +134,7 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
 
 def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
     """Train one method on one split; resumes from ``ctx``'s checkpoint. Returns final metrics."""
-    device = _device(cfg)
+    device = device_of(cfg)
     seed_everything(seed)
     method, train_stream, meta_stream = build_method(cfg, splits, seed, device)
     scheduled = {name: opt for name, opt in method.optimizers().items() if name in method.scheduled}

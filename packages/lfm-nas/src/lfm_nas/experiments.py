@@ -29,7 +29,6 @@ records which run produced what it reused.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import json
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 
 from lfm_core.errors import DataNotFoundError, UsageError
+from lfm_core.runtime import cpu_threads
 from lfm_core.experiments import Cell, Experiment, PaperValue, pv
 from lfm_core.io import atomic_write_json
 from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotype
@@ -109,23 +109,6 @@ def imagenet_root(options: dict[str, Any]) -> Path | None:
     return None
 
 
-@contextlib.contextmanager
-def _cpu_threads(device: torch.device, profile: str):
-    """One intra-op thread for the tiny smoke/cpu supernets on CPU, unless OMP_NUM_THREADS is set.
-
-    Their tensors are so small that OpenMP's fork/join costs more than it saves, and on a
-    shared 2-core machine a second thread that is descheduled stalls every parallel region
-    (measured: a C=4 supernet forward/backward 0.24 s with one thread, 1-15 s with two).
-    """
-    if device.type != "cpu" or profile == "paper" or os.environ.get("OMP_NUM_THREADS"):
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _device(ctx) -> torch.device:
@@ -632,7 +615,7 @@ class NASExperiment(Experiment):
 
     def run_cell(self, cell, profile, seed, ctx):
         device = _device(ctx)
-        with _cpu_threads(device, profile):
+        with cpu_threads(device, profile):
             metrics = self._run_cell(cell, profile, seed, ctx, device)
         metrics["threads"] = torch.get_num_threads() if device.type == "cpu" else None
         return metrics
