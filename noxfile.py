@@ -22,6 +22,8 @@ TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 DEV = ROOT / ".nox" / "dev"
 nox.options.sessions = ["tests", "install_alone", "reproduce"]
 nox.options.reuse_existing_virtualenvs = True
+# the test models are tiny: one intra-op thread avoids OpenMP stalls on a busy 2-core machine
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _bin(env: Path, name: str) -> str:

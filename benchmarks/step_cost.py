@@ -119,7 +119,8 @@ def main(argv=None) -> int:
     result = {
         "dr": bench_dr(device, args.batch, 16, args.encoder, warmup, repeat),
         "nas": None if args.skip_nas else bench_nas(device, 32 if device.type == "cuda" else 16, warmup, repeat),
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu x{os.cpu_count()} ({platform.processor() or platform.machine()})",
+        "device": (torch.cuda.get_device_name(0) if device.type == "cuda"
+                   else f"cpu x{os.cpu_count()} ({platform.processor() or platform.machine()})"),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }

@@ -367,7 +367,8 @@ class Table9(DRExperiment):
     def describe(self, profile, options):
         if profile == "paper":
             return "data: ANIMAL-10N from --data-root (64x64, VGG19-BN)."
-        return "data: digits stand in for ANIMAL-10N (no real label noise: expect no gain); paper: --profile paper --data-root DIR."
+        return ("data: digits stand in for ANIMAL-10N (no real label noise: expect no gain); "
+                "paper: --profile paper --data-root DIR.")
 
     def train_config(self, params, profile, ctx):
         cfg = super().train_config(params, profile, ctx)
