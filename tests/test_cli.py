@@ -93,7 +93,7 @@ def _result(res: Path) -> dict:
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
-    args = ["run", "table7", "--profile", "smoke", "--methods", "LFM-DR", "--epochs", "4"]
+    args = ["run", "table7", "--profile", "smoke", "--methods", "LFM-DR", "--epochs", "8"]
     ref = run(*args, "--results", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     res = tmp_path / "killed"
