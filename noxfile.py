@@ -71,6 +71,17 @@ def bench(session: nox.Session) -> None:
                 "--write", str(ROOT / "benchmarks" / "results"), *session.posargs, external=True)
 
 
+@nox.session(venv_backend="none")
+def bench_betty(session: nox.Session) -> None:
+    """lfm_core's solver against Betty on the same 3-level LFM-DR problem; benchmarks/results/betty.json."""
+    env = _dev_env(session)
+    # betty-ml declares an old Python range; the constraints keep it from touching torch
+    session.run(_bin(env, "python"), "-m", "pip", "install", "-q", "--ignore-requires-python", *CONSTRAINTS,
+                "betty-ml", external=True)
+    session.run(_bin(env, "python"), str(ROOT / "benchmarks" / "betty_compare.py"),
+                "--write", str(ROOT / "benchmarks" / "results"), *session.posargs, external=True)
+
+
 @nox.session(name="install_alone", venv_backend="none")
 @nox.parametrize("package", PACKAGES)
 def install_alone(session: nox.Session, package: str) -> None:
