@@ -3,6 +3,7 @@ process on the same global batch: DDP has no double backward, so the solver aver
 hypergradients explicitly."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -70,7 +71,11 @@ def one_step(rank: int, world: int, accelerator=None) -> dict:
 def test_two_processes_equal_one_process(tmp_path):
     """Two launched processes (torchrun, gloo; Accelerate picks up the environment) against one."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", port,
            __file__, str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -89,3 +94,5 @@ if __name__ == "__main__":  # one process of the launched pair
     assert acc.num_processes == 2, acc.state
     result = one_step(acc.process_index, acc.num_processes, acc)
     torch.save(result, os.path.join(sys.argv[1], f"rank{acc.process_index}.pt"))
+    acc.wait_for_everyone()
+    torch.distributed.destroy_process_group()  # gloo aborts at exit when the group is left open
