@@ -14,6 +14,13 @@ def _pyplot():
     return plt
 
 
+def _provenance(frame) -> str:
+    """Which profile and data set the bars or matrices come from (e.g. digits standing in for CIFAR)."""
+    profiles = ", ".join(sorted(set(frame["profile"])))
+    datasets = ", ".join(sorted({str(d) for d in frame.get("dataset", []) if d}))
+    return f"profile {profiles}; data {datasets or '?'}"
+
+
 def plot_confusions(frame, out_path, rows: list[str]) -> None:
     """Row-normalised confusion matrices (per-class recall, %), averaged over seeds, side by side."""
     plt = _pyplot()
@@ -34,6 +41,7 @@ def plot_confusions(frame, out_path, rows: list[str]) -> None:
                         color="white" if recall[i, j] > 60 else "black")
         acc = 100 * np.trace(conf) / max(conf.sum(), 1)
         ax.set_title(f"{row} (accuracy {acc:.1f}%, {len(mats)} seeds)")
+        ax.text(1.0, -0.14, _provenance(frame), transform=ax.transAxes, ha="right", fontsize=7, color="gray")
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         ax.set_xticks(range(k))
@@ -56,7 +64,11 @@ def plot_network_bars(frame, out_path, rows: list[str], columns: list[str], titl
             means.append(vals.mean() if len(vals) else np.nan)
             stds.append(vals.std(ddof=0) if len(vals) > 1 else 0.0)
         ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=row)
+    for j, column in enumerate(columns):
+        if not (frame["column"] == column).any():
+            ax.text(x[j], 50, "not run", ha="center", va="center", color="gray")
     ax.set_xticks(x, columns)
+    ax.text(1.0, -0.16, _provenance(frame), transform=ax.transAxes, ha="right", fontsize=7, color="gray")
     ax.set_xlabel("flip-noise rate")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
