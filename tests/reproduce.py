@@ -14,6 +14,7 @@ from pathlib import Path
 from lfm_core.experiments import get_experiment
 from lfm_core.registries import EXPERIMENTS
 
+CLI = [sys.executable, "-m", "lfm_core.cli"]  # the environment running this script, activated or not
 EXPECTED = [f"table{i}" for i in range(1, 11)] + [f"figure{i}" for i in range(4, 9)]
 
 
@@ -26,7 +27,7 @@ def main(out: Path) -> int:
     results, report = out / "results", out / "report"
     for name in names:
         start = time.perf_counter()
-        cmd = ["lfm-bench", "run", name, "--profile", "smoke", "--results", str(results)]
+        cmd = [*CLI, "run", name, "--profile", "smoke", "--results", str(results)]
         if get_experiment(name).name == "figure8":
             cmd += ["--data-root", str(out)]  # no CIFAR-100 here: must fail cleanly, checked below
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -41,7 +42,7 @@ def main(out: Path) -> int:
         if proc.returncode != 0:
             print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
             return 1
-    proc = subprocess.run(["lfm-bench", "report", "--results", str(results), "--out", str(report)],
+    proc = subprocess.run([*CLI, "report", "--results", str(results), "--out", str(report)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stderr, file=sys.stderr)
