@@ -18,14 +18,6 @@ from lfm_core.imbalance import longtail_counts
 from lfm_core.registry import UnknownNameError
 
 
-@pytest.fixture(autouse=True)
-def _float32_default():
-    """test_solver.py sets float64 as torch's default dtype at import; these tests assume float32."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
-
 
 @pytest.fixture(scope="module")
 def digits():

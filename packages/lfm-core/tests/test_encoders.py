@@ -12,14 +12,6 @@ from lfm_core.registry import UnknownNameError
 X = torch.randn(2, 3, 32, 32, dtype=torch.float32)
 
 
-@pytest.fixture(autouse=True)
-def _float32_default():
-    """test_solver.py sets float64 as torch's default dtype at import; these tests assume float32."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
-
 
 def test_registered():
     assert {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "smallcnn"} <= set(ENCODERS.names())
