@@ -218,6 +218,7 @@ class TriLevelSolver:
         modules: Iterable[nn.Module] = (),
         grad_clip: float | None = None,
         reduce: Callable[[list[Tensor]], None] | None = None,
+        upper_reaches_batch_norm: bool = True,
     ):
         self.w1, self.w2 = w1, w2
         self.upper = upper
@@ -228,6 +229,11 @@ class TriLevelSolver:
         self.grad_clip = grad_clip
         # averages gradients across processes (multi-process data parallel); None: one process
         self.reduce = reduce
+        # The exact engine differentiates forward-mode tangents; fused batch norm gets that wrong
+        # when an upper variable reaches a batch-norm input (architecture weights do), so it is
+        # swapped for elementary ops. A problem whose upper variables only weight the per-example
+        # losses (data reweighting) may pass False and keep the faster fused kernel.
+        self.plain_bn = upper_reaches_batch_norm
 
     # -- the MVP of the selected engine -------------------------------------------------
     def mvp(self, loss: LossFn, w: Params, lam: Params, v: Params) -> Params:
@@ -235,7 +241,7 @@ class TriLevelSolver:
         device_type = next(iter(w.values())).device.type
         with frozen_bn_stats(*self.modules), torch.autocast(device_type, enabled=False):
             if self.engine == "exact":
-                with plain_batch_norm(*self.modules):
+                with plain_batch_norm(*(self.modules if self.plain_bn else ())):
                     return mvp_exact(loss, w, lam, v)
             return mvp_finite_difference(loss, w, lam, v, self.fd_eps)
 

@@ -91,6 +91,10 @@ class LFMReweighting(DRMethod):
         self.solver = TriLevelSolver(
             self.w1, self.w2, upper, self.opt1, self.opt2, self.upper_opt,
             engine=self.opt["engine"], modules=[self.encoder],
+            # b, a (hence r and V) only weight per-example losses: no upper variable enters a
+            # batch-norm input inside the forward-mode products, so the fused kernel is exact
+            # (the single-network variant's Hessian term perturbs the weights themselves)
+            upper_reaches_batch_norm=self.w2 is self.w1,
         )
 
     def modules(self):
