@@ -64,7 +64,8 @@ def solver_grads(engine, w1, w2, enc, batch, upper, single):
     return solver.step(problem(w1, w2, enc, batch)).grads
 
 
-COORDS = [("b", 4), ("b", 7), ("b", 9), ("b", 1), ("r", 0), ("r", 3), ("V.features.0.weight", 5), ("V.features.8.weight", 40), ("V.features.9.weight", 3)]
+COORDS = [("b", 4), ("b", 7), ("b", 9), ("b", 1), ("r", 0), ("r", 3),
+          ("V.features.0.weight", 5), ("V.features.8.weight", 40), ("V.features.9.weight", 3)]
 
 
 @pytest.mark.parametrize("single", [False, True])

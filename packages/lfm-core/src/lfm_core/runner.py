@@ -12,7 +12,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +185,3 @@ def collect_results(results: Path) -> list[dict[str, Any]]:
             records.append(rec)
     return records
 
-
-def remove_run(run_dir: Path) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)

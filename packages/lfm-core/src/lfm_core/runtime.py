@@ -10,9 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lfm_core.errors import UsageError
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -44,19 +42,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def make_accelerator(mixed_precision: str = "no", cpu: bool | None = None):
-    """An Accelerator for device placement, autocast and multi-process runs."""
-    if mixed_precision not in MIXED_PRECISION:
-        raise UsageError(f"unknown mixed precision {mixed_precision!r}. Valid choices: {', '.join(MIXED_PRECISION)}.")
-    from accelerate import Accelerator
-
-    if cpu is None:
-        cpu = not torch.cuda.is_available()
-    if mixed_precision == "fp16" and cpu:
-        raise UsageError("mixed precision 'fp16' needs a GPU. Valid choices on CPU: no, bf16.")
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def all_reduce_mean(accelerator):
