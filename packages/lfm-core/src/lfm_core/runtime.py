@@ -1,4 +1,4 @@
-"""Seeding, device placement and mixed precision (through Accelerate), RNG state capture."""
+"""Seeding, RNG state capture, CPU threads, and cross-process gradient averaging."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
