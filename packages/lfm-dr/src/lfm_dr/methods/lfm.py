@@ -136,7 +136,7 @@ class LFMReweighting(DRMethod):
 
     def summary(self, clean_mask: Tensor | None = None) -> dict[str, float]:
         """Mean b on clean and on corrupted training examples (what B learned)."""
-        out = {"b_mean": float(self.b.mean()), "r_mean": float(self.r.mean())}
+        out = {"b_mean": float(self.b.detach().mean()), "r_mean": float(self.r.detach().mean())}
         if clean_mask is not None and clean_mask.any() and (~clean_mask).any():
             b = self.b.detach().cpu()
             out["b_clean"] = float(b[clean_mask].mean())
