@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -163,7 +164,12 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
             bar.console.print(f"  {tag}: {cell.row} | {cell.column} | seed {seed}: "
                               f"{exp.metric}={record['metrics'][exp.metric]:.2f} ({record['wall_s']:.0f}s)")
             bar.advance(total)
-    all_records = [r for r in collect_results(results) if r["experiment"] == exp.name and r["profile"] == profile]
+    # every seed already run for these cells (e.g. by earlier commands), but no other settings
+    # (another noise type or engine lands in other run directories of the same experiment)
+    wanted = {(c.row, c.column, json.dumps(c.params, sort_keys=True)) for c in cells}
+    all_records = [r for r in collect_results(results)
+                   if r["experiment"] == exp.name and r["profile"] == profile
+                   and (r["row"], r["column"], json.dumps(r["params"], sort_keys=True)) in wanted]
     render_terminal(exp, all_records, profile, out)
 
 
