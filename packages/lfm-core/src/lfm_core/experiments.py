@@ -84,6 +84,10 @@ class Experiment:
         """Train/evaluate one cell for one seed; return metrics (must include ``self.metric``)."""
         raise NotImplementedError
 
+    def includes(self, record: dict[str, Any]) -> bool:
+        """Whether a finished run belongs in this table (e.g. only its own noise type)."""
+        return True
+
     # -- figures ---------------------------------------------------------------------------
     def plot(self, frame, out_path) -> None:  # pandas DataFrame of results
         raise NotImplementedError

@@ -152,7 +152,6 @@ def write_report(results: Path, out_dir: Path, names: list[str], profile: str | 
     records = collect_results(results)
     if profile:
         records = [r for r in records if r.get("profile") == profile]
-    frame = results_frame(records)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     index = ["# LFM reproduction report", "",
@@ -163,6 +162,7 @@ def write_report(results: Path, out_dir: Path, names: list[str], profile: str | 
              "does not implement, shown with the paper's numbers.", ""]
     for name in names:
         exp = get_experiment(name)
+        frame = results_frame([r for r in records if r.get("experiment") == name and exp.includes(r)])
         agg = aggregate(exp, frame)
         stem = out_dir / name
         csv = agg.to_csv(index=False)
@@ -172,7 +172,7 @@ def write_report(results: Path, out_dir: Path, names: list[str], profile: str | 
         atomic_write_text(stem.with_suffix(".tex"), latex_table(exp, agg))
         written += [stem.with_suffix(s) for s in (".md", ".csv", ".tex")]
         index.append(f"## {name}: {exp.title}")
-        sub = frame[frame["experiment"] == name] if not frame.empty else frame
+        sub = frame
         profiles = ", ".join(sorted(set(sub["profile"]))) if not sub.empty else "none"
         ran = int((agg.status == "ok").sum())
         index.append(f"{ran} of {len(agg)} cells run (profiles: {profiles}). "

@@ -225,6 +225,10 @@ class NoiseTable(DRExperiment):
             cols = [c for c in cols if c.endswith("40%")][:1]
         return cols
 
+    def includes(self, record):
+        """The report shows the table's own noise type (runs with --noise X stay in their run dirs)."""
+        return (record.get("params") or {}).get("noise", self.noise_default) == self.noise_default
+
     def column_params(self, column, profile, options):
         rate = int(column.rsplit(" ", 1)[1].rstrip("%")) / 100
         return {"dataset": self.dataset_for(column, profile, options), "noise": options.get("noise") or
