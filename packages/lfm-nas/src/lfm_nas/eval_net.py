@@ -198,10 +198,11 @@ class NetworkImageNet(_EvalNetwork):
         return self._run_cells(s0, s1)
 
 
-def eval_loss(logits: Tensor, logits_aux: Tensor | None, y: Tensor, auxiliary_weight: float = 0.4) -> Tensor:
-    loss = F.cross_entropy(logits, y)
+def eval_loss(logits: Tensor, logits_aux: Tensor | None, y: Tensor, auxiliary_weight: float = 0.4,
+              label_smoothing: float = 0.0) -> Tensor:
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     if logits_aux is not None and auxiliary_weight:
-        loss = loss + auxiliary_weight * F.cross_entropy(logits_aux, y)
+        loss = loss + auxiliary_weight * F.cross_entropy(logits_aux, y, label_smoothing=label_smoothing)
     return loss
 
 

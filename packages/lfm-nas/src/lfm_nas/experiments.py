@@ -40,7 +40,6 @@ from typing import Any, Callable, Iterable
 
 import click
 import torch
-from torch import nn
 
 from lfm_core.errors import DataNotFoundError, UsageError
 from lfm_core.runtime import cpu_threads
@@ -303,9 +302,8 @@ def train_eval_imagenet(genotype, train_loader: Iterable, test_loader: Iterable,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """DARTS' ImageNet protocol: ``NetworkImageNet(C, layers)`` trained with SGD (lr decayed by
     ``gamma`` every epoch), label smoothing and the auxiliary head; top-1 and top-5 test error."""
-    import torch.nn.functional as F
-
     from lfm_nas.eval_net import NetworkImageNet
+    from lfm_nas.search import train_epochs
 
     device = torch.device(device)
     if seed is not None:
@@ -313,29 +311,9 @@ def train_eval_imagenet(genotype, train_loader: Iterable, test_loader: Iterable,
     model = NetworkImageNet(C, num_classes, layers, auxiliary_weight > 0, genotype, drop_path).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=gamma)
-    total, done = epochs * len(train_loader), 0  # type: ignore[arg-type]
-    for epoch in range(epochs):
-        model.drop_path_prob = drop_path * epoch / max(1, epochs)
-        model.train()
-        t0, losses = time.perf_counter(), []
-        for batch in train_loader:
-            x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            logits, aux = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-            if aux is not None and auxiliary_weight:
-                loss = loss + auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=label_smoothing)
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-            losses.append(float(loss.detach()))
-            done += 1
-            if progress:
-                progress(done, total)
-        sched.step()
-        if log:
-            log({"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), "time_s": time.perf_counter() - t0})
+    train_epochs(model, opt, sched, train_loader, epochs, device, drop_path=drop_path,
+                 auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing, grad_clip=grad_clip,
+                 log=log, progress=progress)
     model.eval()
     k = min(5, num_classes)
     top1 = topk = n = 0

@@ -385,6 +385,40 @@ class _LFMRunner:
 # ------------------------------------------------------------------------------------
 # evaluation training
 # ------------------------------------------------------------------------------------
+def train_epochs(model: nn.Module, opt: torch.optim.Optimizer, sched, train_loader: Iterable, epochs: int,
+                 device: torch.device, *, drop_path: float, auxiliary_weight: float, label_smoothing: float = 0.0,
+                 cutout: int = 0, grad_clip: float | None = 5.0, log: Callable[[dict], None] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> list[float]:
+    """The evaluation networks' training loop (CIFAR and ImageNet): drop path rising linearly,
+    auxiliary loss, optional cutout and clipping, one scheduler step per epoch. Returns epoch times."""
+    total, done = epochs * len(train_loader), 0  # type: ignore[arg-type]
+    times = []
+    for epoch in range(epochs):
+        model.drop_path_prob = drop_path * epoch / max(1, epochs)
+        model.train()
+        t0, losses = time.perf_counter(), []
+        for batch in train_loader:
+            x, y = _to(batch[:2], device)
+            if cutout:
+                x = apply_cutout(x, cutout)
+            opt.zero_grad(set_to_none=True)
+            logits, logits_aux = model(x)
+            loss = eval_loss(logits, logits_aux, y, auxiliary_weight, label_smoothing)
+            loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+            done += 1
+            if progress:
+                progress(done, total)
+        sched.step()
+        times.append(time.perf_counter() - t0)
+        if log:
+            log({"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), "time_s": times[-1]})
+    return times
+
+
 def train_eval(genotype: Genotype, train_loader: Iterable, test_loader: Iterable, epochs: int, C: int = 36,
                layers: int = 20, auxiliary_weight: float = 0.4, drop_path: float = 0.2, cutout: int = 16,
                lr: float = 0.025, device: str | torch.device = "cpu", num_classes: int | None = None,
@@ -402,32 +436,10 @@ def train_eval(genotype: Genotype, train_loader: Iterable, test_loader: Iterable
     model = NetworkCIFAR(C, num_classes, layers, auxiliary_weight > 0, genotype, drop_path).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
-    log = log or (lambda record: None)
-    total, done = epochs * len(train_loader), 0  # type: ignore[arg-type]
     mem = _Memory(device)
-    times = []
-    for epoch in range(epochs):
-        model.drop_path_prob = drop_path * epoch / max(1, epochs)
-        model.train()
-        t0, losses = time.perf_counter(), []
-        for batch in train_loader:
-            x, y = _to(batch[:2], device)
-            if cutout:
-                x = apply_cutout(x, cutout)
-            opt.zero_grad(set_to_none=True)
-            logits, logits_aux = model(x)
-            loss = eval_loss(logits, logits_aux, y, auxiliary_weight)
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-            losses.append(float(loss.detach()))
-            done += 1
-            if progress:
-                progress(done, total)
-        sched.step()
-        times.append(time.perf_counter() - t0)
-        log({"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), "time_s": times[-1]})
+    times = train_epochs(model, opt, sched, train_loader, epochs, device, drop_path=drop_path,
+                         auxiliary_weight=auxiliary_weight, cutout=cutout, grad_clip=grad_clip,
+                         log=log, progress=progress)
     model.eval()
     correct = n = 0
     with torch.no_grad():
