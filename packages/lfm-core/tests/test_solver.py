@@ -81,14 +81,14 @@ def make(seed=0, bn=True, single=False, drop="none", similarity="dot"):
     return w1, w2, enc, upper, data, drop, similarity
 
 
-def solver_grads(engine, w1, w2, enc, upper, data, drop, similarity, momentum=0.0):
+def solver_grads(engine, w1, w2, enc, upper, data, drop, similarity, momentum=0.0, **solver_kw):
     w1, enc = copy.deepcopy(w1), copy.deepcopy(enc)
     w2 = w1 if w2 is None else copy.deepcopy(w2)
     upper = {k: v.clone().requires_grad_() for k, v in upper.items()}
     opt1 = torch.optim.SGD(w1.parameters(), lr=0.5, momentum=momentum)
     opt2 = torch.optim.SGD(w2.parameters(), lr=0.7, momentum=momentum)
     up = torch.optim.SGD(upper.values(), lr=0.0)
-    solver = TriLevelSolver(w1, w2, upper, opt1, opt2, up, engine=engine, fd_eps=1e-4, modules=[enc])
+    solver = TriLevelSolver(w1, w2, upper, opt1, opt2, up, engine=engine, fd_eps=1e-4, modules=[enc], **solver_kw)
     problem = TinyProblem(w1, w2, enc, data, drop, similarity)
     stats = solver.step(problem)
     return stats.grads, (w1, w2)
@@ -177,6 +177,52 @@ def test_finite_difference_engine_close_to_exact():
     exact, _ = solver_grads("exact", w1, w2, enc, upper, data, drop, sim)
     fd, _ = solver_grads("finite-difference", w1, w2, enc, upper, data, drop, sim)
     assert rel_err(fd, exact) < 1e-5
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_forward_difference_engine_close_to_brute_force(single):
+    """One-sided differences (base from the real step) agree to O(eps) with the whole-step truth."""
+    w1, w2, enc, upper, data, drop, sim = make(bn=True, single=single)
+    ref = brute_force(w1, None if single else w2, enc, upper, data, drop, sim)
+    fwd, _ = solver_grads("forward-difference", w1, None if single else w2, enc, upper, data, drop, sim)
+    central, _ = solver_grads("finite-difference", w1, None if single else w2, enc, upper, data, drop, sim)
+    assert rel_err(fwd, ref) < 1e-3
+    # truncation error O(eps) (eps = 1e-4 here) against O(eps^2): worse than central, not by luck
+    assert rel_err(central, ref) < rel_err(fwd, ref)
+
+
+def test_forward_difference_reuses_the_real_steps_gradient(monkeypatch):
+    """The base gradient comes from the real steps: one evaluation per product, same result."""
+    import lfm_core.solver as solver_mod
+
+    w1, w2, enc, upper, data, drop, sim = make(bn=True)
+    calls = []
+    original = solver_mod._grad_lam
+    monkeypatch.setattr(solver_mod, "_grad_lam", lambda *a: calls.append(a[-1]) or original(*a))
+    reused, _ = solver_grads("forward-difference", w1, w2, enc, upper, data, drop, sim)
+    assert len(calls) == 2 and all(step != 0 for step in calls)
+    calls.clear()
+    # under autocast the real step's values are low precision: the base is recomputed in float32
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=True):
+        solver_grads("forward-difference", w1, w2, enc, upper, data, drop, sim)
+    assert sorted(step != 0 for step in calls) == [False, False, True, True]
+    # and the base from the real step equals a recomputed one
+    fresh = {}
+    monkeypatch.setattr(solver_mod.TriLevelSolver, "_keeps_base", lambda self, w: False)
+    fresh, _ = solver_grads("forward-difference", w1, w2, enc, upper, data, drop, sim)
+    assert rel_err(reused, fresh) < 1e-10
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_recomputed_weights_give_the_same_hypergradient(single):
+    w1, w2, enc, upper, data, drop, sim = make(bn=True, single=single)
+    w2 = None if single else w2
+    kept, (w1a, w2a) = solver_grads("exact", w1, w2, enc, upper, data, drop, sim)
+    again, (w1b, w2b) = solver_grads("exact", w1, w2, enc, upper, data, drop, sim, recompute_weights=True)
+    assert rel_err(again, kept) < 1e-12
+    for net_a, net_b in ((w1a, w1b), (w2a, w2b)):  # same real steps, batch-norm buffers included
+        for (k, ta), tb in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+            torch.testing.assert_close(ta, tb, msg=k)
 
 
 def test_first_order_keeps_only_direct_terms():

@@ -87,3 +87,17 @@ def test_bf16_autocast_trains_with_finite_hypergradients(tmp_path):
         assert metrics["skipped_steps"] == 0
         assert all(map(lambda v: v == v, (metrics["test_acc"], metrics["b_mean"], metrics["r_mean"])))
         assert metrics["b_mean"] != 1.0  # B moved, so its hypergradient was finite and applied
+
+
+def test_fp16_with_loss_scaling_trains_and_resumes_the_scale(tmp_path):
+    """fp16 autocast (CPU here; meant for GPUs) with the trainer's loss scaler: finite steps, the
+    scaler's state in the checkpoint, and a baseline on the same scaled path."""
+    for method, options in (("lfm", {**CFG["options"], "engine": "exact"}), ("ce", {})):
+        cfg = TrainConfig(**{**CFG, "method": method, "epochs": 1, "mixed_precision": "fp16", "options": options})
+        run = RunContext(run_dir=tmp_path / method, config={})
+        metrics = train_dr(cfg, _splits(), 0, run)
+        assert metrics["skipped_steps"] == 0 and metrics["test_acc"] == metrics["test_acc"]
+        state = torch.load(run.checkpoint_path, weights_only=True)
+        assert state["scaler"]["scale"] == 2.0**10  # no overflow on this data
+        if method == "lfm":
+            assert metrics["b_mean"] != 1.0

@@ -95,3 +95,15 @@ def test_lfm_warmup_then_lfm():
                  tr, va, epochs=2)
     assert [h["arch"] for h in out["history"]] == [False, True]
     assert float(out["alphas"]["normal"].abs().max()) > 0
+
+
+@pytest.mark.parametrize("engine", ["exact", "finite-difference"])
+def test_bf16_search_has_finite_hypergradients(engine):
+    """LFM-DARTS under bf16 autocast on CPU: every step finite (max_nonfinite 0), r updated."""
+    tr, va = loaders()
+    out = search({"method": "lfm-darts", **TINY, "engine": engine, "mixed_precision": "bf16", "max_nonfinite": 0},
+                 tr, va, epochs=1)
+    assert torch.isfinite(out["alphas"]["normal"]).all() and torch.isfinite(out["r"]).all()
+    assert (out["r"] != 1).any()  # r starts at ones: its hypergradient was finite and applied
+    with pytest.raises(UsageError, match="fp16"):
+        search({"method": "lfm-darts", **TINY, "mixed_precision": "fp16"}, tr, va, epochs=1)

@@ -1,8 +1,9 @@
-"""Seeding, RNG state capture, CPU threads, and cross-process gradient averaging."""
+"""Seeding, RNG state capture, CPU threads, cross-process gradient averaging, peak memory."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import random
 from typing import Any
@@ -75,3 +76,82 @@ def cpu_threads(device: torch.device, profile: str):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------
+# peak memory of one call (CPU: growth of the peak resident set; CUDA: max allocated)
+# ------------------------------------------------------------------------------------
+def _status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+_strict_malloc = False
+
+
+def _release_freed_tensors() -> bool:
+    """Fix glibc's mmap threshold at 64 KiB so that every freed tensor of that size or more goes
+    back to the OS at once. By default the threshold grows to 32 MiB after the first frees,
+    after which freed activations stay in the heap and the resident set remembers every
+    earlier graph. Process-wide and for good (allocation gets a little slower), so it is for
+    measurement runs only."""
+    global _strict_malloc
+    if not _strict_malloc:
+        try:
+            _strict_malloc = bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 64 * 1024))
+        except (OSError, AttributeError):
+            return False
+    return _strict_malloc
+
+
+class PeakMemory:
+    """Peak memory of the code run inside ``with PeakMemory(device) as m: ...`` (``m.peak_mb``).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (reset on entry). CPU (Linux): freed heap is
+    returned to the OS (``malloc_trim``), the kernel's peak-RSS mark is reset
+    (``/proc/self/clear_refs``) and the result is the growth of ``VmHWM`` over the resident set
+    at entry, so earlier runs in the same process do not hide this one. ``strict=True``
+    (benchmarks) also makes freed tensors leave the resident set at once (see
+    :func:`_release_freed_tensors`), so the CPU figure tracks live tensors like the CUDA one.
+    Elsewhere ``None``.
+    """
+
+    def __init__(self, device: torch.device | str, strict: bool = False):
+        self.device = torch.device(device)
+        self.strict = strict
+        self.peak_mb: float | None = None
+        self._base: float | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        if self.strict:
+            _release_freed_tensors()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self._base = _status_mb("VmRSS")
+        except OSError:
+            self._base = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._base is not None:
+            hwm = _status_mb("VmHWM")
+            self.peak_mb = None if hwm is None else max(0.0, hwm - self._base)

@@ -17,6 +17,10 @@ A one-step unroll ``W' = W - lr * grad_W loss(W, lam)`` contributes
   No double backward; for per-example weights ``lam`` the reverse pass is trivial.
 * ``finite-difference``: DARTS-style central differences
   ``(grad_lam loss(W + eps g) - grad_lam loss(W - eps g)) / 2 eps``; no graph through W.
+* ``forward-difference``: one-sided differences
+  ``(grad_lam loss(W + eps g) - grad_lam loss(W)) / eps`` whose second term comes free with
+  the real optimiser step at ``W`` (its backward also fills ``grad_lam``): one training-batch
+  forward per product instead of two, at an O(eps) truncation error instead of O(eps^2).
 * ``first-order``: all terms through the unrolled steps are dropped; only the direct
   dependence of ``loss3`` on the upper variables remains.
 
@@ -37,12 +41,13 @@ from typing import Callable, Iterable, Iterator, Literal, Protocol
 import torch
 from torch import Tensor, nn
 from torch.func import jvp
+from torch.profiler import record_function
 
 from lfm_core.errors import UsageError
 
 Params = dict[str, Tensor]
-ENGINES = ("exact", "finite-difference", "first-order")
-Engine = Literal["exact", "finite-difference", "first-order"]
+ENGINES = ("exact", "finite-difference", "forward-difference", "first-order")
+Engine = Literal["exact", "finite-difference", "forward-difference", "first-order"]
 
 
 class TriLevelProblem(Protocol):
@@ -151,8 +156,11 @@ def _zeros_for_none(grads: Iterable[Tensor | None], like: Iterable[Tensor]) -> l
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
 
 
-def _dot(a: Params, b: Params) -> Tensor:
-    return sum((a[k] * b[k]).sum() for k in a)  # type: ignore[return-value]
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """One reduction and one sync for a whole list (an inf and a -inf sum to nan, still caught)."""
+    if not tensors:
+        return True
+    return bool(torch.isfinite(torch.stack([t.detach().float().sum() for t in tensors])).all())
 
 
 def unroll_scale(optimizer: torch.optim.Optimizer) -> float:
@@ -179,18 +187,40 @@ def mvp_exact(loss: LossFn, w: Params, lam: Params, v: Params) -> Params:
     return {k: g for k, g in zip(lam_, grads) if g is not None}
 
 
-def mvp_finite_difference(loss: LossFn, w: Params, lam: Params, v: Params, eps: float = 0.01) -> Params:
+def _fd_step(v: Params, eps: float) -> float | None:
+    """The step along ``v`` whose length is ``eps`` (None when ``v`` is zero or not finite)."""
     norm = torch.sqrt(sum((t.detach().double() ** 2).sum() for t in v.values()))
     if not torch.isfinite(norm) or norm == 0:
+        return None
+    return eps / float(norm)
+
+
+def _grad_lam(loss: LossFn, w: Params, lam: Params, v: Params, step: float) -> tuple[Tensor | None, ...]:
+    """``grad_lam loss(W + step * v, lam)`` (no graph through W)."""
+    w_ = {k: (w[k].detach() + step * v[k].detach()) if step else w[k].detach() for k in w}
+    lam_ = detached(lam, True)
+    return torch.autograd.grad(loss(w_, lam_), list(lam_.values()), allow_unused=True)
+
+
+def mvp_finite_difference(loss: LossFn, w: Params, lam: Params, v: Params, eps: float = 0.01) -> Params:
+    step = _fd_step(v, eps)
+    if step is None:
         return {}
-    step = eps / float(norm)
-    out = []
-    for sign in (1.0, -1.0):
-        w_ = {k: (w[k].detach() + sign * step * v[k].detach()) for k in w}
-        lam_ = detached(lam, True)
-        grads = torch.autograd.grad(loss(w_, lam_), list(lam_.values()), allow_unused=True)
-        out.append(grads)
-    return {k: (gp - gm) / (2 * step) for k, gp, gm in zip(lam, *out) if gp is not None and gm is not None}
+    plus, minus = _grad_lam(loss, w, lam, v, step), _grad_lam(loss, w, lam, v, -step)
+    return {k: (gp - gm) / (2 * step) for k, gp, gm in zip(lam, plus, minus) if gp is not None and gm is not None}
+
+
+def mvp_forward_difference(
+    loss: LossFn, w: Params, lam: Params, v: Params, eps: float = 0.01, base: Params | None = None
+) -> Params:
+    """One-sided differences; ``base`` is ``grad_lam loss(W, lam)`` when the caller has it."""
+    step = _fd_step(v, eps)
+    if step is None:
+        return {}
+    if base is None:
+        base = {k: g for k, g in zip(lam, _grad_lam(loss, w, lam, v, 0.0)) if g is not None}
+    plus = _grad_lam(loss, w, lam, v, step)
+    return {k: (gp - base[k]) / step for k, gp in zip(lam, plus) if gp is not None and k in base}
 
 
 # ------------------------------------------------------------------------------------
@@ -214,17 +244,22 @@ class TriLevelSolver:
         opt2: torch.optim.Optimizer,
         upper_optimizer: torch.optim.Optimizer,
         engine: Engine = "exact",
-        fd_eps: float = 0.01,
+        fd_eps: float | None = None,
         modules: Iterable[nn.Module] = (),
         grad_clip: float | None = None,
         reduce: Callable[[list[Tensor]], None] | None = None,
         upper_reaches_batch_norm: bool = True,
+        recompute_weights: bool = False,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ):
         self.w1, self.w2 = w1, w2
         self.upper = upper
         self.opt1, self.opt2, self.upper_optimizer = opt1, opt2, upper_optimizer
         self.engine = check_engine(engine)
-        self.fd_eps = fd_eps
+        # the step length of the difference engines: DARTS's 0.01 for central differences; the
+        # one-sided ones' truncation error is first order, and 1e-3 brings it from 5% to 0.4% of
+        # the exact hypergradient on ResNet-32 (benchmarks/step_cost.py, fwd_rel_err)
+        self.fd_eps = fd_eps if fd_eps is not None else (1e-3 if engine == "forward-difference" else 0.01)
         self.modules = [w1, w2, *modules]
         self.grad_clip = grad_clip
         # averages gradients across processes (multi-process data parallel); None: one process
@@ -234,78 +269,134 @@ class TriLevelSolver:
         # swapped for elementary ops. A problem whose upper variables only weight the per-example
         # losses (data reweighting) may pass False and keep the faster fused kernel.
         self.plain_bn = upper_reaches_batch_norm
+        # Memory for time: the graph of a = weights(W1', upper) (W1' on the validation batch and
+        # the encoder) would stay alive through the W2 step, loss3 and the W2 product; with
+        # recompute_weights it is built without a graph and rebuilt (one more forward) when the
+        # hypergradient needs it, so at most one network's activations are held at a time.
+        self.recompute_weights = recompute_weights
+        # fp16 autocast: the real steps' losses and loss3 are scaled against underflow; a step
+        # whose gradients overflow is skipped and the scale lowered (torch.amp.GradScaler)
+        self.scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
 
     # -- the MVP of the selected engine -------------------------------------------------
-    def mvp(self, loss: LossFn, w: Params, lam: Params, v: Params) -> Params:
+    def mvp(self, loss: LossFn, w: Params, lam: Params, v: Params, base: Params | None = None) -> Params:
         # forward-mode AD does not mix with autocast: the MVPs run in full precision
         device_type = next(iter(w.values())).device.type
         with frozen_bn_stats(*self.modules), torch.autocast(device_type, enabled=False):
             if self.engine == "exact":
                 with plain_batch_norm(*(self.modules if self.plain_bn else ())):
                     return mvp_exact(loss, w, lam, v)
+            if self.engine == "forward-difference":
+                return mvp_forward_difference(loss, w, lam, v, self.fd_eps, base)
             return mvp_finite_difference(loss, w, lam, v, self.fd_eps)
 
-    def _real_step(self, module: nn.Module, opt: torch.optim.Optimizer, loss: Tensor) -> None:
+    def _keeps_base(self, w: Params) -> bool:
+        """Whether a real step's backward also yields ``grad_lam`` for the forward differences:
+        not under autocast, whose low-precision values would swamp an eps-sized difference."""
+        device_type = next(iter(w.values())).device.type
+        return self.engine == "forward-difference" and not torch.is_autocast_enabled(device_type)
+
+    def _real_step(self, module: nn.Module, opt: torch.optim.Optimizer, loss: Tensor) -> bool:
+        """Backward and optimiser step; False when a loss-scaled step overflowed (and was skipped)."""
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(opt)
         params = [p for p in module.parameters() if p.grad is not None]
         if self.reduce is not None:
             self.reduce([p.grad for p in params])
         if self.grad_clip:
             nn.utils.clip_grad_norm_(params, self.grad_clip)
-        opt.step()
+        if self.scaler is None:
+            opt.step()
+            return True
+        finite = _all_finite([p.grad for p in params])
+        self.scaler.step(opt)  # skips the step itself when unscale_ found an inf or nan
+        return finite
 
     def step(self, problem: TriLevelProblem, update_upper: bool = True) -> StepStats:
         upper_fixed = detached(self.upper)
 
         # Stage I: real step of W1 (its weights before the step are kept for the MVP).
-        w1_old = snapshot(named_params(self.w1))
-        scale1 = unroll_scale(self.opt1)
-        loss1 = problem.loss1(named_params(self.w1), upper_fixed)
-        if not torch.isfinite(loss1):
-            return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
-        self._real_step(self.w1, self.opt1, loss1)
+        with record_function("lfm.w1_step"):
+            w1_old = snapshot(named_params(self.w1))
+            scale1 = unroll_scale(self.opt1)
+            keep1 = self._keeps_base(w1_old)
+            upper1 = detached(self.upper, True) if keep1 else upper_fixed
+            loss1 = problem.loss1(named_params(self.w1), upper1)
+            if not torch.isfinite(loss1):
+                return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
+            if not self._real_step(self.w1, self.opt1, loss1):
+                self.scaler.update()
+                return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
+            base1 = {k: t.grad for k, t in upper1.items() if t.grad is not None} if keep1 else None
 
         # Stage II: a from W1', then a real step of W2.
-        w1_new = {k: v.requires_grad_() for k, v in snapshot(named_params(self.w1)).items()}
-        upper_live = detached(self.upper, True)
-        with frozen_bn_stats(*self.modules):
-            a = problem.weights(w1_new, upper_live)
-        w2_old = snapshot(named_params(self.w2))
-        scale2 = unroll_scale(self.opt2)
-        loss2 = problem.loss2(named_params(self.w2), a.detach(), upper_fixed)
-        if not torch.isfinite(loss2):
-            return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, math.nan, finite=False)
-        self._real_step(self.w2, self.opt2, loss2)
+        with record_function("lfm.weights"):
+            w1_new = {k: v.requires_grad_() for k, v in snapshot(named_params(self.w1)).items()}
+            upper_live = detached(self.upper, True)
+            with frozen_bn_stats(*self.modules), torch.set_grad_enabled(not self.recompute_weights):
+                a = problem.weights(w1_new, upper_live)
+        with record_function("lfm.w2_step"):
+            w2_old = snapshot(named_params(self.w2))
+            scale2 = unroll_scale(self.opt2)
+            keep2 = self._keeps_base(w2_old)
+            a2 = a.detach().requires_grad_(keep2)
+            upper2 = detached(self.upper, True) if keep2 else upper_fixed
+            loss2 = problem.loss2(named_params(self.w2), a2, upper2)
+            if not torch.isfinite(loss2):
+                return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, math.nan, finite=False)
+            stepped = self._real_step(self.w2, self.opt2, loss2)
+            if self.scaler is not None:
+                self.scaler.update()  # once for both real steps
+            if not stepped:
+                return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, math.nan, finite=False)
+            base2 = None
+            if keep2:
+                base2 = {k: t.grad for k, t in upper2.items() if t.grad is not None}
+                base2["__a__"] = a2.grad if a2.grad is not None else torch.zeros_like(a2)
 
         # Stage III: validation loss of W2'.
-        w2_new = detached(named_params(self.w2), True)
-        upper3 = detached(self.upper, True)
-        with frozen_bn_stats(*self.modules):
-            loss3 = problem.loss3(w2_new, upper3)
+        with record_function("lfm.loss3"):
+            w2_new = detached(named_params(self.w2), True)
+            upper3 = detached(self.upper, True)
+            with frozen_bn_stats(*self.modules):
+                loss3 = problem.loss3(w2_new, upper3)
         stats = StepStats(float(loss1.detach()), float(loss2.detach()), float(loss3.detach()), float(a.detach().mean()))
         if not update_upper:
             return stats
         grads = self.hypergradient(
-            problem, loss3, w2_new, upper3, upper_fixed, a, w1_new, upper_live, w1_old, w2_old, scale1, scale2
+            problem, loss3, w2_new, upper3, upper_fixed, a, w1_new, upper_live, w1_old, w2_old, scale1, scale2,
+            base1, base2,
         )
         stats.grads = grads
-        stats.finite = all(bool(torch.isfinite(g).all()) for g in grads.values())
+        # one reduction instead of a check per tensor (the encoder alone has 62)
+        stats.finite = _all_finite(list(grads.values()))
         if not stats.finite:
+            if self.scaler is not None:  # the scaled hypergradient overflowed: lower the scale
+                self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
             return stats  # the caller decides (skip and count); nothing was applied
-        self.upper_optimizer.zero_grad(set_to_none=True)
-        for k, t in self.upper.items():
-            t.grad = grads[k].to(t.dtype)
-        self.upper_optimizer.step()
+        with record_function("lfm.upper_step"):
+            self.upper_optimizer.zero_grad(set_to_none=True)
+            for k, t in self.upper.items():
+                t.grad = grads[k].to(t.dtype)
+            self.upper_optimizer.step()
         return stats
 
     def hypergradient(
-        self, problem, loss3, w2_new, upper3, upper_fixed, a, w1_new, upper_live, w1_old, w2_old, scale1, scale2
+        self, problem, loss3, w2_new, upper3, upper_fixed, a, w1_new, upper_live, w1_old, w2_old, scale1, scale2,
+        base1: Params | None = None, base2: Params | None = None,
     ) -> Params:
         names = list(self.upper)
         need_second = self.engine != "first-order"
-        inputs = list(upper3.values()) + (list(w2_new.values()) if need_second else [])
-        grads = torch.autograd.grad(loss3, inputs, allow_unused=True)
+        # every term is linear in dL/dW2' and the direct gradients: with a loss scale the whole
+        # chain runs scaled (no fp16 underflow in the backward passes) and is unscaled at the end
+        loss_scale = self.scaler.get_scale() if self.scaler is not None else 1.0
+        with record_function("lfm.loss3_backward"):
+            inputs = list(upper3.values()) + (list(w2_new.values()) if need_second else [])
+            grads = torch.autograd.grad(loss3 * loss_scale, inputs, allow_unused=True)
         # terms are accumulated only for the upper variables they touch (an unused encoder
         # would otherwise cost several full-size zero tensors per step)
         total: dict[str, Tensor] = {k: g for k, g in zip(names, grads[: len(names)]) if g is not None}
@@ -318,25 +409,31 @@ class TriLevelSolver:
         if need_second:
             g2 = dict(zip(w2_new, _zeros_for_none(grads[len(names):], w2_new.values())))
             # through W2' = W2 - lr2 grad loss2(W2, a, upper)
-            lam2 = {"__a__": a.detach(), **upper3}
-            m2 = self.mvp(lambda w, lam: problem.loss2(w, lam["__a__"], lam), w2_old, lam2, g2)
+            with record_function("lfm.mvp_w2"):
+                lam2 = {"__a__": a.detach(), **upper3}
+                m2 = self.mvp(lambda w, lam: problem.loss2(w, lam["__a__"], lam), w2_old, lam2, g2, base2)
             da = -scale2 * m2.pop("__a__", torch.zeros_like(a))
             add(m2, -scale2)
             # through a(W1', upper)
-            targets = list(w1_new.values()) + list(upper_live.values())
-            ga = list(torch.autograd.grad(a, targets, grad_outputs=da, allow_unused=True))
+            with record_function("lfm.weights_backward"):
+                if self.recompute_weights:
+                    with frozen_bn_stats(*self.modules):
+                        a = problem.weights(w1_new, upper_live)
+                targets = list(w1_new.values()) + list(upper_live.values())
+                ga = list(torch.autograd.grad(a, targets, grad_outputs=da, allow_unused=True))
             ga[: len(w1_new)] = _zeros_for_none(ga[: len(w1_new)], w1_new.values())
             h = dict(zip(w1_new, ga[: len(w1_new)]))
             if self.w2 is self.w1:
                 # single network: W2's step starts at W1', so W1' also reaches W2' directly:
                 # dW2'/dW1' = I - lr2 * Hessian(loss2); the Hessian-vector product is the MVP of
                 # loss2(W + delta) with respect to delta at delta = 0.
-                zero = {k: torch.zeros_like(t) for k, t in w2_old.items()}
-                a_fixed = a.detach()
-                hv = self.mvp(
-                    lambda w, d: problem.loss2({k: w[k] + d[k] for k in w}, a_fixed, upper_fixed),
-                    w2_old, zero, g2,
-                )
+                with record_function("lfm.hvp_single"):
+                    zero = {k: torch.zeros_like(t) for k, t in w2_old.items()}
+                    a_fixed = a.detach()
+                    hv = self.mvp(
+                        lambda w, d: problem.loss2({k: w[k] + d[k] for k in w}, a_fixed, upper_fixed),
+                        w2_old, zero, g2,
+                    )
                 h = {k: h[k] + g2[k] - scale2 * hv.get(k, torch.zeros_like(h[k])) for k in h}
             if self.reduce is not None:
                 # dL/dW1' sums over every process's training examples before it meets loss1's MVP
@@ -345,8 +442,9 @@ class TriLevelSolver:
                 h = dict(zip(h, values))
             add(dict(zip(names, ga[len(w1_new):])))
             # through W1' = W1 - lr1 grad loss1(W1, upper)
-            add(self.mvp(problem.loss1, w1_old, upper3, h), -scale1)
-        total = {k: total[k] if k in total else torch.zeros_like(self.upper[k]) for k in names}
+            with record_function("lfm.mvp_w1"):
+                add(self.mvp(problem.loss1, w1_old, upper3, h, base1), -scale1)
+        total = {k: total[k] / loss_scale if k in total else torch.zeros_like(self.upper[k]) for k in names}
         if self.reduce is not None:
             values = [total[k] for k in names]
             self.reduce(values)

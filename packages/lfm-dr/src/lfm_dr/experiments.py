@@ -21,6 +21,7 @@ from lfm_core.data import load_dataset, make_splits
 from lfm_core.errors import DataNotFoundError, UsageError
 from lfm_core.experiments import Cell, Experiment, pv
 from lfm_core.runtime import cpu_threads
+from lfm_core.solver import ENGINES
 from lfm_dr.train import TrainConfig, device_of, train_dr
 
 # table row -> registered method (rows absent here are cited from the paper, not run)
@@ -72,8 +73,8 @@ class DRExperiment(Experiment):
             click.Option(["--methods"], default=None,
                          help="Comma-separated table rows to run (e.g. 'Base Model,LFM-DR'), or 'all'. "
                               "Default: a cpu/smoke subset, every implemented row for paper."),
-            click.Option(["--engine"], type=click.Choice(["exact", "finite-difference", "first-order"]),
-                         default="exact", show_default=True, help="LFM hypergradient engine."),
+            click.Option(["--engine"], type=click.Choice(ENGINES), default="exact", show_default=True,
+                         help="LFM hypergradient engine (forward-difference: cheapest, O(eps) error)."),
             click.Option(["--encoder-weights"], type=click.Path(dir_okay=False), default=None,
                          help="Local ImageNet weights file for the ResNet-18 encoder (paper profile)."),
             click.Option(["--epochs"], type=click.IntRange(1), default=None, help="Override the profile's epochs."),

@@ -37,7 +37,7 @@ class TrainConfig:
     device: str | None = None
     augment: Callable[[Tensor], Tensor] | None = None
     eval_batch_size: int = 500
-    mixed_precision: str = "no"  # "bf16" (CPU or GPU) or "fp16" (GPU): autocast of the forward passes
+    mixed_precision: str = "no"  # "bf16" or "fp16" (with a loss scaler; meant for GPUs): autocast of the forward passes
 
 
 class _Stream:
@@ -110,6 +110,7 @@ def build_method(cfg: TrainConfig, splits, seed: int, device) -> tuple[DRMethod,
         model_fn=model_fn, num_classes=num_classes, class_counts=counts, n_train=len(splits.train),
         n_meta=len(splits.meta), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         epochs=cfg.epochs, next_meta=next_meta, device=device, options=dict(cfg.options),
+        grad_scaler=loss_scaler(cfg, device),
     )
     method = METHODS.get(cfg.method)(ctx)
     train_stream = _Stream(splits.train, min(cfg.batch_size, len(splits.train)), seed)
@@ -120,12 +121,18 @@ def autocast(cfg: TrainConfig, device: torch.device):
     """Autocast for the forward passes; the solver keeps its hypergradient products in float32."""
     if cfg.mixed_precision in (None, "no"):
         return contextlib.nullcontext()
-    if cfg.mixed_precision == "fp16" and device.type != "cuda":
-        raise UsageError("mixed precision 'fp16' needs a GPU. Valid choices on CPU: no, bf16.")
     if cfg.mixed_precision not in ("bf16", "fp16"):
         raise UsageError(f"unknown mixed precision {cfg.mixed_precision!r}. Valid choices: no, fp16, bf16.")
     dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def loss_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
+    The first scale is 2**10 rather than 2**16, so the first steps do not overflow in a row."""
+    if cfg.mixed_precision != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type, init_scale=2.0**10)
 
 
 def lr_factor(cfg: TrainConfig, epoch: int) -> float:
@@ -149,6 +156,8 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
             for name, opt in method.optimizers().items():
                 opt.load_state_dict(state["optimizers"][name])
             method.load_extra_state(state["extra"])
+            if method.ctx.grad_scaler is not None and state.get("scaler"):
+                method.ctx.grad_scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(
@@ -168,6 +177,7 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
             "modules": {n: m.state_dict() for n, m in method.modules().items()},
             "optimizers": {n: o.state_dict() for n, o in method.optimizers().items()},
             "extra": method.extra_state(), "rng": rng_state(),
+            "scaler": method.ctx.grad_scaler.state_dict() if method.ctx.grad_scaler is not None else None,
         })
 
     steps = train_stream.per_epoch

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lfm_core.runtime import PeakMemory
 from lfm_nas.darts import DartsArchitect
 from lfm_nas.operations import PRIMITIVES
 from lfm_nas.problem import LFMArchitect
@@ -27,10 +28,9 @@ from lfm_nas.spaces import Network, PSNetwork
 
 
 def _cpu_peak_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
-    """Growth of the peak resident set during one call (Linux), or None where unavailable."""
-    from lfm_nas.experiments import PeakMemory
-
-    with PeakMemory(device) as mem:
+    """Growth of the peak resident set during one call with freed tensors returned to the OS
+    (Linux), or None where unavailable."""
+    with PeakMemory(device, strict=True) as mem:
         fn()
     return mem.peak_mb
 
@@ -38,14 +38,18 @@ def _cpu_peak_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
 def nas_step_costs(device: torch.device | str, batch: int, warmup: int, repeat: int,
                    time_fn: Callable[..., float], mem_fn: Callable[..., float], *,
                    engine: str = "exact", encoder: str = "resnet18", C: int | None = None,
-                   layers: int | None = None, image_size: int | None = None) -> dict[str, Any]:
+                   layers: int | None = None, image_size: int | None = None,
+                   recompute_weights: bool = True) -> dict[str, Any]:
     """Median step time (``time_fn(fn, device, warmup, repeat)``) and peak memory of one DARTS
     second-order step, one LFM-DARTS step (two networks) and one LFM-DARTS step with PS.
 
     GPU: the paper's supernet (C=16, 8 cells, 8 primitives, 32x32 images); CPU: C=8, 5 cells,
     16x16 images (about 1-2 minutes). Memory: ``mem_fn(fn, device)`` on GPU; on CPU the growth
-    of the peak resident set during the step (``mem_fn`` only where /proc is unavailable),
-    since a process-wide peak would let the first, largest step hide the others.
+    of the peak resident set during the step with freed tensors returned to the OS at once
+    (``PeakMemory(strict=True)``; ``mem_fn`` only where /proc is unavailable), since a
+    process-wide peak would let the first, largest step hide the others. Every step is timed
+    before any memory is measured (the strict allocator setting slows allocation down).
+    ``recompute_weights``: LFMArchitect's graph-free first pass of the weights a (default).
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -89,7 +93,8 @@ def nas_step_costs(device: torch.device | str, batch: int, warmup: int, repeat: 
 
             w1, w2 = space().to(device), space().to(device)
             enc = ENCODERS.create(encoder, pretrained=False).to(device)
-        return LFMArchitect(w1, w2, enc, n_val=n_val, variant=variant, engine=engine, w_lr=lr)
+        return LFMArchitect(w1, w2, enc, n_val=n_val, variant=variant, engine=engine, w_lr=lr,
+                            recompute_weights=recompute_weights)
 
     def memory(fn, key: str) -> float:
         if not cuda:
@@ -102,21 +107,16 @@ def nas_step_costs(device: torch.device | str, batch: int, warmup: int, repeat: 
         return value
 
     out: dict[str, Any] = {}
-    darts_step = darts_step_fn()
-    out["darts_step_s"] = time_fn(darts_step, device, warmup, repeat)
-    out["darts_mem_mb"] = memory(darts_step, "darts")
-    del darts_step
+    steps = {"darts": darts_step_fn()}
     for key, variant in (("lfm", "two"), ("ps", "ps")):
         a = lfm_arch(variant)
         for m in (a.w1, a.w2):
             m.train()
-
-        def step(a=a):
-            a.step((x_tr, y_tr), (x_val, y_val, idx))
-
+        steps[key] = lambda a=a: a.step((x_tr, y_tr), (x_val, y_val, idx))
+    for key, step in steps.items():
         out[f"{key}_step_s"] = time_fn(step, device, warmup, repeat)
+    for key, step in steps.items():
         out[f"{key}_mem_mb"] = memory(step, key)
-        del a, step
         if cuda:
             torch.cuda.empty_cache()
     out["ratio"] = out["lfm_step_s"] / out["darts_step_s"]
@@ -124,10 +124,11 @@ def nas_step_costs(device: torch.device | str, batch: int, warmup: int, repeat: 
     out["mem_ratio"] = out["lfm_mem_mb"] / out["darts_mem_mb"] if out["darts_mem_mb"] else float("nan")
     out["ps_mem_ratio"] = out["ps_mem_mb"] / out["darts_mem_mb"] if out["darts_mem_mb"] else float("nan")
     mem_what = ("peak CUDA memory of one step above what was allocated before it (*_mem_total_mb: all of it)"
-                if cuda else "growth of peak RSS during one step")
+                if cuda else "growth of peak RSS during one step, freed tensors returned to the OS")
     out["setup"] = (f"DARTS supernet C={C}, {layers} cells, {len(PRIMITIVES)} primitives, {size}x{size}, batch {batch}; "
                     f"{engine} hypergradients; LFM: two supernets + {encoder} encoder (random init); PS: shared "
-                    f"trunk, two heads, V = W1's trunk; memory: {mem_what}; threads {torch.get_num_threads()}")
+                    f"trunk, two heads, V = W1's trunk; recompute_weights={recompute_weights}; memory: {mem_what}; "
+                    f"threads {torch.get_num_threads()}")
     return out
 
 

@@ -29,7 +29,6 @@ records which run produced what it reused.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import math
@@ -42,9 +41,10 @@ import click
 import torch
 
 from lfm_core.errors import DataNotFoundError, UsageError
-from lfm_core.runtime import cpu_threads
+from lfm_core.runtime import PeakMemory, cpu_threads
 from lfm_core.experiments import Cell, Experiment, PaperValue, pv
 from lfm_core.io import atomic_write_json
+from lfm_core.solver import ENGINES as SOLVER_ENGINES
 from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotype
 
 # ------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
     ),
 }
 
-ENGINES = ("auto", "exact", "finite-difference", "first-order")
+ENGINES = ("auto", *SOLVER_ENGINES)
 
 
 def has_cifar(root: Any, name: str) -> bool:
@@ -114,60 +114,6 @@ def _device(ctx) -> torch.device:
     if getattr(ctx, "device", None):
         return torch.device(ctx.device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# ------------------------------------------------------------------------------------
-# peak memory of one call (CPU: growth of the peak resident set; CUDA: max allocated)
-# ------------------------------------------------------------------------------------
-def _status_mb(key: str) -> float | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-class PeakMemory:
-    """Peak memory of the code run inside ``with PeakMemory(device) as m: ...`` (``m.peak_mb``).
-
-    CUDA: ``torch.cuda.max_memory_allocated`` (reset on entry). CPU (Linux): freed heap is
-    returned to the OS (``malloc_trim``), the kernel's peak-RSS mark is reset
-    (``/proc/self/clear_refs``) and the result is the growth of ``VmHWM`` over the resident set
-    at entry, so earlier runs in the same process do not hide this one. Elsewhere ``None``.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = torch.device(device)
-        self.peak_mb: float | None = None
-        self._base: float | None = None
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return self
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            self._base = _status_mb("VmRSS")
-        except OSError:
-            self._base = None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        elif self._base is not None:
-            hwm = _status_mb("VmHWM")
-            self.peak_mb = None if hwm is None else max(0.0, hwm - self._base)
 
 
 _WARM: set[Any] = set()
@@ -517,6 +463,8 @@ class NASExperiment(Experiment):
         train_loader = _loader(tr, bs, True, seed, drop_last=True, device=device)
         val_loader = _loader(va, bs, True, seed + 1, drop_last=True, device=device)
         cfg = self.search_config(params, s, seed, bundle.num_classes)
+        if ctx.mixed_precision not in (None, "no"):
+            cfg["mixed_precision"] = ctx.mixed_precision
         epochs = s["pdarts_epochs"] if params["method"].endswith("pdarts") else s["search_epochs"]
         label = f"search {params['method']}"
 
@@ -609,6 +557,8 @@ class NASExperiment(Experiment):
                        "pdarts_skip_dropout", "pretrained")
         skey = {"params": search_params, "settings": {k: s[k] for k in search_keys}, "seed": int(seed),
                 "device": device.type}
+        if ctx.mixed_precision not in (None, "no"):  # (absent otherwise: earlier caches stay valid)
+            skey["mixed_precision"] = ctx.mixed_precision
         found = cache.get("search", skey)
         if found is None:
             found = cache.put("search", skey, self.run_search(params, profile, seed, ctx, s, device))

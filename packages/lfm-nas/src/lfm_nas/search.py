@@ -47,7 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "max_skips": 2,
     # misc
     "steps_per_epoch": None, "max_nonfinite": 10, "seed": None,
+    "mixed_precision": "no",  # or "bf16": autocast of the search's forward passes
 }
+MIXED_PRECISION = ("no", "bf16")
 
 
 # ------------------------------------------------------------------------------------
@@ -185,6 +187,10 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
     if method not in METHODS:
         raise UsageError(f"unknown search method {method!r}. Valid choices: {', '.join(METHODS)}.")
     device = torch.device(device)
+    if cfg["mixed_precision"] not in MIXED_PRECISION:
+        raise UsageError(f"mixed precision {cfg['mixed_precision']!r} is not supported by the architecture search "
+                         f"(fp16 would need loss scaling in the DARTS steps). Valid choices: {', '.join(MIXED_PRECISION)}.")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["mixed_precision"] == "bf16")
     if cfg["seed"] is not None:
         torch.manual_seed(int(cfg["seed"]))
     if cfg["num_classes"] is None:
@@ -236,7 +242,8 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
             losses = []
             for _ in range(steps_per_epoch):
                 b_tr, b_val = _to(next(train_it), device), _to(next(val_it), device)
-                loss = runner.step(b_tr, b_val, lr, arch_on)
+                with autocast:  # the solver's hypergradient products run in float32 regardless
+                    loss = runner.step(b_tr, b_val, lr, arch_on)
                 if loss is None:
                     state["nonfinite"] += 1
                     if state["nonfinite"] > cfg["max_nonfinite"]:
@@ -289,7 +296,9 @@ class _DartsRunner:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg["w_lr"], momentum=cfg["w_momentum"],
                                    weight_decay=cfg["w_weight_decay"])
         order = "second" if method == "darts2" else "first"
-        engine = cfg["engine"] if cfg["engine"] in ("exact", "finite-difference") else "exact"
+        # DARTS has no one-sided variant: forward-difference LFM runs are compared with central differences
+        engine = {"finite-difference": "finite-difference", "forward-difference": "finite-difference"}.get(
+            cfg["engine"], "exact")
         if method == "darts2" and cfg["engine"] == "first-order":
             order = "first"
         self.arch = DartsArchitect(self.model, order=order, engine=engine, arch_lr=cfg["arch_lr"],

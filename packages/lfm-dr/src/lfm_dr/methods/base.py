@@ -57,6 +57,7 @@ class DRContext:
     next_meta: Callable[[], tuple[Tensor, Tensor, Tensor]] | None = None  # clean meta batch (x, y, idx)
     device: torch.device = torch.device("cpu")
     options: dict[str, Any] = field(default_factory=dict)  # method-specific hyper-parameters
+    grad_scaler: torch.amp.GradScaler | None = None  # fp16 autocast: loss scaling for the real steps
 
     def meta_batch(self, like: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The next clean meta batch, moved to ``like``'s device (or ``device``)."""
@@ -74,13 +75,19 @@ def make_sgd(params, ctx: DRContext) -> torch.optim.SGD:
     )
 
 
-def sgd_step(opt: torch.optim.Optimizer, loss: Tensor) -> bool:
-    """Backward + step; a non-finite loss is skipped (returns False) for the trainer to count."""
+def sgd_step(opt: torch.optim.Optimizer, loss: Tensor, scaler: torch.amp.GradScaler | None = None) -> bool:
+    """Backward + step; a non-finite loss is skipped (returns False) for the trainer to count.
+    With a (fp16) ``scaler`` the loss is scaled and an overflowing step skipped by the scaler."""
     opt.zero_grad(set_to_none=True)
     if not bool(torch.isfinite(loss.detach())):
         return False
-    loss.backward()
-    opt.step()
+    if scaler is None or not scaler.is_enabled():
+        loss.backward()
+        opt.step()
+        return True
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
     return True
 
 
@@ -207,5 +214,5 @@ class SingleModelMethod(DRMethod):
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor, epoch: int) -> dict[str, float]:
         self.model.train()
         loss = self.loss(x, y, idx, epoch)
-        sgd_step(self.opt, loss)
+        sgd_step(self.opt, loss, self.ctx.grad_scaler)
         return {"loss": float(loss.detach())}

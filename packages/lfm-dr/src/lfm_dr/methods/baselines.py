@@ -207,7 +207,7 @@ class L2RW(SingleModelMethod):
         w, lm = l2rw_weights(self.model, x, y, xm, ym, self.lr)
         losses = ce_per_example(self.model(x), y)
         loss = weighted_sum(losses, w, "sum")
-        sgd_step(self.opt, loss)
+        sgd_step(self.opt, loss, self.ctx.grad_scaler)
         return {"loss": float(loss.detach()), "ce": float(losses.detach().mean()),
                 "meta_loss": float(lm), "w_zero": float((w == 0).float().mean())}
 
@@ -275,7 +275,7 @@ class MetaWeightNet(SingleModelMethod):
         with torch.no_grad():
             w = self.vnet(losses.detach())
         loss = self.weigh(losses, w)
-        sgd_step(self.opt, loss)
+        sgd_step(self.opt, loss, self.ctx.grad_scaler)
         return {"loss": float(loss.detach()), "ce": float(losses.detach().mean()),
                 "meta_loss": float(lm.detach()), "w_mean": float(w.mean())}
 
@@ -310,8 +310,8 @@ class CoTeaching(DRMethod):
         l1, l2 = ce_per_example(self.net1(x), y), ce_per_example(self.net2(x), y)
         keep1, keep2 = coteaching_select(l1, 1 - rate), coteaching_select(l2, 1 - rate)
         loss1, loss2 = l1[keep2].mean(), l2[keep1].mean()  # each learns from its peer's choice
-        sgd_step(self.opt1, loss1)
-        sgd_step(self.opt2, loss2)
+        sgd_step(self.opt1, loss1, self.ctx.grad_scaler)
+        sgd_step(self.opt2, loss2, self.ctx.grad_scaler)
         return {"loss": float(loss1.detach()), "loss_peer": float(loss2.detach()), "forget_rate": rate}
 
 
