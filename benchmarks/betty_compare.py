@@ -208,6 +208,7 @@ def main(argv=None) -> int:
         plain_opt.step()
 
     exact, fd = core_step_fn("exact", d, models), core_step_fn("finite-difference", d, models)
+    fwd = core_step_fn("forward-difference", d, models)
     betty_grads: dict = {}
     betty_step = betty_step_fn(d, models, device, betty_grads)
     core_grads = exact()  # the first step of each (from the same initial state) gives the hypergradients
@@ -223,12 +224,15 @@ def main(argv=None) -> int:
     # rates both take nearly the same upper steps (b and r agree to a few % after 5-10 steps, then drift).
     scale = {k: float(betty_grads[k].norm() / core_grads[k].norm()) for k in ("r", "b")}
 
-    plain_s, exact_s, fd_s, betty_s = interleaved_medians([plain_step, exact, fd, betty_step], device,
-                                                          args.warmup, args.repeat)
+    plain_s, exact_s, fd_s, fwd_s, betty_s = interleaved_medians([plain_step, exact, fd, fwd, betty_step], device,
+                                                                 args.warmup, args.repeat)
     result = {
-        "plain_step_s": plain_s, "lfm_exact_step_s": exact_s, "lfm_fd_step_s": fd_s, "betty_step_s": betty_s,
+        "plain_step_s": plain_s, "lfm_exact_step_s": exact_s, "lfm_fd_step_s": fd_s, "lfm_fwd_step_s": fwd_s,
+        "betty_step_s": betty_s,
         "speedup_vs_betty_exact": betty_s / exact_s, "speedup_vs_betty_fd": betty_s / fd_s,
-        "ratios": {"lfm_exact": exact_s / plain_s, "lfm_fd": fd_s / plain_s, "betty": betty_s / plain_s},
+        "speedup_vs_betty_fwd": betty_s / fwd_s,
+        "ratios": {"lfm_exact": exact_s / plain_s, "lfm_fd": fd_s / plain_s, "lfm_fwd": fwd_s / plain_s,
+                   "betty": betty_s / plain_s},
         "cosine_r": cos["r"], "cosine_b": cos["b"], "cosine_V": cos["V"],
         "betty_grad_scale": {**scale, "expected_r": 1 / LR2, "expected_b": 1 / (LR1 * LR2)},
         "betty_version": betty.__version__, "torch": torch.__version__, "device": str(device),

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -43,7 +42,9 @@ def median_time(fn, device, warmup: int, repeat: int) -> float:
 
 
 def peak_memory_mb(fn, device) -> float:
-    """Peak GPU memory of one call (CUDA), or the process's peak resident memory (CPU)."""
+    """Peak memory of one call: CUDA memory above what was allocated before it, or on CPU the
+    growth of the resident set with freed tensors returned to the OS at once (so the figure
+    tracks live tensors; measured after every timing, since it slows allocation down)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -51,14 +52,32 @@ def peak_memory_mb(fn, device) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    fn()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from lfm_core.runtime import PeakMemory
+
+    with PeakMemory(device, strict=True) as mem:
+        fn()
+    return float("nan") if mem.peak_mb is None else mem.peak_mb
 
 
-def bench_dr(device, batch: int, width: int, encoder: str, warmup: int, repeat: int) -> dict:
+ENGINES = {"lfm": "exact", "fd": "finite-difference", "fwd": "forward-difference"}
+
+
+def stage_seconds(step, repeat: int = 2) -> dict:
+    """Seconds per step in each stage of the solver (its torch.profiler ranges "lfm.*")."""
+    from torch.profiler import profile
+
+    step()
+    with profile() as prof:
+        for _ in range(repeat):
+            step()
+    return {e.key[4:]: round(e.cpu_time_total / 1e6 / repeat, 4)
+            for e in prof.key_averages() if e.key.startswith("lfm.")}
+
+
+def bench_dr(device, batch: int, width: int, encoder: str, warmup: int, repeat: int, profile: bool = False) -> dict:
     from lfm_core.registries import MODELS
     from lfm_dr.methods.base import DRContext
-    from lfm_dr.methods.lfm import LFMReweighting
+    from lfm_dr.methods.lfm import DRProblem, LFMReweighting
 
     n_train, n_meta, k = 1000, 200, 10
     g = torch.Generator().manual_seed(0)
@@ -80,16 +99,35 @@ def bench_dr(device, batch: int, width: int, encoder: str, warmup: int, repeat: 
         F.cross_entropy(ce_model(x), y).backward()
         ce_opt.step()
 
-    out = {"ce_step_s": median_time(ce_step, device, warmup, repeat), "ce_mem_mb": peak_memory_mb(ce_step, device)}
-    for engine in ("exact", "finite-difference"):
-        method = LFMReweighting(DRContext(**ctx_kwargs, options={
+    def lfm(engine):
+        torch.manual_seed(0)  # the same initial networks for every engine
+        return LFMReweighting(DRContext(**ctx_kwargs, options={
             "encoder": encoder, "pretrained": False, "engine": engine}))
-        step = lambda: method.train_step(x, y, idx, 0)  # noqa: E731
-        key = "lfm" if engine == "exact" else "fd"
-        out[f"{key}_step_s"] = median_time(step, device, warmup, repeat)
-        out[f"{key}_mem_mb"] = peak_memory_mb(step, device)
+
+    # how far each difference engine's first hypergradient is from the exact one (same state)
+    grads = {}
+    for key, engine in ENGINES.items():
+        method = lfm(engine)
+        problem = DRProblem(method.w1, method.w2, method.encoder, x, y, idx, xm, ym, jm, "dot", "none")
+        grads[key] = method.solver.step(problem, update_upper=True).grads
+
+    def rel_err(got, ref):
+        num = sum(float((got[k] - ref[k]).double().norm() ** 2) for k in ref) ** 0.5
+        return num / sum(float(ref[k].double().norm() ** 2) for k in ref) ** 0.5
+
+    steps = {"ce": ce_step}
+    for key, engine in ENGINES.items():
+        method = lfm(engine)
+        steps[key] = lambda method=method: method.train_step(x, y, idx, 0)
+    out = {f"{key}_step_s": median_time(step, device, warmup, repeat) for key, step in steps.items()}
+    out.update({f"{key}_mem_mb": peak_memory_mb(step, device) for key, step in steps.items()})
+    out["fd_rel_err"] = rel_err(grads["fd"], grads["lfm"])
+    out["fwd_rel_err"] = rel_err(grads["fwd"], grads["lfm"])
+    if profile:
+        out["profile"] = {key: stage_seconds(steps[key]) for key in ENGINES}
     out["ratio"] = out["lfm_step_s"] / out["ce_step_s"]
     out["fd_ratio"] = out["fd_step_s"] / out["ce_step_s"]
+    out["fwd_ratio"] = out["fwd_step_s"] / out["ce_step_s"]
     out["engine"] = "exact"
     out["setup"] = f"ResNet-32 (width {width}), batch {batch}, {encoder} encoder, 32x32"
     return out
@@ -104,6 +142,61 @@ def bench_nas(device, batch: int, warmup: int, repeat: int) -> dict | None:
                           time_fn=median_time, mem_fn=peak_memory_mb)
 
 
+def summary_markdown(result: dict) -> str:
+    """The Markdown block that ``--write`` puts into benchmarks/README.md."""
+    dr, nas = result["dr"], result["nas"]
+    ms = lambda key: f"{dr[key] * 1000:.0f} ms"  # noqa: E731
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {result['device']}, {result['threads']} thread(s), "
+        f"torch {result['torch']}; {dr['setup']}.",
+        "",
+        "| CE step | LFM exact | ratio | finite-difference | ratio | forward-difference | ratio | "
+        "rel. error fd / fwd vs exact | peak memory CE / exact / fd / fwd |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {ms('ce_step_s')} | {ms('lfm_step_s')} | **{dr['ratio']:.2f}x** | {ms('fd_step_s')} | "
+        f"**{dr['fd_ratio']:.2f}x** | {ms('fwd_step_s')} | **{dr['fwd_ratio']:.2f}x** | "
+        f"{dr['fd_rel_err']:.2%} / {dr['fwd_rel_err']:.2%} | "
+        f"{dr['ce_mem_mb']:.0f} / {dr['lfm_mem_mb']:.0f} / {dr['fd_mem_mb']:.0f} / {dr['fwd_mem_mb']:.0f} MB |",
+    ]
+    if dr.get("profile"):
+        stages = list(next(iter(dr["profile"].values())))
+        lines += ["", "Seconds per stage of one LFM-DR step (torch.profiler ranges `lfm.*`; the profiler adds "
+                  "overhead):", "", "| engine | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
+        lines += [f"| {ENGINES[k]} | " + " | ".join(f"{v.get(st, 0):.2f}" for st in stages) + " |"
+                  for k, v in dr["profile"].items()]
+    if nas:
+        lines += ["", f"LFM-DARTS: {nas['setup']}.", "",
+                  "| DARTS 2nd step | LFM-DARTS | time | memory | LFM-DARTS + PS | time | memory |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| {nas['darts_step_s']:.2f} s, {nas['darts_mem_mb']:.0f} MB | {nas['lfm_step_s']:.2f} s, "
+                  f"{nas['lfm_mem_mb']:.0f} MB | **{nas['ratio']:.2f}x** | **{nas['mem_ratio']:.2f}x** | "
+                  f"{nas['ps_step_s']:.2f} s, {nas['ps_mem_mb']:.0f} MB | **{nas['ps_ratio']:.2f}x** | "
+                  f"**{nas['ps_mem_ratio']:.2f}x** |"]
+    return "\n".join(lines)
+
+
+def write_results(result: dict, folder: Path, name: str) -> None:
+    """``<folder>/<name>.json`` and the ``<!-- step_cost:<name> -->`` block of the README beside
+    ``folder`` (both written atomically; the rest of the README is left as it is)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(folder / f"{name}.json")
+    readme = folder.parent / "README.md"
+    if not readme.is_file():
+        return
+    start, end = f"<!-- step_cost:{name} -->", f"<!-- /step_cost:{name} -->"
+    text = readme.read_text()
+    block = f"{start}\n{summary_markdown(result)}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + f"\n\n### Latest `nox -s bench` ({name})\n\n{block}\n"
+    tmp = readme.with_name(".README.md.tmp")
+    tmp.write_text(text)
+    tmp.replace(readme)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute on 2 CPU cores)")
@@ -113,11 +206,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--skip-nas", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time each stage of the LFM-DR step (torch.profiler ranges lfm.*)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     warmup, repeat = (1, 3) if args.quick else (2, 7)
     result = {
-        "dr": bench_dr(device, args.batch, 16, args.encoder, warmup, repeat),
+        "dr": bench_dr(device, args.batch, 16, args.encoder, warmup, repeat, args.profile),
         "nas": None if args.skip_nas else bench_nas(device, 32 if device.type == "cuda" else 16, warmup, repeat),
         "device": (torch.cuda.get_device_name(0) if device.type == "cuda"
                    else f"cpu x{os.cpu_count()} ({platform.processor() or platform.machine()})"),
@@ -125,11 +220,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
     }
     if args.write:
-        args.write.mkdir(parents=True, exist_ok=True)
-        name = "cuda" if device.type == "cuda" else "cpu"
-        tmp = args.write / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.write / f"{name}.json")
+        write_results(result, args.write, "cuda" if device.type == "cuda" else "cpu")
     if args.json:
         print(json.dumps(result))
     else:
