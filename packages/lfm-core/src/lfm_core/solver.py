@@ -156,6 +156,12 @@ def _zeros_for_none(grads: Iterable[Tensor | None], like: Iterable[Tensor]) -> l
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
 
 
+def _stage(name: str) -> contextlib.AbstractContextManager:
+    """A torch.profiler range for one stage of the step, only while a profiler records (a range
+    costs ~6 us, which a small model's step notices)."""
+    return record_function(name) if torch.autograd.profiler._is_profiler_enabled else contextlib.nullcontext()
+
+
 def _all_finite(tensors: list[Tensor]) -> bool:
     """One reduction and one sync for a whole list (an inf and a -inf sum to nan, still caught)."""
     if not tensors:
@@ -179,6 +185,8 @@ LossFn = Callable[[Params, Params], Tensor]
 
 
 def mvp_exact(loss: LossFn, w: Params, lam: Params, v: Params) -> Params:
+    # torch.func.jvp, not autograd's dual tensors: some of autograd's native forward-mode formulas
+    # work in place (softmax-based losses), which breaks the reverse pass over the tangent
     lam_ = detached(lam, True)
     w_ = detached(w)
     v_ = {k: v[k].detach() for k in w_}
@@ -261,6 +269,11 @@ class TriLevelSolver:
         # the exact hypergradient on ResNet-32 (benchmarks/step_cost.py, fwd_rel_err)
         self.fd_eps = fd_eps if fd_eps is not None else (1e-3 if engine == "forward-difference" else 0.01)
         self.modules = [w1, w2, *modules]
+        # the batch-norm layers, found once: each virtual pass freezes their statistics, and
+        # walking every module tree several times a step is a visible cost for small models
+        layers = {id(m): m for mod in self.modules for m in mod.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        self._bn_layers = list(layers.values())
         self.grad_clip = grad_clip
         # averages gradients across processes (multi-process data parallel); None: one process
         self.reduce = reduce
@@ -282,9 +295,9 @@ class TriLevelSolver:
     def mvp(self, loss: LossFn, w: Params, lam: Params, v: Params, base: Params | None = None) -> Params:
         # forward-mode AD does not mix with autocast: the MVPs run in full precision
         device_type = next(iter(w.values())).device.type
-        with frozen_bn_stats(*self.modules), torch.autocast(device_type, enabled=False):
+        with frozen_bn_stats(*self._bn_layers), torch.autocast(device_type, enabled=False):
             if self.engine == "exact":
-                with plain_batch_norm(*(self.modules if self.plain_bn else ())):
+                with plain_batch_norm(*(self._bn_layers if self.plain_bn else ())):
                     return mvp_exact(loss, w, lam, v)
             if self.engine == "forward-difference":
                 return mvp_forward_difference(loss, w, lam, v, self.fd_eps, base)
@@ -320,7 +333,7 @@ class TriLevelSolver:
         upper_fixed = detached(self.upper)
 
         # Stage I: real step of W1 (its weights before the step are kept for the MVP).
-        with record_function("lfm.w1_step"):
+        with _stage("lfm.w1_step"):
             w1_old = snapshot(named_params(self.w1))
             scale1 = unroll_scale(self.opt1)
             keep1 = self._keeps_base(w1_old)
@@ -334,12 +347,12 @@ class TriLevelSolver:
             base1 = {k: t.grad for k, t in upper1.items() if t.grad is not None} if keep1 else None
 
         # Stage II: a from W1', then a real step of W2.
-        with record_function("lfm.weights"):
+        with _stage("lfm.weights"):
             w1_new = {k: v.requires_grad_() for k, v in snapshot(named_params(self.w1)).items()}
             upper_live = detached(self.upper, True)
-            with frozen_bn_stats(*self.modules), torch.set_grad_enabled(not self.recompute_weights):
+            with frozen_bn_stats(*self._bn_layers), torch.set_grad_enabled(not self.recompute_weights):
                 a = problem.weights(w1_new, upper_live)
-        with record_function("lfm.w2_step"):
+        with _stage("lfm.w2_step"):
             w2_old = snapshot(named_params(self.w2))
             scale2 = unroll_scale(self.opt2)
             keep2 = self._keeps_base(w2_old)
@@ -359,10 +372,10 @@ class TriLevelSolver:
                 base2["__a__"] = a2.grad if a2.grad is not None else torch.zeros_like(a2)
 
         # Stage III: validation loss of W2'.
-        with record_function("lfm.loss3"):
+        with _stage("lfm.loss3"):
             w2_new = detached(named_params(self.w2), True)
             upper3 = detached(self.upper, True)
-            with frozen_bn_stats(*self.modules):
+            with frozen_bn_stats(*self._bn_layers):
                 loss3 = problem.loss3(w2_new, upper3)
         stats = StepStats(float(loss1.detach()), float(loss2.detach()), float(loss3.detach()), float(a.detach().mean()))
         if not update_upper:
@@ -378,7 +391,7 @@ class TriLevelSolver:
             if self.scaler is not None:  # the scaled hypergradient overflowed: lower the scale
                 self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
             return stats  # the caller decides (skip and count); nothing was applied
-        with record_function("lfm.upper_step"):
+        with _stage("lfm.upper_step"):
             self.upper_optimizer.zero_grad(set_to_none=True)
             for k, t in self.upper.items():
                 t.grad = grads[k].to(t.dtype)
@@ -394,7 +407,7 @@ class TriLevelSolver:
         # every term is linear in dL/dW2' and the direct gradients: with a loss scale the whole
         # chain runs scaled (no fp16 underflow in the backward passes) and is unscaled at the end
         loss_scale = self.scaler.get_scale() if self.scaler is not None else 1.0
-        with record_function("lfm.loss3_backward"):
+        with _stage("lfm.loss3_backward"):
             inputs = list(upper3.values()) + (list(w2_new.values()) if need_second else [])
             grads = torch.autograd.grad(loss3 * loss_scale, inputs, allow_unused=True)
         # terms are accumulated only for the upper variables they touch (an unused encoder
@@ -409,15 +422,15 @@ class TriLevelSolver:
         if need_second:
             g2 = dict(zip(w2_new, _zeros_for_none(grads[len(names):], w2_new.values())))
             # through W2' = W2 - lr2 grad loss2(W2, a, upper)
-            with record_function("lfm.mvp_w2"):
+            with _stage("lfm.mvp_w2"):
                 lam2 = {"__a__": a.detach(), **upper3}
                 m2 = self.mvp(lambda w, lam: problem.loss2(w, lam["__a__"], lam), w2_old, lam2, g2, base2)
             da = -scale2 * m2.pop("__a__", torch.zeros_like(a))
             add(m2, -scale2)
             # through a(W1', upper)
-            with record_function("lfm.weights_backward"):
+            with _stage("lfm.weights_backward"):
                 if self.recompute_weights:
-                    with frozen_bn_stats(*self.modules):
+                    with frozen_bn_stats(*self._bn_layers):
                         a = problem.weights(w1_new, upper_live)
                 targets = list(w1_new.values()) + list(upper_live.values())
                 ga = list(torch.autograd.grad(a, targets, grad_outputs=da, allow_unused=True))
@@ -427,7 +440,7 @@ class TriLevelSolver:
                 # single network: W2's step starts at W1', so W1' also reaches W2' directly:
                 # dW2'/dW1' = I - lr2 * Hessian(loss2); the Hessian-vector product is the MVP of
                 # loss2(W + delta) with respect to delta at delta = 0.
-                with record_function("lfm.hvp_single"):
+                with _stage("lfm.hvp_single"):
                     zero = {k: torch.zeros_like(t) for k, t in w2_old.items()}
                     a_fixed = a.detach()
                     hv = self.mvp(
@@ -442,7 +455,7 @@ class TriLevelSolver:
                 h = dict(zip(h, values))
             add(dict(zip(names, ga[len(w1_new):])))
             # through W1' = W1 - lr1 grad loss1(W1, upper)
-            with record_function("lfm.mvp_w1"):
+            with _stage("lfm.mvp_w1"):
                 add(self.mvp(problem.loss1, w1_old, upper3, h, base1), -scale1)
         total = {k: total[k] / loss_scale if k in total else torch.zeros_like(self.upper[k]) for k in names}
         if self.reduce is not None:
