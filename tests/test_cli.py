@@ -143,3 +143,36 @@ def test_a_run_in_use_is_refused(tmp_path):
     assert_one_line_error(run(*args, "--epochs", "1"), 1, "in use by process", str(os.getpid()))
     (result.parent / ".lock").write_text("999999999")  # a stale lock from a dead process is taken over
     assert run(*args, "--epochs", "1").returncode == 0
+
+
+def _launch_two(*args: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m lfm_core.cli ...` on CPU (gloo), on a free port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", port, "-m", "lfm_core.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_two_processes_run_an_lfm_dr_experiment(tmp_path):
+    """Two launched processes split every training batch; rank 0 alone writes and prints."""
+    res = tmp_path / "results"
+    proc = _launch_two("run", "table7", "--profile", "smoke", "--methods", "LFM-DR", "--noise", "flip",
+                       "--seeds", "0", "--results", str(res))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("ran: LFM-DR") == 1  # one process printed
+    results = list(res.rglob("result.json"))
+    assert len(results) == 1
+    record = json.loads(results[0].read_text())
+    assert record["metrics"]["skipped_steps"] == 0 and record["metrics"]["b_mean"] != 1.0
+    assert len((results[0].parent / "log.txt").read_text().splitlines()) == 2  # start + done, once
+    assert not (results[0].parent / ".lock").exists()
+    # a method without the gradient-averaging hook refuses, in one line, instead of diverging
+    proc = _launch_two("run", "table7", "--profile", "smoke", "--methods", "Base Model", "--noise", "flip",
+                       "--seeds", "0", "--results", str(tmp_path / "r2"))
+    assert proc.returncode != 0 and "'ce' runs in one process" in proc.stderr  # torchrun reports exit 1
+    assert not list((tmp_path / "r2").rglob("result.json"))

@@ -208,6 +208,10 @@ def report_cmd(experiments: tuple[str, ...], results: Path, out_dir: Path, profi
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from lfm_core.runtime import is_main_process
+
+    if not is_main_process():  # a multi-process launch prints once, from rank 0
+        console.quiet = out.quiet = True
     debug = "--debug" in argv or os.environ.get("LFM_DEBUG") == "1"
     try:
         cli.main(argv, prog_name="lfm-bench", standalone_mode=False)

@@ -8,6 +8,7 @@ one resumes from its checkpoint; a lock file stops two processes from running th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -17,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from lfm_core.errors import LFMError
 from lfm_core.experiments import Cell, Experiment
 from lfm_core.io import atomic_write_json, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
+from lfm_core.runtime import is_main_process, launched_processes, process_accelerator, wait_for_everyone
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
@@ -41,12 +45,16 @@ class RunContext:
     download: bool = False
     device: str | None = None
     mixed_precision: str = "no"
+    # in a multi-process launch only rank 0 writes the run directory; the others train in step
+    main_process: bool = True
     _metrics: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._metrics = read_jsonl(self.run_dir / "metrics.jsonl")
 
     def log(self, text: str) -> None:
+        if not self.main_process:
+            return
         stamp = _dt.datetime.now().strftime("%H:%M:%S")
         with open(self.run_dir / "log.txt", "a") as fh:
             fh.write(f"[{stamp}] {text}\n")
@@ -54,12 +62,14 @@ class RunContext:
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one record (e.g. one epoch); the file is rewritten atomically."""
         self._metrics.append(record)
-        write_jsonl(self.run_dir / "metrics.jsonl", self._metrics)
+        if self.main_process:
+            write_jsonl(self.run_dir / "metrics.jsonl", self._metrics)
 
     def truncate_metrics(self, n: int) -> None:
         """On resume: keep the first n records (those the checkpoint covers)."""
         self._metrics = self._metrics[:n]
-        write_jsonl(self.run_dir / "metrics.jsonl", self._metrics)
+        if self.main_process:
+            write_jsonl(self.run_dir / "metrics.jsonl", self._metrics)
 
     @property
     def metrics(self) -> list[dict]:
@@ -70,7 +80,8 @@ class RunContext:
         return self.run_dir / CHECKPOINT
 
     def save_checkpoint(self, state: dict) -> None:
-        save_checkpoint(self.checkpoint_path, state)
+        if self.main_process:
+            save_checkpoint(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> dict | None:
         return load_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
@@ -143,9 +154,13 @@ def run_one(
             return json.loads(result_path.read_text()), False
         except json.JSONDecodeError:
             pass  # unreadable: run again
+    # several launched processes run the same cell in step; rank 0 owns the directory
+    main = is_main_process()
+    if launched_processes() > 1:
+        process_accelerator(cpu=not torch.cuda.is_available() or str(ctx_kwargs.get("device") or "").startswith("cpu"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _Lock(run_dir / ".lock"):
-        if force:
+    with _Lock(run_dir / ".lock") if main else contextlib.nullcontext():
+        if force and main:
             for name in (RESULT, CHECKPOINT, "metrics.jsonl", "log.txt"):
                 (run_dir / name).unlink(missing_ok=True)
         config = {
@@ -158,8 +173,10 @@ def run_one(
             "options": options or {},
             "runtime": {k: ctx_kwargs.get(k) for k in ("device", "mixed_precision", "data_root")},
         }
-        atomic_write_json(run_dir / "config.json", config)
-        ctx = RunContext(run_dir=run_dir, config=config, **ctx_kwargs)
+        if main:
+            atomic_write_json(run_dir / "config.json", config)
+        wait_for_everyone()  # nobody reads a checkpoint that --force is deleting
+        ctx = RunContext(run_dir=run_dir, config=config, main_process=main, **ctx_kwargs)
         ctx.log(f"start {experiment.name} {profile} {cell.row} | {cell.column} seed {seed}")
         start = time.perf_counter()
         metrics = experiment.run_cell(cell, profile, seed, ctx)
@@ -167,7 +184,9 @@ def run_one(
         if experiment.metric not in metrics:
             raise RuntimeError(f"{experiment.name}.run_cell returned no {experiment.metric!r}")
         record = {**config, "metrics": metrics, "wall_s": round(wall, 3), "env": environment()}
-        atomic_write_json(result_path, record)
+        if main:
+            atomic_write_json(result_path, record)
+        wait_for_everyone()  # every process sees the result before the next cell's check
         ctx.log(f"done in {wall:.1f}s: {metrics}")
         return record, True
 

@@ -43,6 +43,38 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def launched_processes() -> int:
+    """How many processes ``accelerate launch`` / ``torchrun`` started (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launch (or a plain run): the one process that writes files and prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+_ACCELERATOR: Any = None
+
+
+def process_accelerator(cpu: bool) -> Any:
+    """The process group of a multi-process launch, as an ``accelerate.Accelerator`` (gloo on
+    CPU), created once; ``None`` when the process was not launched with several processes."""
+    global _ACCELERATOR
+    if launched_processes() <= 1:
+        return None
+    if _ACCELERATOR is None:
+        from accelerate import Accelerator
+
+        _ACCELERATOR = Accelerator(cpu=cpu)
+    return _ACCELERATOR
+
+
+def wait_for_everyone() -> None:
+    """A barrier across launched processes (no-op in a single process)."""
+    if _ACCELERATOR is not None:
+        _ACCELERATOR.wait_for_everyone()
+
+
 def all_reduce_mean(accelerator):
     """A `reduce` hook for the solver: average gradients over processes (DDP has no double backward)."""
     if accelerator is None or accelerator.num_processes == 1:

@@ -15,10 +15,12 @@ from torch.utils.data import Dataset
 
 from lfm_core.errors import CheckpointError, NonFiniteError, UsageError
 from lfm_core.registries import METHODS, MODELS
-from lfm_core.runtime import rng_state, seed_everything, set_rng_state
+from lfm_core.runtime import all_reduce_mean, process_accelerator, rng_state, seed_everything, set_rng_state
 from lfm_dr.methods.base import DRContext, DRMethod
 
 MAX_BAD_STEPS = 5
+# the methods whose steps average gradients across launched processes (the solver's reduce hook)
+MULTI_PROCESS_METHODS = ("lfm",)
 
 
 @dataclass
@@ -95,7 +97,7 @@ def device_of(cfg: TrainConfig) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_method(cfg: TrainConfig, splits, seed: int, device) -> tuple[DRMethod, _Stream, _Stream]:
+def build_method(cfg: TrainConfig, splits, seed: int, device, reduce=None) -> tuple[DRMethod, _Stream, _Stream]:
     num_classes = splits.num_classes
     counts = torch.bincount(splits.train.labels, minlength=num_classes).tolist()
     meta_stream = _Stream(splits.meta, min(cfg.meta_batch_size, len(splits.meta)), seed + 7919)
@@ -110,7 +112,7 @@ def build_method(cfg: TrainConfig, splits, seed: int, device) -> tuple[DRMethod,
         model_fn=model_fn, num_classes=num_classes, class_counts=counts, n_train=len(splits.train),
         n_meta=len(splits.meta), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         epochs=cfg.epochs, next_meta=next_meta, device=device, options=dict(cfg.options),
-        grad_scaler=loss_scaler(cfg, device),
+        grad_scaler=loss_scaler(cfg, device), reduce=reduce,
     )
     method = METHODS.get(cfg.method)(ctx)
     train_stream = _Stream(splits.train, min(cfg.batch_size, len(splits.train)), seed)
@@ -142,8 +144,20 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
 def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
     """Train one method on one split; resumes from ``ctx``'s checkpoint. Returns final metrics."""
     device = device_of(cfg)
+    # launched as several processes (accelerate launch / torchrun): each takes its shard of every
+    # training batch, the meta batch is shared, and the solver averages gradients and
+    # hypergradients explicitly (DDP has no double backward); the same seed keeps models equal
+    acc = process_accelerator(cpu=device.type == "cpu")
+    world, rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
+    if world > 1:
+        if cfg.method not in MULTI_PROCESS_METHODS:
+            raise UsageError(f"method {cfg.method!r} runs in one process; of the DR methods only "
+                             f"{', '.join(MULTI_PROCESS_METHODS)} split their batches across the {world} "
+                             "launched processes (launch it without accelerate)")
+        if device.type == "cuda":
+            device = acc.device
     seed_everything(seed)
-    method, train_stream, meta_stream = build_method(cfg, splits, seed, device)
+    method, train_stream, meta_stream = build_method(cfg, splits, seed, device, all_reduce_mean(acc))
     scheduled = {name: opt for name, opt in method.optimizers().items() if name in method.scheduled}
     base_lr = {name: [g["lr"] for g in opt.param_groups] for name, opt in scheduled.items()}
     start_epoch, start_step, bad_in_row, skipped, wall_before = 0, 0, 0, 0, 0.0
@@ -193,7 +207,7 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
             sums: dict[str, float] = {}
             first = start_step if epoch == start_epoch else 0
             for step in range(first, steps):
-                idx = train_stream.batch_indices(epoch, step)
+                idx = train_stream.batch_indices(epoch, step)[rank::world]
                 x, y, idx = gather(splits.train, idx, device, cfg.augment)
                 with autocast(cfg, device):
                     stats = method.train_step(x, y, idx, epoch)

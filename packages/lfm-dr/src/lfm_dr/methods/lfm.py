@@ -97,7 +97,7 @@ class LFMReweighting(DRMethod):
             # batch-norm input inside the forward-mode products, so the fused kernel is exact
             # (the single-network variant's Hessian term perturbs the weights themselves)
             upper_reaches_batch_norm=self.w2 is self.w1,
-            grad_scaler=ctx.grad_scaler,
+            grad_scaler=ctx.grad_scaler, reduce=ctx.reduce,
         )
 
     def modules(self):
