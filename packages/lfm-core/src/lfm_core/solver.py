@@ -67,6 +67,12 @@ class TriLevelProblem(Protocol):
 
     def loss3(self, w2: Params, upper: Params) -> Tensor: ...
 
+    # Optional, used with ``recompute_weights``: ``<da, weights(w1, upper)>`` differentiated with
+    # respect to w1 and upper, as one dict keyed by both dicts' names (absent: zero). A problem
+    # whose weights come from several network passes can rebuild and free their graphs one at a
+    # time instead of holding all of them (see ``lfm_nas.problem.LFMNASProblem``).
+    # def weights_vjp(self, w1: Params, upper: Params, da: Tensor) -> Params: ...
+
 
 @dataclass
 class StepStats:
@@ -415,9 +421,15 @@ class TriLevelSolver:
         total: dict[str, Tensor] = {k: g for k, g in zip(names, grads[: len(names)]) if g is not None}
 
         def add(terms: Params, scale: float = 1.0) -> None:
+            # in place and without copies: an encoder's gradient is as large as the encoder
+            # (45 MB for ResNet-18), and every copy alive during the next product adds to the peak
             for k, g in terms.items():
-                if k in self.upper and g is not None:
-                    total[k] = total[k] + scale * g if k in total else scale * g
+                if k not in self.upper or g is None:
+                    continue
+                if k in total:
+                    total[k].add_(g, alpha=scale)
+                else:
+                    total[k] = g if scale == 1.0 else g.mul_(scale)
 
         if need_second:
             g2 = dict(zip(w2_new, _zeros_for_none(grads[len(names):], w2_new.values())))
@@ -429,11 +441,17 @@ class TriLevelSolver:
             add(m2, -scale2)
             # through a(W1', upper)
             with _stage("lfm.weights_backward"):
-                if self.recompute_weights:
-                    with frozen_bn_stats(*self._bn_layers):
-                        a = problem.weights(w1_new, upper_live)
                 targets = list(w1_new.values()) + list(upper_live.values())
-                ga = list(torch.autograd.grad(a, targets, grad_outputs=da, allow_unused=True))
+                if self.recompute_weights and hasattr(problem, "weights_vjp"):
+                    # the problem rebuilds its networks' graphs one at a time (lowest peak memory)
+                    with frozen_bn_stats(*self._bn_layers):
+                        vjp = problem.weights_vjp(w1_new, upper_live, da)
+                    ga = [vjp.get(k) for k in (*w1_new, *upper_live)]
+                else:
+                    if self.recompute_weights:
+                        with frozen_bn_stats(*self._bn_layers):
+                            a = problem.weights(w1_new, upper_live)
+                    ga = list(torch.autograd.grad(a, targets, grad_outputs=da, allow_unused=True))
             ga[: len(w1_new)] = _zeros_for_none(ga[: len(w1_new)], w1_new.values())
             h = dict(zip(w1_new, ga[: len(w1_new)]))
             if self.w2 is self.w1:

@@ -110,25 +110,71 @@ class LFMNASProblem:
     def loss1(self, w1: Mapping[str, Tensor], upper: Mapping[str, Tensor]) -> Tensor:
         return F.cross_entropy(self._logits(self.w1, w1, self.x_tr, upper, 1), self.y_tr)
 
-    def weights(self, w1: Mapping[str, Tensor], upper: Mapping[str, Tensor]) -> Tensor:
+    def _passes(self, w1: Mapping[str, Tensor], upper: Mapping[str, Tensor]) -> list[Callable[[], dict[str, Tensor]]]:
+        """The network passes behind the weights, each giving some of ``u``, ``f_tr``, ``f_val``."""
         alphas = model_alphas(upper)
-        if self.variant == "ps" and self.ps_features == "grad":
-            # V is W1's trunk: features and mistakes both come from W1' (differentiably)
-            f_val = functional_call(self.w1, dict(w1), (self.x_val, alphas), {"head": 0})
-            f_tr = functional_call(self.w1, dict(w1), (self.x_tr2, alphas), {"head": 0})
-            logits_val = F.linear(f_val, w1["head1.weight"], w1["head1.bias"])
-        elif self.variant == "ps":
-            # cheaper: the trunk's features as constants (no graph kept through them)
-            logits_val = self._logits(self.w1, w1, self.x_val, upper, 1)
-            with torch.no_grad():
+        if self.variant == "ps":
+            def val_pass() -> dict[str, Tensor]:
+                # V is W1's trunk: features and mistakes both come from one trunk pass over W1'
                 f_val = functional_call(self.w1, dict(w1), (self.x_val, alphas), {"head": 0})
-                f_tr = functional_call(self.w1, dict(w1), (self.x_tr2, alphas), {"head": 0})
-        else:
-            logits_val = self._logits(self.w1, w1, self.x_val, upper, 1)
-            f_tr, f_val = self._encode(upper, self.x_tr2), self._encode(upper, self.x_val)
-        u = F.cross_entropy(logits_val, self.y_val, reduction="none")
+                logits = F.linear(f_val, w1["head1.weight"], w1["head1.bias"])
+                return {"u": F.cross_entropy(logits, self.y_val, reduction="none"), "f_val": f_val}
+
+            def train_pass() -> dict[str, Tensor]:
+                return {"f_tr": functional_call(self.w1, dict(w1), (self.x_tr2, alphas), {"head": 0})}
+
+            return [val_pass, train_pass]
+
+        def mistakes() -> dict[str, Tensor]:
+            logits = self._logits(self.w1, w1, self.x_val, upper, 1)
+            return {"u": F.cross_entropy(logits, self.y_val, reduction="none")}
+
+        return [mistakes, lambda: {"f_tr": self._encode(upper, self.x_tr2)},
+                lambda: {"f_val": self._encode(upper, self.x_val)}]
+
+    def _lfm_weights(self, inputs: Mapping[str, Tensor], upper: Mapping[str, Tensor]) -> Tensor:
         r = upper["r"][self.val_idx.to(upper["r"].device)]
-        return lfm_weights(f_tr, f_val, self.y_tr2, self.y_val, u, r, self.similarity, self.drop)
+        return lfm_weights(inputs["f_tr"], inputs["f_val"], self.y_tr2, self.y_val, inputs["u"], r,
+                           self.similarity, self.drop)
+
+    def weights(self, w1: Mapping[str, Tensor], upper: Mapping[str, Tensor]) -> Tensor:
+        inputs: dict[str, Tensor] = {}
+        for run_pass in self._passes(w1, upper):
+            inputs.update(run_pass())
+        if self.variant == "ps" and self.ps_features == "detached":
+            # cheaper: the trunk's features as constants (no graph kept through them)
+            inputs["f_tr"], inputs["f_val"] = inputs["f_tr"].detach(), inputs["f_val"].detach()
+        if not torch.is_grad_enabled():  # the solver's graph-free pass: weights_vjp reuses it
+            self._inputs = inputs
+        return self._lfm_weights(inputs, upper)
+
+    def weights_vjp(self, w1: Mapping[str, Tensor], upper: Mapping[str, Tensor], da: Tensor) -> dict[str, Tensor]:
+        """``d<da, a>/d(w1, upper)`` with one network graph alive at a time: the gradients of the
+        weights with respect to their inputs (u, f_tr, f_val) first, then each pass rebuilt with
+        its graph and differentiated on its own (the solver's ``recompute_weights``)."""
+        inputs = getattr(self, "_inputs", None)
+        if inputs is None:
+            with torch.no_grad():
+                self.weights(w1, upper)
+            inputs = self._inputs
+        leaves = {k: v.detach().requires_grad_() for k, v in inputs.items()}
+        a = self._lfm_weights(leaves, upper)
+        names = ["r", *leaves]
+        grads = torch.autograd.grad(a, [upper["r"], *leaves.values()], da, allow_unused=True)
+        g = dict(zip(names, grads))
+        out: dict[str, Tensor] = {"r": g["r"]} if g["r"] is not None else {}
+        params = {**dict(w1), **dict(upper)}
+        frozen = {"f_tr", "f_val"} if self.variant == "ps" and self.ps_features == "detached" else set()
+        for run_pass in self._passes(w1, upper):
+            outs = {k: v for k, v in run_pass().items() if k not in frozen and g.get(k) is not None}
+            if not outs:
+                continue
+            got = torch.autograd.grad(list(outs.values()), list(params.values()), [g[k] for k in outs],
+                                      allow_unused=True)
+            for name, grad in zip(params, got):
+                if grad is not None:
+                    out[name] = out[name] + grad if name in out else grad
+        return out
 
     def loss2(self, w2: Mapping[str, Tensor], a: Tensor, upper: Mapping[str, Tensor]) -> Tensor:
         ce = F.cross_entropy(self._logits(self.w2, w2, self.x_tr2, upper, 2), self.y_tr2, reduction="none")
@@ -144,9 +190,11 @@ class LFMArchitect:
     Defaults follow DESIGN.md section 4: W1/W2 SGD lr 0.025, momentum 0.9, wd 3e-4, grad clip 5
     (the cosine schedule is the caller's: :meth:`set_w_lr`); alphas Adam 3e-4, betas
     (0.5, 0.999), wd 1e-3; V and r Adam 1e-2 (param groups of one Adam).
-    ``recompute_weights`` (default): the weights a are first computed without a graph and
-    rebuilt for the hypergradient, so the supernet graphs of W1' and the encoder are not held
-    through W2's step (one more forward; peak memory 1.6x -> 1.4x a DARTS step on CPU).
+    ``recompute_weights`` (default): the weights a are first computed without a graph and, for
+    the hypergradient, each of their network passes (W1' on the validation batch, the encoder or
+    PS trunk on each batch) is rebuilt and differentiated on its own (``weights_vjp``), so no two
+    network graphs are alive at once (one more forward per pass; CPU peak memory against a
+    DARTS-2nd step: 1.64x -> 1.26x, PS 2.2x -> 1.36x).
     """
 
     def __init__(self, w1: nn.Module, w2: nn.Module | None = None, encoder: nn.Module | None = None, *,
