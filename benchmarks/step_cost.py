@@ -74,7 +74,8 @@ def stage_seconds(step, repeat: int = 2) -> dict:
             for e in prof.key_averages() if e.key.startswith("lfm.")}
 
 
-def bench_dr(device, batch: int, width: int, encoder: str, warmup: int, repeat: int, profile: bool = False) -> dict:
+def bench_dr(device, batch: int, width: int, encoder: str, warmup: int, repeat: int, profile: bool = False,
+             timing: bool = True, memory: bool = True) -> dict:
     from lfm_core.registries import MODELS
     from lfm_dr.methods.base import DRContext
     from lfm_dr.methods.lfm import DRProblem, LFMReweighting
@@ -104,13 +105,6 @@ def bench_dr(device, batch: int, width: int, encoder: str, warmup: int, repeat: 
         return LFMReweighting(DRContext(**ctx_kwargs, options={
             "encoder": encoder, "pretrained": False, "engine": engine}))
 
-    # how far each difference engine's first hypergradient is from the exact one (same state)
-    grads = {}
-    for key, engine in ENGINES.items():
-        method = lfm(engine)
-        problem = DRProblem(method.w1, method.w2, method.encoder, x, y, idx, xm, ym, jm, "dot", "none")
-        grads[key] = method.solver.step(problem, update_upper=True).grads
-
     def rel_err(got, ref):
         num = sum(float((got[k] - ref[k]).double().norm() ** 2) for k in ref) ** 0.5
         return num / sum(float(ref[k].double().norm() ** 2) for k in ref) ** 0.5
@@ -119,27 +113,62 @@ def bench_dr(device, batch: int, width: int, encoder: str, warmup: int, repeat: 
     for key, engine in ENGINES.items():
         method = lfm(engine)
         steps[key] = lambda method=method: method.train_step(x, y, idx, 0)
-    out = {f"{key}_step_s": median_time(step, device, warmup, repeat) for key, step in steps.items()}
-    out.update({f"{key}_mem_mb": peak_memory_mb(step, device) for key, step in steps.items()})
-    out["fd_rel_err"] = rel_err(grads["fd"], grads["lfm"])
-    out["fwd_rel_err"] = rel_err(grads["fwd"], grads["lfm"])
-    if profile:
+    out: dict = {}
+    if timing:
+        # how far each difference engine's first hypergradient is from the exact one (same state)
+        grads = {}
+        for key, engine in ENGINES.items():
+            method = lfm(engine)
+            problem = DRProblem(method.w1, method.w2, method.encoder, x, y, idx, xm, ym, jm, "dot", "none")
+            grads[key] = method.solver.step(problem, update_upper=True).grads
+        out.update({f"{key}_step_s": median_time(step, device, warmup, repeat) for key, step in steps.items()})
+        out["fd_rel_err"] = rel_err(grads["fd"], grads["lfm"])
+        out["fwd_rel_err"] = rel_err(grads["fwd"], grads["lfm"])
+    if memory:
+        out.update({f"{key}_mem_mb": peak_memory_mb(step, device) for key, step in steps.items()})
+    if profile and timing:
         out["profile"] = {key: stage_seconds(steps[key]) for key in ENGINES}
-    out["ratio"] = out["lfm_step_s"] / out["ce_step_s"]
-    out["fd_ratio"] = out["fd_step_s"] / out["ce_step_s"]
-    out["fwd_ratio"] = out["fwd_step_s"] / out["ce_step_s"]
+    out.update(dr_ratios(out))
     out["engine"] = "exact"
     out["setup"] = f"ResNet-32 (width {width}), batch {batch}, {encoder} encoder, 32x32"
     return out
 
 
-def bench_nas(device, batch: int, warmup: int, repeat: int) -> dict | None:
+def _mem_ratios_dr(out: dict) -> dict:
+    return {f"{key}_mem_ratio": out[f"{key}_mem_mb"] / out["ce_mem_mb"] for key in ENGINES
+            if f"{key}_mem_mb" in out and out.get("ce_mem_mb")}
+
+
+def dr_ratios(out: dict) -> dict:
+    return {name: out[f"{key}_step_s"] / out["ce_step_s"]
+            for name, key in (("ratio", "lfm"), ("fd_ratio", "fd"), ("fwd_ratio", "fwd"))
+            if f"{key}_step_s" in out and "ce_step_s" in out}
+
+
+def bench_nas(device, batch: int, warmup: int, repeat: int, timing: bool = True, memory: bool = True) -> dict | None:
     try:
         from lfm_nas.bench import nas_step_costs  # provided by lfm-nas
     except ImportError:
         return None
     return nas_step_costs(device=device, batch=batch, warmup=warmup, repeat=repeat,
-                          time_fn=median_time, mem_fn=peak_memory_mb)
+                          time_fn=median_time if timing else None, mem_fn=peak_memory_mb if memory else None)
+
+
+# glibc's mmap threshold for the memory run: every freed tensor of 4 KiB or more leaves the
+# resident set at once. Set at process start (in the environment): set later with mallopt, the
+# heap keeps what earlier frees fragmented. It slows allocation down, so timings run apart.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4096"}
+
+
+def memory_in_subprocess(argv: list[str]) -> dict:
+    """The memory fields, measured by this script in a fresh process with ``MALLOC_ENV``."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, *argv, "--memory-only", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
+    if proc.returncode != 0:
+        raise SystemExit(f"memory run failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def summary_markdown(result: dict) -> str:
@@ -206,19 +235,37 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--skip-nas", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true",
                         help="also time each stage of the LFM-DR step (torch.profiler ranges lfm.*)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     warmup, repeat = (1, 3) if args.quick else (2, 7)
+    # CPU: timings here, peak memory in a fresh process with the allocator set for measuring
+    apart = device.type == "cpu" and not args.memory_only
+    timing, memory = not args.memory_only, not apart
+    nas_batch = 32 if device.type == "cuda" else 16
     result = {
-        "dr": bench_dr(device, args.batch, 16, args.encoder, warmup, repeat, args.profile),
-        "nas": None if args.skip_nas else bench_nas(device, 32 if device.type == "cuda" else 16, warmup, repeat),
+        "dr": bench_dr(device, args.batch, 16, args.encoder, warmup, repeat, args.profile and timing, timing, memory),
+        "nas": None if args.skip_nas else bench_nas(device, nas_batch, warmup, repeat, timing, memory),
         "device": (torch.cuda.get_device_name(0) if device.type == "cuda"
                    else f"cpu x{os.cpu_count()} ({platform.processor() or platform.machine()})"),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+    if apart:
+        passed = ["--batch", str(args.batch), "--encoder", args.encoder, "--device", str(device)]
+        passed += ["--quick"] * args.quick + ["--skip-nas"] * args.skip_nas
+        mem = memory_in_subprocess(passed)
+        for part in ("dr", "nas"):
+            if result[part] is not None and mem.get(part):
+                result[part].update({k: v for k, v in mem[part].items() if k.endswith("_mem_mb")})
+        result["dr"].update(dr_ratios(result["dr"]) | _mem_ratios_dr(result["dr"]))
+        if result["nas"] is not None:
+            from lfm_nas.bench import nas_ratios
+
+            result["nas"].update(nas_ratios(result["nas"]))
+            result["nas"]["setup"] += "; memory measured in a separate process with MALLOC_MMAP_THRESHOLD_=4096"
     if args.write:
         write_results(result, args.write, "cuda" if device.type == "cuda" else "cpu")
     if args.json:

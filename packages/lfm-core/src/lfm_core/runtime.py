@@ -129,7 +129,7 @@ _strict_malloc = False
 
 
 def _release_freed_tensors() -> bool:
-    """Fix glibc's mmap threshold at 64 KiB so that every freed tensor of that size or more goes
+    """Fix glibc's mmap threshold at 4 KiB so that every freed tensor of that size or more goes
     back to the OS at once. By default the threshold grows to 32 MiB after the first frees,
     after which freed activations stay in the heap and the resident set remembers every
     earlier graph. Process-wide and for good (allocation gets a little slower), so it is for
@@ -137,7 +137,7 @@ def _release_freed_tensors() -> bool:
     global _strict_malloc
     if not _strict_malloc:
         try:
-            _strict_malloc = bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 64 * 1024))
+            _strict_malloc = bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 4096))
         except (OSError, AttributeError):
             return False
     return _strict_malloc

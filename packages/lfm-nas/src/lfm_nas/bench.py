@@ -35,13 +35,24 @@ def _cpu_peak_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
     return mem.peak_mb
 
 
+def nas_ratios(out: dict[str, Any]) -> dict[str, float]:
+    """Time and memory ratios against the DARTS step, for the fields present."""
+    ratios = {}
+    for name, key, unit in (("ratio", "lfm", "step_s"), ("ps_ratio", "ps", "step_s"),
+                            ("mem_ratio", "lfm", "mem_mb"), ("ps_mem_ratio", "ps", "mem_mb")):
+        if f"{key}_{unit}" in out and out.get(f"darts_{unit}"):
+            ratios[name] = out[f"{key}_{unit}"] / out[f"darts_{unit}"]
+    return ratios
+
+
 def nas_step_costs(device: torch.device | str, batch: int, warmup: int, repeat: int,
-                   time_fn: Callable[..., float], mem_fn: Callable[..., float], *,
+                   time_fn: Callable[..., float] | None, mem_fn: Callable[..., float] | None, *,
                    engine: str = "exact", encoder: str = "resnet18", C: int | None = None,
                    layers: int | None = None, image_size: int | None = None,
                    recompute_weights: bool = True) -> dict[str, Any]:
     """Median step time (``time_fn(fn, device, warmup, repeat)``) and peak memory of one DARTS
     second-order step, one LFM-DARTS step (two networks) and one LFM-DARTS step with PS.
+    ``time_fn=None`` or ``mem_fn=None`` skips that measurement.
 
     GPU: the paper's supernet (C=16, 8 cells, 8 primitives, 32x32 images); CPU: C=8, 5 cells,
     16x16 images (about 1-2 minutes). Memory: ``mem_fn(fn, device)`` on GPU; on CPU the growth
@@ -113,16 +124,13 @@ def nas_step_costs(device: torch.device | str, batch: int, warmup: int, repeat: 
         for m in (a.w1, a.w2):
             m.train()
         steps[key] = lambda a=a: a.step((x_tr, y_tr), (x_val, y_val, idx))
-    for key, step in steps.items():
+    for key, step in steps.items() if time_fn is not None else ():
         out[f"{key}_step_s"] = time_fn(step, device, warmup, repeat)
-    for key, step in steps.items():
+    for key, step in steps.items() if mem_fn is not None else ():
         out[f"{key}_mem_mb"] = memory(step, key)
         if cuda:
             torch.cuda.empty_cache()
-    out["ratio"] = out["lfm_step_s"] / out["darts_step_s"]
-    out["ps_ratio"] = out["ps_step_s"] / out["darts_step_s"]
-    out["mem_ratio"] = out["lfm_mem_mb"] / out["darts_mem_mb"] if out["darts_mem_mb"] else float("nan")
-    out["ps_mem_ratio"] = out["ps_mem_mb"] / out["darts_mem_mb"] if out["darts_mem_mb"] else float("nan")
+    out.update(nas_ratios(out))
     mem_what = ("peak CUDA memory of one step above what was allocated before it (*_mem_total_mb: all of it)"
                 if cuda else "growth of peak RSS during one step, freed tensors returned to the OS")
     out["setup"] = (f"DARTS supernet C={C}, {layers} cells, {len(PRIMITIVES)} primitives, {size}x{size}, batch {batch}; "
@@ -132,4 +140,4 @@ def nas_step_costs(device: torch.device | str, batch: int, warmup: int, repeat: 
     return out
 
 
-__all__ = ["nas_step_costs"]
+__all__ = ["nas_step_costs", "nas_ratios"]
