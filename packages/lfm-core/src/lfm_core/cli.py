@@ -73,7 +73,9 @@ COMMON_OPTIONS = [
     click.Option(["--download"], is_flag=True, help="Allow torchvision to download CIFAR into --data-root."),
     click.Option(["--force"], is_flag=True, help="Rerun cells that already have a result."),
     click.Option(["--device"], default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    click.Option(["--mixed-precision"], type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True),
+    click.Option(["--mixed-precision"], type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True,
+                 help="Autocast of the forward passes: bf16 (CPU or GPU), fp16 (for GPUs; DR training with a "
+                      "loss scaler; NAS searches take bf16 only). Hypergradient products stay float32."),
     click.Option(["--only"], default=None, help="Run only cells whose row or column contains this text."),
 ]
 
