@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from lfm_core.runtime import default_dtype
 from lfm_core.solver import TriLevelSolver, frozen_bn_stats, named_params
 from lfm_core.weighting import lfm_weights
 
@@ -17,10 +18,8 @@ N_TR, N_VAL, D, K = 6, 5, 4, 3
 @pytest.fixture(autouse=True)
 def float64():
     """The brute-force checks need float64; restore the default so other tests are unaffected."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+    with default_dtype(torch.float64):
+        yield
 
 
 class Net(nn.Module):

@@ -8,6 +8,7 @@ import torch
 
 from lfm_core.encoders import create_encoder
 from lfm_core.registries import MODELS
+from lfm_core.runtime import default_dtype
 from lfm_core.solver import TriLevelSolver, frozen_bn_stats, named_params
 from lfm_dr.methods.lfm import DRProblem
 
@@ -16,10 +17,8 @@ LR1, LR2, N, M, K = 0.3, 0.4, 6, 5, 3
 
 @pytest.fixture(autouse=True)
 def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+    with default_dtype(torch.float64):
+        yield
 
 
 def setup(single: bool):

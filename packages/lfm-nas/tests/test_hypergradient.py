@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lfm_core.runtime import default_dtype
 from lfm_core.solver import frozen_bn_stats, named_params
 from lfm_nas.darts import DartsArchitect
 from lfm_nas.problem import LFMArchitect, LFMNASProblem
@@ -24,10 +25,8 @@ SIDE = 8
 
 @pytest.fixture(autouse=True)
 def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+    with default_dtype(torch.float64):
+        yield
 
 
 def data(seed=0):

@@ -43,6 +43,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """torch's default floating-point dtype inside the block, restored afterwards (e.g. float64
+    for brute-force finite-difference checks)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def launched_processes() -> int:
     """How many processes ``accelerate launch`` / ``torchrun`` started (1 when run directly)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
