@@ -18,12 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from lfm_core.errors import LFMError
 from lfm_core.experiments import Cell, Experiment
 from lfm_core.io import atomic_write_json, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
-from lfm_core.runtime import is_main_process, launched_processes, process_accelerator, wait_for_everyone
+from lfm_core.runtime import is_main_process, process_accelerator, wait_for_everyone
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
@@ -156,8 +154,7 @@ def run_one(
             pass  # unreadable: run again
     # several launched processes run the same cell in step; rank 0 owns the directory
     main = is_main_process()
-    if launched_processes() > 1:
-        process_accelerator(cpu=not torch.cuda.is_available() or str(ctx_kwargs.get("device") or "").startswith("cpu"))
+    process_accelerator(ctx_kwargs.get("device"))  # the process group, before the barriers below
     run_dir.mkdir(parents=True, exist_ok=True)
     with _Lock(run_dir / ".lock") if main else contextlib.nullcontext():
         if force and main:

@@ -68,15 +68,17 @@ def is_main_process() -> bool:
 _ACCELERATOR: Any = None
 
 
-def process_accelerator(cpu: bool) -> Any:
+def process_accelerator(device: str | torch.device | None = None) -> Any:
     """The process group of a multi-process launch, as an ``accelerate.Accelerator`` (gloo on
-    CPU), created once; ``None`` when the process was not launched with several processes."""
+    CPU: ``device`` cpu, or none given and no GPU), created once, by its first caller;
+    ``None`` when the process was not launched with several processes."""
     global _ACCELERATOR
     if launched_processes() <= 1:
         return None
     if _ACCELERATOR is None:
         from accelerate import Accelerator
 
+        cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
         _ACCELERATOR = Accelerator(cpu=cpu)
     return _ACCELERATOR
 

@@ -441,7 +441,6 @@ class TriLevelSolver:
             add(m2, -scale2)
             # through a(W1', upper)
             with _stage("lfm.weights_backward"):
-                targets = list(w1_new.values()) + list(upper_live.values())
                 if self.recompute_weights and hasattr(problem, "weights_vjp"):
                     # the problem rebuilds its networks' graphs one at a time (lowest peak memory)
                     with frozen_bn_stats(*self._bn_layers):
@@ -451,6 +450,7 @@ class TriLevelSolver:
                     if self.recompute_weights:
                         with frozen_bn_stats(*self._bn_layers):
                             a = problem.weights(w1_new, upper_live)
+                    targets = list(w1_new.values()) + list(upper_live.values())
                     ga = list(torch.autograd.grad(a, targets, grad_outputs=da, allow_unused=True))
             ga[: len(w1_new)] = _zeros_for_none(ga[: len(w1_new)], w1_new.values())
             h = dict(zip(w1_new, ga[: len(w1_new)]))

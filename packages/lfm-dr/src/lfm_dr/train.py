@@ -147,7 +147,7 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
     # launched as several processes (accelerate launch / torchrun): each takes its shard of every
     # training batch, the meta batch is shared, and the solver averages gradients and
     # hypergradients explicitly (DDP has no double backward); the same seed keeps models equal
-    acc = process_accelerator(cpu=device.type == "cpu")
+    acc = process_accelerator(device)
     world, rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
     if world > 1:
         if cfg.method not in MULTI_PROCESS_METHODS:
