@@ -20,19 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lfm_core.runtime import PeakMemory
 from lfm_nas.darts import DartsArchitect
 from lfm_nas.operations import PRIMITIVES
 from lfm_nas.problem import LFMArchitect
 from lfm_nas.spaces import Network, PSNetwork
-
-
-def _cpu_peak_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
-    """Growth of the peak resident set during one call with freed tensors returned to the OS
-    (Linux), or None where unavailable."""
-    with PeakMemory(device, strict=True) as mem:
-        fn()
-    return mem.peak_mb
 
 
 def nas_ratios(out: dict[str, Any]) -> dict[str, float]:
@@ -55,11 +46,10 @@ def nas_step_costs(device: torch.device | str, batch: int, warmup: int, repeat: 
     ``time_fn=None`` or ``mem_fn=None`` skips that measurement.
 
     GPU: the paper's supernet (C=16, 8 cells, 8 primitives, 32x32 images); CPU: C=8, 5 cells,
-    16x16 images (about 1-2 minutes). Memory: ``mem_fn(fn, device)`` on GPU; on CPU the growth
-    of the peak resident set during the step with freed tensors returned to the OS at once
-    (``PeakMemory(strict=True)``; ``mem_fn`` only where /proc is unavailable), since a
-    process-wide peak would let the first, largest step hide the others. Every step is timed
-    before any memory is measured (the strict allocator setting slows allocation down).
+    16x16 images (about 1-2 minutes). Memory: ``mem_fn(fn, device)`` of one step (the
+    benchmark's measures one step's own peak, e.g. ``PeakMemory(strict=True)`` on CPU, since a
+    process-wide peak would let the first, largest step hide the others). Every step is timed
+    before any memory is measured (a strict allocator setting slows allocation down).
     ``recompute_weights``: LFMArchitect's graph-free first pass of the weights a (default).
     """
     device = torch.device(device)
@@ -108,10 +98,6 @@ def nas_step_costs(device: torch.device | str, batch: int, warmup: int, repeat: 
                             recompute_weights=recompute_weights)
 
     def memory(fn, key: str) -> float:
-        if not cuda:
-            peak = _cpu_peak_mb(fn, device)
-            if peak is not None:
-                return peak
         value = float(mem_fn(fn, device))
         if cuda:  # also the whole footprint (models, optimiser state, data), as nvidia-smi shows
             out[f"{key}_mem_total_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
