@@ -71,7 +71,7 @@ def test_smoke_run_report_and_cache(tmp_path):
     res, out = tmp_path / "results", tmp_path / "report"
     proc = run("run", "table7", "--profile", "smoke", "--results", str(res))
     assert proc.returncode == 0, proc.stderr
-    assert "paper 89.06 ± 0.17" in proc.stdout and "LFM-DR" in proc.stdout
+    assert "| 89.06 ± 0.17 |" in proc.stdout and "LFM-DR" in proc.stdout  # piped: full-width Markdown
     results = sorted(res.rglob("result.json"))
     assert len(results) == 2
     rec = json.loads(results[-1].read_text())
@@ -85,6 +85,43 @@ def test_smoke_run_report_and_cache(tmp_path):
     md = (out / "table7.md").read_text()
     assert "89.06 ± 0.17" in md and "not run" in md and "cited" in md
     assert (out / "table7.tex").read_text().count(r"\toprule") == 1
+
+
+def test_a_changed_option_is_a_new_run_and_the_old_one_stays(tmp_path):
+    res, out = tmp_path / "results", tmp_path / "report"
+    args = ["run", "table7", "--profile", "smoke", "--methods", "Base Model", "--results", str(res)]
+    one = run(*args, "--epochs", "1")
+    two = run(*args, "--epochs", "2")
+    assert one.returncode == two.returncode == 0, (one.stderr, two.stderr)
+    assert "ran:" in two.stderr and "cached" not in two.stderr
+    records = [json.loads(p.read_text()) for p in res.rglob("result.json")]
+    assert sorted(r["config"]["settings"]["train"]["epochs"] for r in records) == [1, 2]
+    acc = {r["config"]["settings"]["train"]["epochs"]: f"{r['metrics']['test_acc']:.2f}" for r in records}
+    assert acc[1] != acc[2]
+    again = run(*args, "--epochs", "1")  # reused, and its table shows only the run asked for
+    assert "cached" in again.stderr and f"| {acc[1]} |" in again.stdout and f"| {acc[2]} |" not in again.stdout
+    rep = run("report", "table7", "--results", str(res), "--out", str(out))
+    md = (out / "table7.md").read_text()
+    assert rep.returncode == 0, rep.stderr
+    assert "[epochs=1" in md and "[epochs=2" in md and "never averaged together" in md
+
+
+def test_print_config_shows_the_resolved_runs_without_running(tmp_path):
+    proc = run("run", "table7", "--profile", "smoke", "--results", str(tmp_path / "r"), "--print-config",
+               "--engine", "forward-difference")
+    assert proc.returncode == 0, proc.stderr
+    configs = json.loads(proc.stdout)
+    assert len(configs) == 2 and not (tmp_path / "r").exists()
+    lfm = next(c for c in configs if c["params"]["method"] == "lfm")
+    assert lfm["settings"]["method"]["options"]["engine"] == "forward-difference"
+    assert lfm["settings"]["train"]["epochs"] == 2 and lfm["run_dir"].endswith("seed0")
+    assert lfm["config_id"] in lfm["run_dir"]
+
+
+def test_piped_output_keeps_every_digit(tmp_path):
+    proc = run("run", "table10", "--profile", "smoke", "--only", "Memory", "--results", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    assert "23702" in proc.stdout and "…" not in proc.stdout
 
 
 def _result(res: Path) -> dict:

@@ -11,6 +11,7 @@ from lfm_core.errors import DataNotFoundError
 from lfm_core.experiments import PaperValue
 from lfm_core.runner import RESULT, run_dir_for, run_one
 from lfm_nas import experiments as E
+from lfm_nas.cache import SearchCache
 from lfm_nas.genotypes import load_genotype
 
 ALL = [E.Table1, E.Table2, E.Table3, E.Table4, E.Table5, E.Table10, E.Figure4, E.Figure5]
@@ -101,13 +102,13 @@ def test_cache_reuse_rules(tmp_path):
         d.mkdir(parents=True)
         (d / "log.txt").write_text("[00:00:00] start x\n")
     key = {"params": {"method": "darts2"}, "seed": 0}
-    E._Cache(_Ctx(a), "cpu", True).put("search", key, {"genotype": 1})
-    assert E._Cache(_Ctx(b), "cpu", True).get("search", key)["genotype"] == 1  # another cell: reused
-    assert E._Cache(_Ctx(b), "cpu", False).get("search", key) is None  # --no-reuse
-    assert E._Cache(_Ctx(a), "cpu", True).get("search", key) is None  # own entry, fresh/forced run: recompute
+    SearchCache(_Ctx(a), "cpu", True).put("search", key, {"genotype": 1})
+    assert SearchCache(_Ctx(b), "cpu", True).get("search", key)["genotype"] == 1  # another cell: reused
+    assert SearchCache(_Ctx(b), "cpu", False).get("search", key) is None  # --no-reuse
+    assert SearchCache(_Ctx(a), "cpu", True).get("search", key) is None  # own entry, fresh/forced run: recompute
     (a / "log.txt").write_text("[00:00:00] start x\n[00:01:00] start x\n")
-    assert E._Cache(_Ctx(a), "cpu", True).get("search", key)["genotype"] == 1  # own entry, resumed run
-    assert E._Cache(_Ctx(b), "cpu", True).get("search", {**key, "seed": 1}) is None
+    assert SearchCache(_Ctx(a), "cpu", True).get("search", key)["genotype"] == 1  # own entry, resumed run
+    assert SearchCache(_Ctx(b), "cpu", True).get("search", {**key, "seed": 1}) is None
 
 
 def test_smoke_run_end_to_end(tmp_path):
@@ -117,7 +118,7 @@ def test_smoke_run_end_to_end(tmp_path):
     memory = next(c for c in cells if c.params["measure"] == "memory")
     rec, computed = run_one(exp, error, "smoke", 0, tmp_path, options={})
     assert computed
-    run_dir = run_dir_for(tmp_path, "table10", "smoke", error, 0)
+    run_dir = Path(rec["run_dir"]) if "run_dir" in rec else run_dir_for(tmp_path, rec["config"])
     saved = json.loads((run_dir / RESULT).read_text())
     m = saved["metrics"]
     assert 0 <= m["test_err"] <= 100 and m["value"] == m["test_err"]

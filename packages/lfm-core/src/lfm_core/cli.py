@@ -77,6 +77,8 @@ COMMON_OPTIONS = [
                  help="Autocast of the forward passes: bf16 (CPU or GPU), fp16 (for GPUs; DR training with a "
                       "loss scaler; NAS searches take bf16 only). Hypergradient products stay float32."),
     click.Option(["--only"], default=None, help="Run only cells whose row or column contains this text."),
+    click.Option(["--print-config"], is_flag=True,
+                 help="Print the resolved configuration of every run this command would make (JSON), and exit."),
 ]
 
 
@@ -120,9 +122,11 @@ def _parse_seeds(text: str | None, default: list[int]) -> list[int]:
 
 
 def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | None, download: bool,
-         force: bool, device: str | None, mixed_precision: str, only: str | None, **options: Any) -> None:
+         force: bool, device: str | None, mixed_precision: str, only: str | None, print_config: bool,
+         **options: Any) -> None:
     from lfm_core.report import render_terminal
-    from lfm_core.runner import collect_results, run_one
+    from lfm_core.results import collect_results
+    from lfm_core.runner import resolve_config, run_dir_for, run_one
 
     check_profile(profile)
     if data_root is not None and not data_root.exists():
@@ -134,6 +138,15 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
         cells = [c for c in cells if only in c.row or only in c.column]
     if not cells:
         raise UsageError(f"no cell of {exp.name} matches --only {only!r}")
+    runtime = dict(data_root=str(data_root) if data_root else None, device=device, mixed_precision=mixed_precision)
+    if print_config:
+        configs = []
+        for cell in cells:
+            for seed in seed_list:
+                config = resolve_config(exp, cell, profile, seed, _jsonable(options), **runtime)
+                configs.append({"run_dir": str(run_dir_for(results, config)), **config})
+        out.file.write(json.dumps(configs, indent=2) + "\n")
+        return
     console.print(f"[bold]{exp.name}[/]: {exp.title}")
     console.print(f"profile [cyan]{profile}[/], {len(cells)} cells x {len(seed_list)} seeds, results in {results}")
     description = exp.describe(profile, {**options, "data_root": data_root})
@@ -157,21 +170,17 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
             bar.reset(inner, total=1, visible=False)
             record, computed = run_one(
                 exp, cell, profile, seed, results, force=force, options=_jsonable(options),
-                progress=progress, echo=lambda t: bar.console.print(t),
-                data_root=str(data_root) if data_root else None, download=download, device=device,
-                mixed_precision=mixed_precision,
+                progress=progress, echo=lambda t: bar.console.print(t), download=download, **runtime,
             )
             records.append(record)
             tag = "ran" if computed else "cached"
             bar.console.print(f"  {tag}: {cell.row} | {cell.column} | seed {seed}: "
                               f"{exp.metric}={record['metrics'][exp.metric]:.2f} ({record['wall_s']:.0f}s)")
             bar.advance(total)
-    # every seed already run for these cells (e.g. by earlier commands), but no other settings
-    # (another noise type or engine lands in other run directories of the same experiment)
-    wanted = {(c.row, c.column, json.dumps(c.params, sort_keys=True)) for c in cells}
-    all_records = [r for r in collect_results(results)
-                   if r["experiment"] == exp.name and r["profile"] == profile
-                   and (r["row"], r["column"], json.dumps(r["params"], sort_keys=True)) in wanted]
+    # every seed already run of these configurations (e.g. by earlier commands), and nothing else:
+    # another engine, epoch budget or noise type is another configuration
+    wanted = {r["config_id"] for r in records}
+    all_records = [r for r in collect_results(results) if r["config_id"] in wanted]
     render_terminal(exp, all_records, profile, out)
 
 
@@ -194,8 +203,15 @@ def _install_signal_handlers() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
               show_default=True, help="Where to write tables (md/csv/tex), figures (png) and README.md.")
 @click.option("--profile", type=click.Choice(PROFILES), default=None, help="Only runs of this profile.")
-def report_cmd(experiments: tuple[str, ...], results: Path, out_dir: Path, profile: str | None) -> None:
-    """Rebuild tables and figures from every run under --results, beside the paper's numbers."""
+@click.option("--where", multiple=True, metavar="KEY=VALUE",
+              help="Only runs whose results column KEY equals VALUE (repeatable), e.g. engine=exact or "
+                   "settings.train.epochs=12; the columns are those of lfm_core.load_results.")
+def report_cmd(experiments: tuple[str, ...], results: Path, out_dir: Path, profile: str | None,
+               where: tuple[str, ...]) -> None:
+    """Rebuild tables and figures from every run under --results, beside the paper's numbers.
+
+    Only seeds of one configuration are averaged; a cell run with several configurations (two
+    engines, two epoch budgets) shows each on its own labelled line."""
     from lfm_core.report import write_report
 
     if not results.exists():
@@ -203,7 +219,13 @@ def report_cmd(experiments: tuple[str, ...], results: Path, out_dir: Path, profi
     names = list(experiments) or EXPERIMENTS.names()
     for name in names:
         EXPERIMENTS.get(name)  # unknown names fail before anything is written
-    written = write_report(results, out_dir, names, profile=profile)
+    conditions = {}
+    for item in where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad --where {item!r}: expected KEY=VALUE, e.g. engine=exact")
+        conditions[key] = value
+    written = write_report(results, out_dir, names, profile=profile, where=conditions)
     for path in written:
         out.print(str(path))
 

@@ -23,3 +23,22 @@ class CheckpointError(LFMError):
 
 class NonFiniteError(LFMError, FloatingPointError):
     """Training produced non-finite values too many times in a row."""
+
+
+def check_choice(kind: str, value, choices) -> object:
+    """Return ``value`` if it is one of ``choices``; else raise one line naming the valid ones.
+
+    The one check behind every "unknown X" error, with a "did you mean" for near misses.
+    """
+    import difflib
+
+    choices = list(choices)
+    if value in choices:
+        return value
+    texts = [f"{c:g}" if isinstance(c, float) else str(c) for c in choices]
+    shown_value = f"{value:g}" if isinstance(value, float) else repr(value)
+    # "did you mean" helps with names, not numbers
+    close = difflib.get_close_matches(str(value), texts, n=3, cutoff=0.6) if isinstance(value, str) else []
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    shown = ", ".join(texts) if texts else "(none installed)"
+    raise UsageError(f"unknown {kind} {shown_value}.{hint} Valid choices: {shown}.")

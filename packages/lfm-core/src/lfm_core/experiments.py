@@ -8,16 +8,16 @@ tool (``lfm_core.report``) turns run directories back into tables and figures.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import click
 
-from lfm_core.errors import UsageError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from lfm_core.runner import RunContext
+from lfm_core.errors import check_choice
 
 PROFILES = ("smoke", "cpu", "paper")
+# options that only choose which cells or seeds run, or how results are found: never part of a
+# run's identity (everything else an experiment's options set is, unless ``resolve`` says better)
+SELECTORS = ("methods", "rates", "reuse", "only", "data_root", "download")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class Experiment:
     cited_rows: ClassVar[tuple[str, ...]] = ()
     seeds: ClassVar[dict[str, list[int]]] = {"smoke": [0], "cpu": [0, 1, 2], "paper": [0, 1, 2]}
     package: ClassVar[str] = ""
+    # the row other rows are compared with when a stand-in makes raw numbers incomparable
+    base_row: ClassVar[str | None] = None
 
     # -- command-line options specific to this experiment ---------------------------------
     def options(self) -> list[click.Option]:
@@ -80,9 +82,36 @@ class Experiment:
     def cells(self, profile: str, options: dict[str, Any]) -> list[Cell]:
         raise NotImplementedError
 
-    def run_cell(self, cell: Cell, profile: str, seed: int, ctx: "RunContext") -> dict[str, Any]:
-        """Train/evaluate one cell for one seed; return metrics (must include ``self.metric``)."""
+    def run_cell(self, cell: Cell, profile: str, seed: int, ctx: Any) -> dict[str, Any]:
+        """Train/evaluate one cell for one seed (``ctx``: a ``lfm_core.runner.RunContext``; its
+        ``config["settings"]`` is what ``resolve`` returned); return metrics (with ``self.metric``)."""
         raise NotImplementedError
+
+    # -- identity and labels -----------------------------------------------------------------
+    def resolve(self, cell: Cell, profile: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Every setting that can change this cell's result: the profile's settings after
+        command-line overrides, the method's options with their defaults. It is recorded in the
+        run's ``config.json``, is part of the run's identity, and is what ``run_cell`` should read.
+        The default, for experiments that do not say better: every option but the selectors."""
+        return {k: v for k, v in sorted(options.items()) if k not in SELECTORS}
+
+    def overrides(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The options that change the profile's protocol (e.g. ``--epochs``); a paper-profile run
+        with any of them is no longer comparable with the paper's number."""
+        return {}
+
+    def run_labels(self, config: dict[str, Any]) -> dict[str, str]:
+        """What really ran, in words, from a run's config: ``data`` (e.g. "digits 16x16, stand-in
+        for CIFAR-10"), ``model``, ``budget``. Reports print these beside the paper's names."""
+        return {}
+
+    def not_run_reason(self, column: str) -> str:
+        """Why a column can have no run on a machine like this one ("" if it simply was not run)."""
+        return ""
+
+    def column_label(self, column: str, configs: list[dict[str, Any]]) -> str:
+        """The header of a column given the configs of its runs (e.g. GPU-days vs CPU-hours)."""
+        return column
 
     def includes(self, record: dict[str, Any]) -> bool:
         """Whether a finished run belongs in this table (e.g. only its own noise type)."""
@@ -94,9 +123,7 @@ class Experiment:
 
 
 def check_profile(profile: str) -> str:
-    if profile not in PROFILES:
-        raise UsageError(f"unknown profile {profile!r}. Valid choices: {', '.join(PROFILES)}.")
-    return profile
+    return check_choice("profile", profile, PROFILES)
 
 
 def get_experiment(name: str) -> Experiment:

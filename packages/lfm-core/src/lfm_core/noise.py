@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lfm_core.errors import UsageError
+from lfm_core.errors import check_choice, UsageError
 from lfm_core.registries import NOISE
 
 KINDS = ("uniform", "flip", "pair")
@@ -59,8 +59,7 @@ def _check_labels(labels: Any, num_classes: int) -> np.ndarray:
 
 def transition_matrix(kind: str, num_classes: int, rate: float, seed: int = 0) -> np.ndarray:
     """The transition matrix of a noise type; ``seed`` only matters for ``flip`` (its targets)."""
-    if kind not in KINDS:
-        raise UsageError(f"unknown noise type {kind!r}; valid choices: {', '.join(KINDS)}")
+    check_choice("noise type", kind, KINDS)
     rate = check_rate(rate)
     k = _check_classes(num_classes, 3 if kind == "flip" else 2, kind)
     if kind == "uniform":

@@ -11,13 +11,12 @@ noise model or an experiment without touching this repository.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import importlib
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
-from lfm_core.errors import UsageError
+from lfm_core.errors import UsageError, check_choice
 
 T = TypeVar("T")
 
@@ -100,11 +99,11 @@ class Registry(Generic[T]):
         return self.get(name)(**kwargs)  # type: ignore[operator]
 
     def unknown(self, name: str) -> UnknownNameError:
-        valid = self.names()
-        close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.6)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        shown = ", ".join(valid) if valid else "(none installed)"
-        return UnknownNameError(f"unknown {self.kind} {name!r}.{hint} Valid choices: {shown}.")
+        try:
+            check_choice(self.kind, name, self.names())
+        except UsageError as exc:
+            return UnknownNameError(str(exc))
+        raise AssertionError(f"{name!r} is registered")
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, group={self.group!r})"

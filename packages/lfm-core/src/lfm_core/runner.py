@@ -1,7 +1,8 @@
 """Runs an experiment's cells x seeds, one run directory each (DomainBed style).
 
-``<results>/<experiment>/<profile>/<cell slug>/seed<k>/`` holds ``config.json`` (the resolved
-config), ``log.txt``, ``metrics.jsonl`` (one record per epoch), ``checkpoint.pt`` (for resume)
+``<results>/<experiment>/<profile>/<row>__<column>-<config hash>/seed<k>/`` holds ``config.json``
+(the whole resolved config, see ``lfm_core.identity``), ``log.txt``, ``metrics.jsonl`` (one record
+per epoch), ``checkpoint.pt`` (for resume)
 and, once finished, ``result.json``. A finished run is not rerun unless ``force``; an unfinished
 one resumes from its checkpoint; a lock file stops two processes from running the same directory.
 """
@@ -20,11 +21,14 @@ from typing import Any, Callable
 
 from lfm_core.errors import LFMError
 from lfm_core.experiments import Cell, Experiment
+from lfm_core.identity import EMBEDDED, canonical, config_id, package_versions, run_name
 from lfm_core.io import atomic_write_json, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
 from lfm_core.runtime import is_main_process, process_accelerator, wait_for_everyone
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
+# the config keys a result record repeats at its top level, for readers that predate ``config``
+RECORD_KEYS = ("experiment", "profile", "row", "column", "params", "seed")
 
 
 class RunLockedError(LFMError):
@@ -85,8 +89,44 @@ class RunContext:
         return load_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
 
 
-def run_dir_for(results: Path, experiment: str, profile: str, cell: Cell, seed: int) -> Path:
-    return Path(results) / experiment / profile / cell.slug() / f"seed{seed}"
+def resolve_config(experiment: Experiment, cell: Cell, profile: str, seed: int, options: dict[str, Any],
+                   device: str | None = None, mixed_precision: str = "no", data_root: str | None = None,
+                   **_: Any) -> dict[str, Any]:
+    """The whole resolved configuration of one run: what ``config.json`` records and the run
+    directory's hash names. Equal configs (but the seed) give equal ``config_id``."""
+    options = dict(options or {})
+    data_root = data_root or options.get("data_root")
+    config: dict[str, Any] = {
+        "experiment": experiment.name,
+        "profile": profile,
+        "row": cell.row,
+        "column": cell.column,
+        "params": cell.params,
+        "seed": int(seed),
+        "settings": experiment.resolve(cell, profile, {**options, "data_root": data_root}),
+        "overrides": experiment.overrides(options),
+        "runtime": {"device_type": _device_type(device), "mixed_precision": mixed_precision or "no"},
+        "versions": package_versions(),
+    }
+    if data_root and cell.params.get("dataset") not in EMBEDDED:
+        config["runtime"]["data_root"] = str(Path(data_root).expanduser().resolve())
+    config = canonical(config)
+    config["config_id"] = config_id(config)
+    return config
+
+
+def _device_type(device: str | None) -> str:
+    import torch
+
+    if device:
+        return str(device).split(":")[0]
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_dir_for(results: Path, config: dict[str, Any]) -> Path:
+    """``<results>/<experiment>/<profile>/<row>__<column>-<config hash>/seed<k>``."""
+    name = run_name(config["row"], config["column"], config["config_id"])
+    return Path(results) / config["experiment"] / config["profile"] / name / f"seed{config['seed']}"
 
 
 class _Lock:
@@ -144,14 +184,19 @@ def run_one(
     options: dict[str, Any] | None = None,
     **ctx_kwargs: Any,
 ) -> tuple[dict[str, Any], bool]:
-    """Run (or resume, or reuse) one cell x seed. Returns (result record, whether it was computed)."""
-    run_dir = run_dir_for(results, experiment.name, profile, cell, seed)
+    """Run (or resume, or reuse) one cell x seed. Returns (result record, whether it was computed).
+
+    A finished run is reused only when its recorded config equals the one asked for now."""
+    config = resolve_config(experiment, cell, profile, seed, options or {}, **ctx_kwargs)
+    run_dir = run_dir_for(results, config)
     result_path = run_dir / RESULT
     if result_path.exists() and not force:
         try:
-            return json.loads(result_path.read_text()), False
-        except json.JSONDecodeError:
-            pass  # unreadable: run again
+            record = json.loads(result_path.read_text())
+        except (json.JSONDecodeError, OSError):
+            record = None  # unreadable: run again
+        if isinstance(record, dict) and record.get("config") == config:
+            return record, False
     # several launched processes run the same cell in step; rank 0 owns the directory
     main = is_main_process()
     process_accelerator(ctx_kwargs.get("device"))  # the process group, before the barriers below
@@ -160,44 +205,20 @@ def run_one(
         if force and main:
             for name in (RESULT, CHECKPOINT, "metrics.jsonl", "log.txt"):
                 (run_dir / name).unlink(missing_ok=True)
-        config = {
-            "experiment": experiment.name,
-            "profile": profile,
-            "row": cell.row,
-            "column": cell.column,
-            "params": cell.params,
-            "seed": seed,
-            "options": options or {},
-            "runtime": {k: ctx_kwargs.get(k) for k in ("device", "mixed_precision", "data_root")},
-        }
         if main:
             atomic_write_json(run_dir / "config.json", config)
         wait_for_everyone()  # nobody reads a checkpoint that --force is deleting
         ctx = RunContext(run_dir=run_dir, config=config, main_process=main, **ctx_kwargs)
-        ctx.log(f"start {experiment.name} {profile} {cell.row} | {cell.column} seed {seed}")
+        ctx.log(f"start {experiment.name} {profile} {cell.row} | {cell.column} seed {seed} (config {config['config_id']})")
         start = time.perf_counter()
         metrics = experiment.run_cell(cell, profile, seed, ctx)
         wall = time.perf_counter() - start + float(metrics.pop("_resumed_wall_s", 0.0))
         if experiment.metric not in metrics:
             raise RuntimeError(f"{experiment.name}.run_cell returned no {experiment.metric!r}")
-        record = {**config, "metrics": metrics, "wall_s": round(wall, 3), "env": environment()}
+        record = {**{k: config[k] for k in RECORD_KEYS}, "config": config, "config_id": config["config_id"],
+                  "metrics": metrics, "wall_s": round(wall, 3), "env": environment()}
         if main:
             atomic_write_json(result_path, record)
         wait_for_everyone()  # every process sees the result before the next cell's check
         ctx.log(f"done in {wall:.1f}s: {metrics}")
         return record, True
-
-
-def collect_results(results: Path) -> list[dict[str, Any]]:
-    """Every finished run under a results root (unreadable files are skipped, never fatal)."""
-    records = []
-    for path in sorted(Path(results).rglob(RESULT)):
-        try:
-            rec = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            continue
-        if isinstance(rec, dict) and "experiment" in rec and "metrics" in rec:
-            rec["run_dir"] = str(path.parent)
-            records.append(rec)
-    return records
-

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.func import jvp
 from torch.profiler import record_function
 
-from lfm_core.errors import UsageError
+from lfm_core.errors import check_choice
 
 Params = dict[str, Tensor]
 ENGINES = ("exact", "finite-difference", "forward-difference", "first-order")
@@ -85,8 +85,7 @@ class StepStats:
 
 
 def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
-        raise UsageError(f"unknown hypergradient engine {engine!r}. Valid choices: {', '.join(ENGINES)}.")
+    check_choice("hypergradient engine", engine, ENGINES)
     return engine
 
 

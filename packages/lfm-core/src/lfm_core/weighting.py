@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lfm_core.errors import check_choice
 from lfm_core.registries import SIMILARITIES
 
 
@@ -52,10 +53,7 @@ def lfm_weights(
     ``r`` the coefficients of the validation examples in the batch, ``drop`` one of
     ``none``, ``x``, ``u``, ``z`` (the ablation: that term becomes ones).
     """
-    if drop not in ABLATIONS:
-        from lfm_core.errors import UsageError
-
-        raise UsageError(f"unknown ablation {drop!r}. Valid choices: {', '.join(ABLATIONS)}.")
+    check_choice("ablation", drop, ABLATIONS)
     n_tr, n_val = f_tr.shape[0], f_val.shape[0]
     if drop == "x":
         x = f_tr.new_ones(n_tr, n_val)

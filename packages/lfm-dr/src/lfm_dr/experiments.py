@@ -1,25 +1,34 @@
 """The paper's data-reweighting tables (VI-IX) and figures (6-8) as registered experiments.
 
-Profiles:
-* ``paper``: the paper's protocol (DESIGN.md section 4) on CIFAR-10/100 or ANIMAL-10N from
-  ``--data-root``; ResNet-32 / WRN-28-10 / VGG19-BN, 100 epochs, batch 100, lr 0.1 (/10 at 80
-  and 90), an ImageNet-pretrained ResNet-18 encoder.
+Each table is one declarative spec: a class holding its rows (table row -> method), columns,
+stand-ins, per-profile settings and the paper's numbers. What a run really does is resolved
+into one config by ``resolve`` (every profile setting after overrides, the method's options with
+their defaults) and ``run_cell`` reads only that config.
+
+Profiles (``PROFILES``, data rather than code):
+* ``paper``: the paper's protocol on CIFAR-10/100 or ANIMAL-10N from ``--data-root``: ResNet-32 /
+  WRN-28-10 / VGG19-BN, 100 epochs, batch 100, lr 0.1 (/10 at 80 and 90), an ImageNet-pretrained
+  ResNet-18 encoder; meta set 100 per class for CIFAR-10 noise, 10 per class for CIFAR-100 and
+  every long-tailed set (as in Meta-Weight-Net).
 * ``cpu``: scikit-learn's embedded digits stand in for CIFAR-10 (CIFAR-100 columns run only when
-  CIFAR-100 is under ``--data-root``), a narrow ResNet-32 on 16x16 images, a small random CNN
-  encoder, a few epochs; minutes on 2 CPU cores.
+  CIFAR-100 is under ``--data-root``), a narrow ResNet on 16x16 images, a small random CNN
+  encoder, 12 epochs; minutes on 2 CPU cores.
 * ``smoke``: the same code path in seconds.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import click
 
 from lfm_core.data import load_dataset, make_splits
-from lfm_core.errors import DataNotFoundError, UsageError
+from lfm_core.errors import DataNotFoundError, UsageError, check_choice
 from lfm_core.experiments import Cell, Experiment, pv
+from lfm_core.identity import file_digest
+from lfm_core.registries import METHODS
 from lfm_core.runtime import cpu_threads
 from lfm_core.solver import ENGINES
 from lfm_dr.train import TrainConfig, device_of, train_dr
@@ -36,17 +45,28 @@ METHOD_OF_ROW = {
     "Meta-Net": "mwn",
     "LFM-DR": "lfm",
 }
+# methods whose runs depend on --engine (the others ignore it, so their runs are shared)
+ENGINE_METHODS = ("lfm",)
+PAPER_MODELS = {"resnet32": "ResNet-32", "wrn28_10": "WRN-28-10", "vgg19_bn": "VGG19-BN"}
 
-PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": dict(image_size=16, epochs=2, batch_size=50, meta_per_class=5, max_train=300,
-                  model_kwargs={"width": 4, "blocks_per_stage": 1}, encoder="smallcnn", pretrained=False,
-                  lr=0.05),
-    "cpu": dict(image_size=16, epochs=12, batch_size=50, meta_per_class=10, max_train=None,
-                model_kwargs={"width": 8, "blocks_per_stage": 1}, encoder="smallcnn", pretrained=False,
-                lr=0.05),
-    "paper": dict(image_size=32, epochs=100, batch_size=100, meta_per_class=None, max_train=None,
-                  model_kwargs={}, encoder="resnet18", pretrained=True, lr=0.1),
+# Everything a profile sets, per model where the model matters. ``data`` None: the column's own
+# data set; "digits": the embedded stand-in. ``meta_per_class`` None: the paper's rule.
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": dict(data="digits", image_size=16, epochs=2, batch_size=50, meta_per_class=5, max_train=300,
+                  lr=0.05, encoder="smallcnn", pretrained=False, augment=None, max_columns=1,
+                  model_kwargs={"resnet32": {"width": 4, "blocks_per_stage": 1},
+                                "wrn28_10": {"depth": 10, "widen_factor": 1},
+                                "vgg19_bn": {"width_mult": 0.125}}),
+    "cpu": dict(data="digits", image_size=16, epochs=12, batch_size=50, meta_per_class=10, max_train=None,
+                lr=0.05, encoder="smallcnn", pretrained=False, augment=None, max_columns=None,
+                model_kwargs={"resnet32": {"width": 8, "blocks_per_stage": 1},
+                              "wrn28_10": {"depth": 10, "widen_factor": 1},
+                              "vgg19_bn": {"width_mult": 0.125}}),
+    "paper": dict(data=None, image_size=32, epochs=100, batch_size=100, meta_per_class=None, max_train=None,
+                  lr=0.1, encoder="resnet18", pretrained=True, augment="cifar", max_columns=None,
+                  model_kwargs={"resnet32": {}, "wrn28_10": {}, "vgg19_bn": {}}),
 }
+PAPER_EPOCHS = PROFILES["paper"]["epochs"]
 
 
 def cifar_name(column: str) -> str:
@@ -60,13 +80,41 @@ def has_cifar(root: Any, name: str) -> bool:
     return (Path(root) / folder).exists()
 
 
+def method_options(method: str, given: dict[str, Any]) -> dict[str, Any]:
+    """A method's options with its defaults filled in (``DEFAULTS`` of the method's class)."""
+    defaults = getattr(METHODS.get(method), "DEFAULTS", {}) or {}
+    return {**defaults, **given}
+
+
+def model_label(name: str, kwargs: dict[str, Any]) -> str:
+    paper = PAPER_MODELS.get(name, name)
+    if not kwargs:
+        return paper
+    if name == "resnet32":
+        depth = 6 * int(kwargs.get("blocks_per_stage", 5)) + 2
+        return f"ResNet-{depth} width {kwargs.get('width', 16)} (paper: {paper} width 16)"
+    if name == "wrn28_10":
+        return f"WRN-{kwargs.get('depth', 28)}-{kwargs.get('widen_factor', 10)} (paper: {paper})"
+    if name == "vgg19_bn" and kwargs.get("width_mult", 1.0) != 1.0:
+        return f"VGG19-BN at {kwargs['width_mult']:g}x width (paper: {paper})"
+    return paper
+
+
 class DRExperiment(Experiment):
     package = "lfm-dr"
     model = "resnet32"
-    # every implemented row fits the cpu profile's 20-minute budget on 2 cores (one thread each)
-    cpu_rows: tuple[str, ...] = tuple(METHOD_OF_ROW)
-    smoke_rows: tuple[str, ...] = ("Base Model", "LFM-DR")
+    base_row = "Base Model"
+    # the rows each profile runs by default ("all": every implemented row)
+    profile_rows: dict[str, tuple[str, ...] | str] = {"smoke": ("Base Model", "LFM-DR"),
+                                                      "cpu": tuple(METHOD_OF_ROW), "paper": "all"}
     image_size: int | None = None  # digits' size on the cpu/smoke profiles (default: the profile's)
+
+    def not_run_reason(self, column):
+        if cifar_name(column) == "cifar100":
+            return "needs CIFAR-100 under --data-root; digits stands in for CIFAR-10 only"
+        if self.standin_columns and column not in self.standin_columns:
+            return "only the paper profile runs it (needs CIFAR-10 under --data-root)"
+        return ""
 
     def options(self) -> list[click.Option]:
         return [
@@ -80,46 +128,73 @@ class DRExperiment(Experiment):
             click.Option(["--epochs"], type=click.IntRange(1), default=None, help="Override the profile's epochs."),
         ]
 
+    def overrides(self, options):
+        return {k: options[k] for k in ("epochs",) if options.get(k) is not None}
+
     # -- grid -------------------------------------------------------------------------------
+    def method_of(self, row: str) -> str:
+        return METHOD_OF_ROW[row]
+
     def run_rows(self, profile: str, options: dict[str, Any]) -> list[str]:
-        implemented = [r for r in self.rows if r in METHOD_OF_ROW]
+        implemented = [r for r in self.rows if r not in self.cited_rows]
         text = options.get("methods")
         if text == "all":
             return implemented
         if text:
             rows = [r.strip() for r in text.split(",") if r.strip()]
             for r in rows:
-                if r not in implemented:
-                    raise UsageError(f"unknown or cited-only row {r!r} for --methods. Valid choices: "
-                                     f"{', '.join(implemented)}, all.")
+                check_choice("row for --methods (cited-only rows cannot run)", r, implemented + ["all"])
             return rows
-        if profile == "paper":
-            return implemented
-        return [r for r in (self.smoke_rows if profile == "smoke" else self.cpu_rows) if r in implemented]
+        chosen = self.profile_rows[profile]
+        return implemented if chosen == "all" else [r for r in chosen if r in implemented]
+
+    # the columns a stand-in profile can fill (None: every column); a profile may cap their number
+    standin_columns: tuple[str, ...] | None = None
+    smoke_column: str | None = None  # the one column the smoke profile runs (default: the last)
+
+    def table_columns(self, profile: str, options: dict[str, Any]) -> list[str]:
+        """The columns asked for (e.g. by --rates), before what the profile's data allows."""
+        return list(self.columns)
 
     def run_columns(self, profile: str, options: dict[str, Any]) -> list[str]:
-        raise NotImplementedError
+        s = PROFILES[profile]
+        cols = self.table_columns(profile, options)
+        if s["data"] is not None:  # a stand-in profile: digits for CIFAR-10, CIFAR-100 only if on disk
+            allowed = self.standin_columns or cols
+            cols = [c for c in cols if c in allowed and (cifar_name(c) == "cifar10" or self.dataset_for(
+                c, profile, options) == "cifar100")]
+        if s["max_columns"]:
+            pick = [c for c in cols if c == self.smoke_column] or cols[-1:]
+            cols = pick[: s["max_columns"]]
+        return cols
 
     def column_params(self, column: str, profile: str, options: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def cell_params(self, row: str, params: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        method = self.method_of(row)
+        out = {**params, "method": method, "model": self.model}
+        if method in ENGINE_METHODS:
+            out["engine"] = options.get("engine") or "exact"
+        return out
 
     def cells(self, profile, options):
         cells = []
         for column in self.run_columns(profile, options):
             params = self.column_params(column, profile, options)
             for row in self.run_rows(profile, options):
-                cells.append(Cell(row, column, {**params, "method": METHOD_OF_ROW[row], "model": self.model,
-                                                "engine": options.get("engine") or "exact"}))
+                cells.append(Cell(row, column, self.cell_params(row, params, options)))
         return cells
 
     def dataset_for(self, column: str, profile: str, options: dict[str, Any]) -> str:
         name = cifar_name(column)
-        if profile == "paper":
+        if PROFILES[profile]["data"] is None:
             return name
-        return name if has_cifar(options.get("data_root"), name) and name == "cifar100" else "digits"
+        return name if name == "cifar100" and has_cifar(options.get("data_root"), name) else PROFILES[profile]["data"]
 
     def validate(self, profile, options):
-        if profile == "paper":
+        self.run_rows(profile, options)
+        if PROFILES[profile]["data"] is None:
             root = options.get("data_root")
             for column in self.run_columns(profile, options):
                 name = self.dataset_for(column, profile, options)
@@ -129,50 +204,115 @@ class DRExperiment(Experiment):
                         f"the paper profile needs {name.upper()} under --data-root; looked in {where}. "
                         "Point --data-root at a folder with cifar-10-batches-py / cifar-100-python, or add --download."
                     )
+        if options.get("encoder_weights") and not Path(options["encoder_weights"]).is_file():
+            raise DataNotFoundError(f"--encoder-weights {options['encoder_weights']} is not a file")
 
     def describe(self, profile, options):
-        if profile == "paper":
+        if PROFILES[profile]["data"] is None:
             return "data: CIFAR from --data-root, the paper's protocol (ResNet-18 ImageNet encoder)."
         return ("data: scikit-learn digits (embedded, offline) stand in for CIFAR-10; CIFAR-100 columns run only "
                 "when CIFAR-100 is under --data-root. For the paper's numbers: --profile paper --data-root DIR.")
 
+    # -- the resolved config ----------------------------------------------------------------
+    def meta_per_class(self, params: dict[str, Any], profile: str) -> int:
+        """The paper's (Meta-Weight-Net's) meta set: 10 per class for CIFAR-100 and for every
+        long-tailed set, 100 per class for CIFAR-10 under label noise; profiles may fix it."""
+        fixed = PROFILES[profile]["meta_per_class"]
+        if fixed is not None:
+            return fixed
+        return 10 if params["dataset"] == "cifar100" or params.get("imbalance") else 100
+
+    def resolve(self, cell, profile, options):
+        s = PROFILES[profile]
+        params = cell.params
+        data: dict[str, Any] = {"dataset": params["dataset"], "meta_per_class": self.meta_per_class(params, profile),
+                                "max_train": s["max_train"], "noise": params.get("noise"),
+                                "rate": params.get("rate", 0.0), "imbalance": params.get("imbalance"),
+                                "factor": params.get("factor", 1.0)}
+        if params["dataset"] == "digits":
+            data["image_size"] = self.image_size or s["image_size"]
+        augment = s["augment"] if params["dataset"].startswith("cifar") else None
+        given = {"encoder": s["encoder"], "pretrained": s["pretrained"], "noise_rate": params.get("rate", 0.0)}
+        if "engine" in params:
+            given["engine"] = params["engine"]
+        if options.get("encoder_weights"):
+            given["encoder_weights"] = file_digest(options["encoder_weights"])
+        return {
+            "data": data,
+            "model": {"name": params["model"], "kwargs": self.model_kwargs(params["model"], profile)},
+            "train": {"epochs": options.get("epochs") or s["epochs"], "batch_size": s["batch_size"],
+                      "meta_batch_size": s["batch_size"], "lr": s["lr"], "momentum": 0.9, "weight_decay": 5e-4,
+                      "milestones": [0.8, 0.9], "augment": augment, "eval_batch_size": 500},
+            "method": {"name": params["method"], "options": method_options(params["method"], given)},
+        }
+
+    def model_kwargs(self, model: str, profile: str) -> dict[str, Any]:
+        return copy.deepcopy(PROFILES[profile]["model_kwargs"][model])
+
+    def run_labels(self, config):
+        st = config.get("settings") or {}
+        data, model, train = st.get("data", {}), st.get("model", {}), st.get("train", {})
+        labels = {}
+        if data.get("dataset") == "digits":
+            size = data.get("image_size")
+            labels["data"] = f"digits {size}×{size} (stand-in for {self.paper_data(config['column'])})"
+        elif data:
+            labels["data"] = str(data.get("dataset"))
+        nominal = self.nominal_factor(config["column"])
+        if nominal is not None and data.get("factor") not in (None, nominal):
+            labels["data"] += f", IF {data['factor']:g} (paper: IF {nominal:g})"
+        if model:
+            labels["model"] = model_label(model["name"], model.get("kwargs") or {})
+        opts = (st.get("method") or {}).get("options") or {}
+        if "encoder" in opts and st.get("method", {}).get("name") in ENGINE_METHODS + ("lfm_plus",):
+            kind = "pretrained" if opts.get("pretrained") else "random init"
+            labels["encoder"] = f"{opts['encoder']}, {kind}" + (
+                "" if opts.get("pretrained") else " (paper: ImageNet-pretrained ResNet-18)")
+        if train:
+            epochs = train.get("epochs")
+            labels["budget"] = f"{epochs} epochs" + ("" if epochs == PAPER_EPOCHS else f" (paper: {PAPER_EPOCHS})")
+        return labels
+
+    def paper_data(self, column: str) -> str:
+        return column.split(" ")[0]
+
+    def nominal_factor(self, column: str) -> float | None:
+        return float(column.rsplit(" ", 1)[1]) if " IF " in column else None
+
     # -- one run ------------------------------------------------------------------------------
-    def build_splits(self, params: dict[str, Any], profile: str, seed: int, ctx) -> Any:
-        s = PROFILE_SETTINGS[profile]
-        name = params["dataset"]
+    def build_splits(self, settings: dict[str, Any], seed: int, ctx) -> Any:
+        data = settings["data"]
         kwargs: dict[str, Any] = {}
-        if name == "digits":
-            kwargs["image_size"] = self.image_size or s["image_size"]
-        bundle = load_dataset(name, root=ctx.data_root, download=ctx.download, **kwargs)
-        meta_per_class = s["meta_per_class"] or (10 if bundle.num_classes > 10 else 100)
+        if data["dataset"] == "digits":
+            kwargs["image_size"] = data["image_size"]
+        bundle = load_dataset(data["dataset"], root=ctx.data_root, download=ctx.download, **kwargs)
         return make_splits(
-            bundle, meta_per_class=meta_per_class, seed=seed,
-            noise=params.get("noise"), noise_rate=params.get("rate", 0.0),
-            imbalance=params.get("imbalance"), imbalance_factor=params.get("factor", 1.0),
-            max_train=s["max_train"],
+            bundle, meta_per_class=data["meta_per_class"], seed=seed, noise=data["noise"], noise_rate=data["rate"],
+            imbalance=data["imbalance"], imbalance_factor=data["factor"], max_train=data["max_train"],
         )
 
-    def train_config(self, params: dict[str, Any], profile: str, ctx) -> TrainConfig:
-        s = PROFILE_SETTINGS[profile]
-        opts = ctx.config.get("options", {})
+    def train_config(self, settings: dict[str, Any], ctx) -> TrainConfig:
+        train, method = settings["train"], settings["method"]
         augment = None
-        if profile == "paper" and params["dataset"].startswith("cifar"):
+        if train["augment"] == "cifar":
             from lfm_core.data import cifar_train_transform
 
             augment = cifar_train_transform()
-        model_kwargs = dict(s["model_kwargs"]) if self.model == "resnet32" else {}
+        options = dict(method["options"])
+        if isinstance(options.get("encoder_weights"), dict):  # the file's identity -> its path
+            options["encoder_weights"] = options["encoder_weights"]["path"]
         return TrainConfig(
-            method=params["method"], model=params["model"], model_kwargs=model_kwargs,
-            epochs=opts.get("epochs") or s["epochs"], batch_size=s["batch_size"], meta_batch_size=s["batch_size"],
-            lr=s["lr"], device=ctx.device, augment=augment, mixed_precision=ctx.mixed_precision,
-            options={"encoder": s["encoder"], "pretrained": s["pretrained"],
-                     "encoder_weights": opts.get("encoder_weights"), "engine": params.get("engine", "exact"),
-                     "noise_rate": params.get("rate", 0.0)},
+            method=method["name"], model=settings["model"]["name"], model_kwargs=dict(settings["model"]["kwargs"]),
+            epochs=train["epochs"], batch_size=train["batch_size"], meta_batch_size=train["meta_batch_size"],
+            lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"],
+            milestones=tuple(train["milestones"]), eval_batch_size=train["eval_batch_size"], device=ctx.device,
+            augment=augment, mixed_precision=ctx.mixed_precision, options=options,
         )
 
     def run_cell(self, cell, profile, seed, ctx):
-        splits = self.build_splits(cell.params, profile, seed, ctx)
-        cfg = self.train_config(cell.params, profile, ctx)
+        settings = ctx.config["settings"]
+        splits = self.build_splits(settings, seed, ctx)
+        cfg = self.train_config(settings, ctx)
         with cpu_threads(device_of(cfg), profile):
             metrics = train_dr(cfg, splits, seed, ctx)
         metrics["noise_actual"] = float(splits.info.get("actual_noise_rate", 0.0) or 0.0)
@@ -219,19 +359,12 @@ class NoiseTable(DRExperiment):
                 raise UsageError(f"bad noise rate {item!r} in --rates: expected numbers such as 0.2,0.4") from None
             if not 0.0 <= rate <= 1.0:
                 raise UsageError(f"noise rate {rate:g} is outside [0, 1]")
-            if not any(abs(rate - r) < 1e-9 for r in NOISE_RATES):
-                raise UsageError(f"noise rate {rate:g} is not a column of this table. Valid choices: 0, 0.2, 0.4.")
-            rates.append(rate)
+            rates.append(check_choice("noise rate for this table", rate, NOISE_RATES))
         return tuple(rates)
 
-    def run_columns(self, profile, options):
+    def table_columns(self, profile, options):
         wanted = {f"{int(round(r * 100))}%" for r in self.selected_rates(options)}
-        cols = [c for c in self.columns if c.rsplit(" ", 1)[1] in wanted]
-        if profile != "paper":
-            cols = [c for c in cols if c.startswith("CIFAR-10 ") or has_cifar(options.get("data_root"), "cifar100")]
-        if profile == "smoke":
-            cols = [c for c in cols if c.endswith("40%")][:1]
-        return cols
+        return [c for c in self.columns if c.rsplit(" ", 1)[1] in wanted]
 
     def includes(self, record):
         """The report shows the table's own noise type (runs with --noise X stay in their run dirs)."""
@@ -294,12 +427,6 @@ class Table8(NoiseTable):
 95.56±0.11 89.66±0.58 84.78±0.17 80.64±0.44 68.71±0.27 60.74±0.51
 """)
 
-    def train_config(self, params, profile, ctx):
-        cfg = super().train_config(params, profile, ctx)
-        if profile != "paper":  # a WRN small enough for CPU: depth 10, width 1
-            cfg.model_kwargs = {"depth": 10, "widen_factor": 1}
-        return cfg
-
 
 T6_ROWS = ["Base Model", "Focal Loss", "Class-Balance", "L2RW", "Meta-Net", "LFM-DR"]
 IFS = (200, 100, 50, 20, 10, 1)
@@ -322,14 +449,14 @@ class Table6(DRExperiment):
 73.72 78.89 83.46 86.98 89.24 92.92 39.08 43.27 47.42 56.10 59.70 70.58
 """)
 
-    def run_columns(self, profile, options):
-        cols = list(self.columns)
-        if profile != "paper":
-            # digits has ~170 examples per class: factors above 20 leave a class empty or nearly so
-            cols = ["CIFAR-10 IF 20", "CIFAR-10 IF 10", "CIFAR-10 IF 1"]
-        if profile == "smoke":
-            cols = cols[:1]
-        return cols
+    # digits has ~170 examples per class: factors above 20 leave a class empty or nearly so
+    standin_columns = ("CIFAR-10 IF 20", "CIFAR-10 IF 10", "CIFAR-10 IF 1")
+    smoke_column = "CIFAR-10 IF 20"
+
+    def not_run_reason(self, column):
+        if cifar_name(column) == "cifar10" and self.nominal_factor(column) > 20:
+            return "digits (~170 images per class) cannot hold imbalance factors above 20; needs CIFAR-10"
+        return super().not_run_reason(column)
 
     def column_params(self, column, profile, options):
         factor = float(column.rsplit(" ", 1)[1])
@@ -350,44 +477,47 @@ class Table9(DRExperiment):
     row_method = {"Vgg19-BN": "ce", "LFM": "lfm"}
     image_size = 32  # VGG's five poolings need at least 32x32
 
-    def run_rows(self, profile, options):
-        return ["Vgg19-BN", "LFM"]
+    base_row = "Vgg19-BN"
+    profile_rows = {p: ("Vgg19-BN", "LFM") for p in PROFILES}
 
-    def run_columns(self, profile, options):
-        return self.columns
+    def method_of(self, row):
+        return self.row_method[row]
 
     def dataset_for(self, column, profile, options):
-        return "imagefolder" if profile == "paper" else "digits"
+        return "imagefolder" if PROFILES[profile]["data"] is None else PROFILES[profile]["data"]
 
-    def cells(self, profile, options):
-        params = {"dataset": self.dataset_for("ANIMAL-10N", profile, options), "model": self.model,
-                  "engine": options.get("engine") or "exact"}
-        return [Cell(r, "ANIMAL-10N", {**params, "method": self.row_method[r]}) for r in self.run_rows(profile, options)]
+    def column_params(self, column, profile, options):
+        return {"dataset": self.dataset_for(column, profile, options)}
+
+    def paper_data(self, column):
+        return "ANIMAL-10N"
 
     def validate(self, profile, options):
-        if profile == "paper" and not options.get("data_root"):
+        if PROFILES[profile]["data"] is None and not options.get("data_root"):
             raise DataNotFoundError("table9's paper profile needs ANIMAL-10N: pass --data-root DIR holding "
                                     "training/ and testing/ (file names like 3_00012.jpg)")
+        super().validate(profile, options)
 
     def describe(self, profile, options):
-        if profile == "paper":
+        if PROFILES[profile]["data"] is None:
             return "data: ANIMAL-10N from --data-root (64x64, VGG19-BN)."
         return ("data: digits stand in for ANIMAL-10N (no real label noise: expect no gain); "
                 "paper: --profile paper --data-root DIR.")
 
-    def train_config(self, params, profile, ctx):
-        cfg = super().train_config(params, profile, ctx)
-        if profile != "paper":
-            cfg.model_kwargs = {"width_mult": 0.125, "image_size": self.image_size}
-        else:
-            cfg.model_kwargs = {"image_size": 64}
-        return cfg
+    def meta_per_class(self, params, profile):
+        return 100 if params["dataset"] == "imagefolder" else super().meta_per_class(params, profile)
 
-    def build_splits(self, params, profile, seed, ctx):
-        if params["dataset"] != "imagefolder":
-            return super().build_splits(params, profile, seed, ctx)
+    def model_kwargs(self, model, profile):
+        # VGG's five poolings need at least 32x32 (digits), ANIMAL-10N is 64x64
+        size = 64 if PROFILES[profile]["data"] is None else self.image_size
+        return {**super().model_kwargs(model, profile), "image_size": size}
+
+    def build_splits(self, settings, seed, ctx):
+        data = settings["data"]
+        if data["dataset"] != "imagefolder":
+            return super().build_splits(settings, seed, ctx)
         bundle = load_dataset("imagefolder", root=ctx.data_root, image_size=64)
-        return make_splits(bundle, meta_per_class=100, seed=seed)
+        return make_splits(bundle, meta_per_class=data["meta_per_class"], seed=seed)
 
 
 class Figure6(Table6):
@@ -403,15 +533,13 @@ class Figure6(Table6):
     cited_rows = ()
     # the paper's text: recall of the rarest class (class 9) rises from 14.4% to 47.3%
 
-    def run_rows(self, profile, options):
-        return list(self.rows)
-
-    def run_columns(self, profile, options):
-        return self.columns
+    profile_rows = {p: ("Base Model", "LFM-DR") for p in PROFILES}
+    standin_columns = ("CIFAR-10 IF 200",)
+    smoke_column = "CIFAR-10 IF 200"
 
     def column_params(self, column, profile, options):
         # digits cannot hold IF 200 (a class would be empty): IF 20 stands in on the cpu/smoke profiles
-        factor = 200.0 if profile == "paper" else 20.0
+        factor = 200.0 if PROFILES[profile]["data"] is None else 20.0
         return {"dataset": self.dataset_for(column, profile, options), "imbalance": "longtail", "factor": factor}
 
     def plot(self, frame, out_path):
@@ -420,9 +548,12 @@ class Figure6(Table6):
         plot_confusions(frame, out_path, self.rows)
 
 
+FLIP_NETWORK_ROWS = ["ResNet-32 Base Model", "ResNet-32 LFM-DR", "WRN-28-10 Base Model", "WRN-28-10 LFM-DR"]
+
+
 class FlipNetworks(NoiseTable):
     kind = "figure"
-    rows = ["ResNet-32 Base Model", "ResNet-32 LFM-DR", "WRN-28-10 Base Model", "WRN-28-10 LFM-DR"]
+    rows = FLIP_NETWORK_ROWS
     cited_rows = ()
     paper = {}
     dataset_prefix = "CIFAR-10"
@@ -430,12 +561,6 @@ class FlipNetworks(NoiseTable):
     @property
     def columns(self):  # type: ignore[override]
         return [f"{self.dataset_prefix} {r}%" for r in (0, 20, 40)]
-
-    def run_columns(self, profile, options):
-        cols = list(self.columns)
-        if self.dataset_prefix == "CIFAR-100" and profile != "paper" and not has_cifar(options.get("data_root"), "cifar100"):
-            cols = []
-        return cols[-1:] if profile == "smoke" else cols
 
     def validate(self, profile, options):
         if not self.run_columns(profile, options):
@@ -445,24 +570,16 @@ class FlipNetworks(NoiseTable):
             )
         super().validate(profile, options)
 
-    def cells(self, profile, options):
-        cells = []
-        for column in self.run_columns(profile, options):
-            params = self.column_params(column, profile, options)
-            for row in self.rows:
-                net, _, method = row.partition(" ")
-                model = "resnet32" if net == "ResNet-32" else "wrn28_10"
-                cells.append(Cell(row, column, {**params, "model": model, "method": METHOD_OF_ROW[method],
-                                                "engine": options.get("engine") or "exact"}))
-        return cells
+    profile_rows = {p: tuple(FLIP_NETWORK_ROWS) for p in PROFILES}
+    base_row = None
 
-    def train_config(self, params, profile, ctx):
-        cfg = super().train_config(params, profile, ctx)
-        if params["model"] == "wrn28_10":
-            cfg.model_kwargs = {} if profile == "paper" else {"depth": 10, "widen_factor": 1}
-        else:
-            cfg.model_kwargs = dict(PROFILE_SETTINGS[profile]["model_kwargs"])
-        return cfg
+    def method_of(self, row):
+        return METHOD_OF_ROW[row.partition(" ")[2]]
+
+    def cell_params(self, row, params, options):
+        out = super().cell_params(row, params, options)
+        out["model"] = "resnet32" if row.startswith("ResNet-32") else "wrn28_10"
+        return out
 
     def plot(self, frame, out_path):
         from lfm_dr.figures import plot_network_bars

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lfm_core.errors import CheckpointError, NonFiniteError, UsageError
+from lfm_core.errors import check_choice, CheckpointError, NonFiniteError, UsageError
 from lfm_core.registries import METHODS, MODELS
 from lfm_core.runtime import all_reduce_mean, process_accelerator, rng_state, seed_everything, set_rng_state
 from lfm_dr.methods.base import DRContext, DRMethod
@@ -123,8 +123,7 @@ def autocast(cfg: TrainConfig, device: torch.device):
     """Autocast for the forward passes; the solver keeps its hypergradient products in float32."""
     if cfg.mixed_precision in (None, "no"):
         return contextlib.nullcontext()
-    if cfg.mixed_precision not in ("bf16", "fp16"):
-        raise UsageError(f"unknown mixed precision {cfg.mixed_precision!r}. Valid choices: no, fp16, bf16.")
+    check_choice("mixed precision", cfg.mixed_precision, ("no", "fp16", "bf16"))
     dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lfm_core.errors import UsageError
+from lfm_core.errors import check_choice, UsageError
 from lfm_core.solver import detached, frozen_bn_stats, mvp_exact, mvp_finite_difference, named_params
 from lfm_nas.genotypes import Genotype
 from lfm_nas.operations import prepare_bn_for_engine
@@ -38,10 +38,8 @@ class DartsArchitect:
                  arch_betas: tuple[float, float] = (0.5, 0.999), arch_weight_decay: float = 1e-3,
                  fd_eps: float = 0.01, arch_grad_clip: float | None = None,
                  w_optimizer: torch.optim.Optimizer | None = None):
-        if order not in ORDERS:
-            raise UsageError(f"unknown DARTS order {order!r}. Valid choices: {', '.join(ORDERS)}.")
-        if engine not in DARTS_ENGINES:
-            raise UsageError(f"unknown DARTS engine {engine!r}. Valid choices: {', '.join(DARTS_ENGINES)}.")
+        check_choice("DARTS order", order, ORDERS)
+        check_choice("DARTS engine", engine, DARTS_ENGINES)
         self.model, self.order, self.engine = model, order, engine
         self.fd_eps, self.arch_grad_clip, self.w_optimizer = fd_eps, arch_grad_clip, w_optimizer
         prepare_bn_for_engine(model, order == "second" and engine == "exact")

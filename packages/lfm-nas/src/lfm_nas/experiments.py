@@ -2,278 +2,38 @@
 
 Every cell is one architecture search (:func:`lfm_nas.search.search`) followed by one
 evaluation of the derived genotype trained from scratch (:func:`lfm_nas.search.train_eval`,
-or :func:`train_eval_imagenet` for the ImageNet transfer columns).
+or :func:`lfm_nas.evaluation.train_eval_imagenet` for the ImageNet transfer columns). Each table
+is a spec: rows (``row_specs``: method, encoder, variant), columns (``column_specs``: data set,
+evaluation, measure), the paper's numbers; the profiles are data in :mod:`lfm_nas.profiles`.
+What a run really does is resolved into its config (``resolve``) and read back from there.
 
-Profiles:
-
-* ``paper``: the paper's protocol (DESIGN.md section 4) on CIFAR-10/100 from ``--data-root``
-  (25k/25k search split of the 50k training images; DARTS supernet of 8 cells, C=16, 8
-  primitives, 50 epochs; P-DARTS 3 stages of 25 epochs, 5 -> 11 -> 17 cells, 8 -> 5 -> 3
-  operations, LFM from epoch 10 of each stage; evaluation network of 20 cells, C=36, 600
-  epochs, batch 96, cutout 16, auxiliary 0.4, drop path 0.2; ImageNet: 14 cells, C=48, 250
-  epochs from ``--imagenet-root``) with ImageNet-pretrained ResNet encoders from the local
-  Hugging Face cache.
-* ``cpu``: scikit-learn's embedded digits stand in for CIFAR (16x16 images, the 1,257
-  training images split in half for the search), a 5-cell C=8 supernet with 5 primitives, a
-  few search epochs and a short evaluation; random-init encoders of the named architectures.
-  The ImageNet columns are a stand-in transfer: the searched cell in the ImageNet network
-  (its 3-convolution stem) trained on digits at 32x32, top-1 and top-5 error.
-* ``smoke``: the same code path in seconds (8x8 digits, 3-cell C=4 supernet, 4 primitives).
-
-A search or an evaluation with identical settings and seed is computed once per results
-root and reused by every cell that needs it (e.g. table I's LFM-DARTS-2nd-R18 search serves
-table IV's TN+DARTS and table X's "no PS" row, as in the paper where these are the same
-runs); ``--no-reuse`` turns that off. The cache lives in ``<results>/.nas-cache``; a cell
-records which run produced what it reused.
+A search or an evaluation with identical settings and seed is computed once per results root
+and reused by every cell that needs it (:mod:`lfm_nas.cache`; e.g. table I's LFM-DARTS-2nd-R18
+search serves table IV's TN+DARTS and table X's "no PS" row, as in the paper where these are the
+same runs); ``--no-reuse`` turns that off.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import click
 import torch
 
-from lfm_core.errors import DataNotFoundError, UsageError
-from lfm_core.runtime import PeakMemory, cpu_threads
+from lfm_core.errors import DataNotFoundError
 from lfm_core.experiments import Cell, Experiment, PaperValue, pv
-from lfm_core.io import atomic_write_json
-from lfm_core.solver import ENGINES as SOLVER_ENGINES
+from lfm_core.runtime import PeakMemory, cpu_threads
+from lfm_nas.cache import SearchCache
+from lfm_nas.evaluation import _device, _loader, _warm_up, load_bundle, search_split, train_eval_imagenet
 from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotype
+from lfm_nas.profiles import ENGINES, PROFILE_SETTINGS, has_cifar, imagenet_root, settings
 
 # ------------------------------------------------------------------------------------
 # profiles
 # ------------------------------------------------------------------------------------
-P4 = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
-P5 = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
-
-PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        image_size=8, search_pool=64, batch_size=16, search_epochs=1, steps_per_epoch=2,
-        C=4, layers=3, primitives=P4,
-        pdarts_layers=(3, 3, 4), pdarts_ops=(4, 3, 2), pdarts_epochs=1, pdarts_lfm_start=0,
-        pdarts_skip_dropout=(0.0, 0.1, 0.2),
-        eval_C=4, eval_layers=3, eval_epochs=1, eval_batch=64, eval_lr=0.05, cutout=0, auxiliary=0.4,
-        drop_path=0.0,
-        imagenet_size=16, imagenet_C=4, imagenet_layers=3, imagenet_epochs=1, imagenet_batch=64,
-        imagenet_lr=0.05,
-        pretrained=False, search_dataset="digits",
-    ),
-    "cpu": dict(
-        image_size=16, search_pool=None, batch_size=32, search_epochs=3, steps_per_epoch=8,
-        C=8, layers=5, primitives=P5,
-        pdarts_layers=(3, 5, 6), pdarts_ops=(5, 3, 2), pdarts_epochs=2, pdarts_lfm_start=1,
-        pdarts_skip_dropout=(0.0, 0.2, 0.4),
-        eval_C=8, eval_layers=6, eval_epochs=8, eval_batch=64, eval_lr=0.05, cutout=4, auxiliary=0.4,
-        drop_path=0.1,
-        imagenet_size=32, imagenet_C=8, imagenet_layers=5, imagenet_epochs=8, imagenet_batch=64,
-        imagenet_lr=0.05,
-        pretrained=False, search_dataset="digits",
-    ),
-    "paper": dict(
-        image_size=32, search_pool=None, batch_size=64, search_epochs=50, steps_per_epoch=None,
-        C=16, layers=8, primitives=None,  # None: all 8 DARTS primitives
-        pdarts_layers=(5, 11, 17), pdarts_ops=(8, 5, 3), pdarts_epochs=25, pdarts_lfm_start=10,
-        pdarts_skip_dropout=(0.1, 0.4, 0.7),
-        eval_C=36, eval_layers=20, eval_epochs=600, eval_batch=96, eval_lr=0.025, cutout=16, auxiliary=0.4,
-        drop_path=0.2,
-        imagenet_size=224, imagenet_C=48, imagenet_layers=14, imagenet_epochs=250, imagenet_batch=128,
-        imagenet_lr=0.1,
-        pretrained=True, search_dataset=None,  # None: the column's CIFAR
-    ),
-}
-
-ENGINES = ("auto", *SOLVER_ENGINES)
-
-
-def has_cifar(root: Any, name: str) -> bool:
-    if not root:
-        return False
-    folder = "cifar-100-python" if name == "cifar100" else "cifar-10-batches-py"
-    base = Path(root).expanduser()
-    return (base / folder).is_dir() or base.name == folder
-
-
-def imagenet_root(options: dict[str, Any]) -> Path | None:
-    if options.get("imagenet_root"):
-        return Path(options["imagenet_root"]).expanduser()
-    if options.get("data_root"):
-        return Path(options["data_root"]).expanduser() / "imagenet"
-    return None
-
-
-
-
-def _device(ctx) -> torch.device:
-    if getattr(ctx, "device", None):
-        return torch.device(ctx.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-_WARM: set[Any] = set()
-
-
-def _warm_up(cfg: dict[str, Any], tr, va, device: torch.device) -> None:
-    """Pay the process's one-time costs before a search is measured: importing timm, the lazy
-    imports of the first optimiser step and forward-mode AD (torch._dynamo alone is ~150 MB of
-    resident memory on CPU), the first use of each convolution kernel. One step of a 3-cell
-    supernet of the same kind on 4 examples, once per process and kind of search."""
-    from lfm_nas.search import search
-
-    method = {"pdarts": "darts1", "lfm-pdarts": "lfm-darts"}.get(cfg["method"], cfg["method"])
-    key = (method, cfg.get("variant"), cfg.get("encoder"), cfg.get("engine"), device.type)
-    if key in _WARM:
-        return
-    tiny = {k: v for k, v in cfg.items() if not k.startswith("pdarts_") and k != "lfm_start"}
-    tiny.update(method=method, layers=3, steps_per_epoch=1, seed=0)
-    if isinstance(tiny.get("encoder_kwargs"), dict):
-        tiny["encoder_kwargs"] = {**tiny["encoder_kwargs"], "pretrained": False}
-    n = min(4, len(tr), len(va))
-    sub_tr, sub_va = tr.subset(list(range(n))), va.subset(list(range(n)))
-    search(tiny, _loader(sub_tr, 2, False, 0, device=device), _loader(sub_va, 2, False, 0, device=device), 1,
-           device=device)
-    _WARM.add(key)
-
-
-# ------------------------------------------------------------------------------------
-# the search / evaluation cache
-# ------------------------------------------------------------------------------------
-def _key_hash(key: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _results_root(run_dir: Path) -> Path:
-    run_dir = Path(run_dir)
-    parents = run_dir.parents
-    return parents[3] if len(parents) > 3 else run_dir  # <results>/<experiment>/<profile>/<cell>/seedK
-
-
-def _attempts(run_dir: Path) -> int:
-    """How many times the runner started this run directory since it was last cleared (``--force``
-    removes the log): more than one means an interrupted run is being resumed."""
-    try:
-        return sum(1 for line in (Path(run_dir) / "log.txt").read_text().splitlines() if "] start " in line)
-    except OSError:
-        return 0
-
-
-class _Cache:
-    def __init__(self, ctx, profile: str, enabled: bool):
-        self.run_dir = Path(ctx.run_dir)
-        self.root = _results_root(self.run_dir) / ".nas-cache" / profile
-        self.enabled = enabled
-        self.resuming = _attempts(self.run_dir) > 1
-        self.ctx = ctx
-
-    def path(self, kind: str, key: dict[str, Any]) -> Path:
-        return self.root / f"{kind}-{_key_hash(key)}.json"
-
-    def get(self, kind: str, key: dict[str, Any]) -> dict[str, Any] | None:
-        path = self.path(kind, key)
-        if not path.exists():
-            return None
-        try:
-            entry = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        if entry.get("key") != json.loads(json.dumps(key, default=str)):
-            return None
-        own = entry.get("producer") == str(self.run_dir)
-        if own and self.resuming:
-            self.ctx.log(f"resume: {kind} already finished by this run ({path.name})")
-            return entry
-        if own or not self.enabled:
-            return None  # a forced rerun (or --no-reuse): compute again
-        self.ctx.log(f"reused {kind} from {entry.get('producer')} ({path.name})")
-        return entry
-
-    def put(self, kind: str, key: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
-        entry = {**value, "key": key, "producer": str(self.run_dir)}
-        atomic_write_json(self.path(kind, key), entry)
-        return entry
-
-
-# ------------------------------------------------------------------------------------
-# data
-# ------------------------------------------------------------------------------------
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False, device=None):
-    from torch.utils.data import DataLoader
-
-    g = torch.Generator().manual_seed(int(seed))
-    workers = 0
-    if not hasattr(dataset, "images"):  # read from disk (ImageNet): a few workers
-        workers = min(8, os.cpu_count() or 1)
-    pin = bool(device is not None and torch.device(device).type == "cuda")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None,
-                      drop_last=drop_last and len(dataset) >= batch_size, num_workers=workers, pin_memory=pin)
-
-
-def load_bundle(name: str, profile: str, ctx, image_size: int | None = None, augment: bool = False):
-    from lfm_core.data import load_dataset
-
-    if name == "digits":
-        return load_dataset("digits", image_size=image_size or PROFILE_SETTINGS[profile]["image_size"])
-    if name in ("cifar10", "cifar100"):
-        return load_dataset(name, root=ctx.data_root, download=ctx.download, augment=augment)
-    raise UsageError(f"unknown search data set {name!r}")
-
-
-def search_split(bundle, seed: int, pool: int | None):
-    """Search-train / search-val halves of the training pool (a seeded permutation; ``pool``
-    caps the number of examples used, e.g. the 25k/25k CIFAR split takes all 50k)."""
-    n = len(bundle.train)
-    g = torch.Generator().manual_seed(10_007 * int(seed) + 17)
-    perm = torch.randperm(n, generator=g)
-    if pool:
-        perm = perm[: min(int(pool), n)]
-    half = len(perm) // 2
-    return bundle.train.subset(perm[:half].numpy()), bundle.train.subset(perm[half:].numpy())
-
-
-# ------------------------------------------------------------------------------------
-# ImageNet-style evaluation (top-1 and top-5)
-# ------------------------------------------------------------------------------------
-def train_eval_imagenet(genotype, train_loader: Iterable, test_loader: Iterable, epochs: int, C: int = 48,
-                        layers: int = 14, num_classes: int = 1000, auxiliary_weight: float = 0.4,
-                        drop_path: float = 0.0, lr: float = 0.1, momentum: float = 0.9,
-                        weight_decay: float = 3e-5, label_smoothing: float = 0.1, gamma: float = 0.97,
-                        grad_clip: float | None = 5.0, device: str | torch.device = "cpu", seed: int | None = None,
-                        log: Callable[[dict], None] | None = None,
-                        progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
-    """DARTS' ImageNet protocol: ``NetworkImageNet(C, layers)`` trained with SGD (lr decayed by
-    ``gamma`` every epoch), label smoothing and the auxiliary head; top-1 and top-5 test error."""
-    from lfm_nas.eval_net import NetworkImageNet
-    from lfm_nas.search import train_epochs
-
-    device = torch.device(device)
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = NetworkImageNet(C, num_classes, layers, auxiliary_weight > 0, genotype, drop_path).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=gamma)
-    train_epochs(model, opt, sched, train_loader, epochs, device, drop_path=drop_path,
-                 auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing, grad_clip=grad_clip,
-                 log=log, progress=progress)
-    model.eval()
-    k = min(5, num_classes)
-    top1 = topk = n = 0
-    with torch.no_grad():
-        for batch in test_loader:
-            x, y = batch[0].to(device), batch[1].to(device)
-            pred = model(x)[0].topk(k, dim=1).indices
-            top1 += int((pred[:, 0] == y).sum())
-            topk += int((pred == y[:, None]).any(1).sum())
-            n += y.numel()
-    n = max(1, n)
-    return {"top1_err": 100.0 * (1 - top1 / n), "top5_err": 100.0 * (1 - topk / n), "test_acc": 100.0 * top1 / n}
-
-
 # ------------------------------------------------------------------------------------
 # the shared experiment
 # ------------------------------------------------------------------------------------
@@ -359,8 +119,7 @@ class NASExperiment(Experiment):
             for column in self.run_columns(profile):
                 cspec = self.column_specs[column]
                 dataset = self.row_dataset(row, column)
-                if profile != "paper":
-                    dataset = PROFILE_SETTINGS[profile]["search_dataset"]
+                dataset = PROFILE_SETTINGS[profile]["search_dataset"] or dataset  # a stand-in, or the paper's
                 params = {"dataset": dataset, **self.row_specs[row], "eval": cspec.get("eval", "cifar")}
                 if self.row_specs[row]["method"] in ("darts2", "lfm-darts", "lfm-pdarts"):
                     params["engine"] = self.resolve_engine(self.row_specs[row]["method"], engine)
@@ -379,7 +138,7 @@ class NASExperiment(Experiment):
 
     # -- checks -----------------------------------------------------------------------------
     def validate(self, profile, options):
-        if profile != "paper":
+        if PROFILE_SETTINGS[profile]["search_dataset"]:  # embedded stand-in data: nothing to find
             return
         root = options.get("data_root")
         cells = self.cells(profile, options)
@@ -413,7 +172,7 @@ class NASExperiment(Experiment):
                     )
 
     def describe(self, profile, options):
-        if profile == "paper":
+        if PROFILE_SETTINGS[profile]["search_dataset"] is None:
             return ("data: CIFAR-10/100 from --data-root (25k/25k search split), the paper's search and evaluation "
                     "protocol, ImageNet-pretrained ResNet encoders.")
         s = PROFILE_SETTINGS[profile]
@@ -422,16 +181,39 @@ class NASExperiment(Experiment):
                 "For the paper's numbers: --profile paper --data-root DIR.")
 
     # -- one run ----------------------------------------------------------------------------
-    def settings(self, profile: str, options: dict[str, Any]) -> dict[str, Any]:
-        s = dict(PROFILE_SETTINGS[profile])
-        if options.get("search_epochs"):
-            s["search_epochs"] = s["pdarts_epochs"] = int(options["search_epochs"])
-            s["pdarts_lfm_start"] = min(s["pdarts_lfm_start"], s["pdarts_epochs"] - 1)
-        if options.get("eval_epochs"):
-            s["eval_epochs"] = s["imagenet_epochs"] = int(options["eval_epochs"])
-        if options.get("batch_size"):
-            s["batch_size"] = int(options["batch_size"])
-        return s
+    def resolve(self, cell, profile, options):
+        return {"settings": settings(profile, options)}
+
+    def overrides(self, options):
+        return {k: options[k] for k in ("search_epochs", "eval_epochs", "batch_size") if options.get(k)}
+
+    def run_labels(self, config):
+        s = (config.get("settings") or {}).get("settings") or {}
+        if not s:
+            return {}
+        p = PROFILE_SETTINGS["paper"]
+        params = config.get("params") or {}
+        labels = {}
+        if params.get("dataset") == "digits":
+            size = s["image_size"]
+            paper = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(
+                self.row_dataset(config["row"], config["column"]) if config["column"] in self.column_specs
+                else "cifar100", "CIFAR")
+            labels["data"] = f"digits {size}×{size} (stand-in for {paper})"
+            if params.get("eval") == "imagenet":
+                labels["data"] += f"; ImageNet stand-in: digits {s['imagenet_size']}×{s['imagenet_size']}"
+        elif params.get("dataset"):
+            labels["data"] = str(params["dataset"])
+        prims = len(s["primitives"]) if s.get("primitives") else 8
+        labels["model"] = (f"supernet C={s['C']}, {s['layers']} cells, {prims} primitives; evaluation network "
+                           f"C={s['eval_C']}, {s['eval_layers']} cells")
+        if (s["C"], s["layers"], s["eval_C"], s["eval_layers"]) != (p["C"], p["layers"], p["eval_C"], p["eval_layers"]):
+            labels["model"] += (f" (paper: C={p['C']}, {p['layers']} cells, 8 primitives; C={p['eval_C']}, "
+                                f"{p['eval_layers']} cells)")
+        labels["budget"] = f"{s['search_epochs']} search epochs, {s['eval_epochs']} evaluation epochs"
+        if (s["search_epochs"], s["eval_epochs"]) != (p["search_epochs"], p["eval_epochs"]):
+            labels["budget"] += f" (paper: {p['search_epochs']} / {p['eval_epochs']})"
+        return labels
 
     def search_config(self, params: dict[str, Any], s: dict[str, Any], seed: int, num_classes: int) -> dict[str, Any]:
         from lfm_nas.operations import PRIMITIVES
@@ -508,7 +290,7 @@ class NASExperiment(Experiment):
             ctx.log_metrics({"phase": "eval", **record})
 
         if params.get("eval") == "imagenet":
-            if profile == "paper":
+            if s["search_dataset"] is None:  # the paper's ImageNet
                 from lfm_core.data import load_dataset
 
                 opts = ctx.config.get("options", {})
@@ -548,9 +330,9 @@ class NASExperiment(Experiment):
 
     def _run_cell(self, cell, profile, seed, ctx, device):
         opts = ctx.config.get("options", {}) or {}
-        s = self.settings(profile, opts)
+        s = ctx.config["settings"]["settings"]
         params = cell.params
-        cache = _Cache(ctx, profile, enabled=opts.get("reuse", True) is not False)
+        cache = SearchCache(ctx, profile, enabled=opts.get("reuse", True) is not False)
         search_params = {k: v for k, v in params.items() if k not in ("eval", "measure")}
         search_keys = ("image_size", "search_pool", "batch_size", "search_epochs", "steps_per_epoch", "C",
                        "layers", "primitives", "pdarts_layers", "pdarts_ops", "pdarts_epochs", "pdarts_lfm_start",
@@ -746,7 +528,7 @@ class Table3(NASExperiment):
         return metrics
 
     def describe(self, profile, options):
-        if profile == "paper":
+        if PROFILE_SETTINGS[profile]["search_dataset"] is None:
             return ("data: cells searched on CIFAR-10/100 from --data-root, evaluated on ImageNet from --imagenet-root "
                     "(14 cells, C=48, 250 epochs).")
         return (super().describe(profile, options) + " ImageNet stand-in: the searched cell in the ImageNet network "
@@ -805,7 +587,7 @@ class Table5(NASExperiment):
 """)
 
     def describe(self, profile, options):
-        if profile == "paper":
+        if PROFILE_SETTINGS[profile]["search_dataset"] is None:
             return ("data: LFM-PDARTS searched on CIFAR-100 from --data-root, evaluated on CIFAR-100 and on ImageNet "
                     "from --imagenet-root.")
         return (super().describe(profile, options) + " ImageNet column: the searched cell in the ImageNet network "
@@ -861,8 +643,19 @@ class Table10(NASExperiment):
 """)
 
     def finish_metrics(self, cell, metrics):
-        metrics["value"] = float(metrics[MEASURE_KEY[cell.params["measure"]]])
+        metrics["search_cpu_hours"] = metrics["search_s"] / 3600.0
+        key = MEASURE_KEY[cell.params["measure"]]
+        if key == "search_gpu_days" and str(metrics.get("device", "")).startswith("cpu"):
+            key = "search_cpu_hours"  # a CPU search is not GPU time: hours of this machine's CPU
+        metrics["value"] = float(metrics[key])
+        metrics["value_unit"] = key
         return metrics
+
+    def column_label(self, column, configs):
+        if column == "Search cost (GPU-days)" and configs and all(
+                (c.get("runtime") or {}).get("device_type") == "cpu" for c in configs):
+            return "Search cost (CPU-hours; paper: GPU-days)"
+        return column
 
 
 # ------------------------------------------------------------------------------------
@@ -886,13 +679,15 @@ class _AblationFigure(NASExperiment):
         for row in self.rows:
             for column in self.run_columns(profile):
                 method = "lfm-darts" if column == "LFM-DARTS-2nd" else "lfm-pdarts"
-                dataset = "cifar100" if profile == "paper" else PROFILE_SETTINGS[profile]["search_dataset"]
+                dataset = PROFILE_SETTINGS[profile]["search_dataset"] or "cifar100"
                 params = {"dataset": dataset, **spec(method, "resnet18", **self.row_args[row]), "eval": "cifar",
                           "engine": self.resolve_engine(method, engine)}
                 cells.append(Cell(row, column, params))
         return cells
 
     def plot(self, frame, out_path):
+        from lfm_nas.figures import plot_bars
+
         plot_bars(frame, out_path, self.rows, self.columns, self.title, self.metric, self.metric_label)
 
 
@@ -920,51 +715,3 @@ class Figure5(_AblationFigure):
     rows = ["Dot product", "Cosine similarity", "L2 distance"]
     row_args = {"Dot product": {"similarity": "dot"}, "Cosine similarity": {"similarity": "cosine"},
                 "L2 distance": {"similarity": "l2"}}
-
-
-def plot_bars(frame, out_path, rows: list[str], columns: list[str], title: str, metric: str = "test_err",
-              ylabel: str = "Test error (%)") -> None:
-    """Grouped bars (one group per column that has runs, one bar per row): mean ± std over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    cols = [c for c in columns if metric in frame and frame.loc[frame["column"] == c, metric].notna().any()]
-    cols = cols or list(columns[:1])
-    fig, ax = plt.subplots(figsize=(max(5.5, 2.6 * len(cols) + 2.5), 4.2), constrained_layout=True)
-    width = 0.8 / max(1, len(rows))
-    x = np.arange(len(cols))
-    top = 0.0
-    for i, row in enumerate(rows):
-        means, stds, ns = [], [], []
-        for column in cols:
-            vals = frame.loc[(frame["row"] == row) & (frame["column"] == column), metric].dropna() \
-                if metric in frame else []
-            means.append(float(np.mean(vals)) if len(vals) else np.nan)
-            stds.append(float(np.std(vals)) if len(vals) > 1 else 0.0)
-            ns.append(len(vals))
-        pos = x + (i - (len(rows) - 1) / 2) * width
-        bars = ax.bar(pos, means, width, yerr=stds, capsize=3, label=row)
-        for b, m, n in zip(bars, means, ns):
-            if not math.isnan(m):
-                ax.annotate(f"{m:.1f}", (b.get_x() + b.get_width() / 2, m), ha="center", va="bottom", fontsize=7,
-                            xytext=(0, 2), textcoords="offset points")
-                top = max(top, m)
-    profiles = ", ".join(sorted({str(p) for p in frame.get("profile", [])})) if len(frame) else ""
-    datasets = ", ".join(sorted({str(d) for d in frame.get("dataset", []) if d})) if len(frame) else ""
-    seeds = int(frame["seed"].nunique()) if "seed" in frame and len(frame) else 0
-    ax.set_xticks(x, cols)
-    ax.set_xlabel("search method (LFM applied to)")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, max(1.0, top * 1.18))
-    ax.set_title(f"{title}\nours: profile {profiles or '-'}, data {datasets or '-'}, {seeds} seed(s); "
-                 "paper values not printed", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-
-
-__all__ = ["Table1", "Table2", "Table3", "Table4", "Table5", "Table10", "Figure4", "Figure5", "PROFILE_SETTINGS",
-           "PeakMemory", "train_eval_imagenet", "search_split", "plot_bars"]

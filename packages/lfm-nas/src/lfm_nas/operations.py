@@ -7,6 +7,8 @@ with ``affine=True``.
 
 from __future__ import annotations
 
+from lfm_core.errors import check_choice
+
 from typing import Callable
 
 import torch
@@ -179,8 +181,5 @@ OPS: dict[str, OpFactory] = {
 
 
 def make_op(name: str, C: int, stride: int, affine: bool) -> nn.Module:
-    if name not in OPS:
-        from lfm_core.errors import UsageError
-
-        raise UsageError(f"unknown operation {name!r}. Valid choices: {', '.join(OPS)}.")
+    check_choice("operation", name, OPS)
     return OPS[name](C, stride, affine)

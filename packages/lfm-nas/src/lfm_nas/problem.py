@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lfm_core.errors import UsageError
+from lfm_core.errors import check_choice, UsageError
 from lfm_core.registries import SEARCH_SPACES
 from lfm_core.solver import StepStats, TriLevelSolver, check_engine
 from lfm_core.weighting import ABLATIONS, lfm_weights
@@ -50,8 +50,7 @@ def model_alphas(upper: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def check_variant(variant: str) -> str:
-    if variant not in VARIANTS:
-        raise UsageError(f"unknown LFM variant {variant!r}. Valid choices: {', '.join(VARIANTS)}.")
+    check_choice("LFM variant", variant, VARIANTS)
     return variant
 
 
@@ -72,13 +71,9 @@ class LFMNASProblem:
                  batch_tr2: Batch | None = None, variant: str = "two", similarity: str = "dot", drop: str = "none",
                  encoder_input: Callable[[Tensor], Tensor] | None = None, ps_features: str = "grad"):
         self.variant = check_variant(variant)
-        if ps_features not in PS_FEATURES:
-            raise UsageError(f"unknown ps_features {ps_features!r}. Valid choices: {', '.join(PS_FEATURES)}.")
-        self.ps_features = ps_features
-        if similarity not in SIMILARITIES:
-            raise UsageError(f"unknown similarity {similarity!r}. Valid choices: {', '.join(SIMILARITIES)}.")
-        if drop not in ABLATIONS:
-            raise UsageError(f"unknown ablation {drop!r}. Valid choices: {', '.join(ABLATIONS)}.")
+        self.ps_features = check_choice("ps_features", ps_features, PS_FEATURES)
+        check_choice("similarity", similarity, SIMILARITIES)
+        check_choice("ablation", drop, ABLATIONS)
         if variant == "ps" and not isinstance(w1, PSNetwork):
             raise UsageError("the 'ps' variant needs a PSNetwork (shared trunk, two heads) as w1 and w2")
         if variant != "ps" and encoder is None:
@@ -187,7 +182,7 @@ class LFMNASProblem:
 class LFMArchitect:
     """W1, W2, the upper variables, their optimisers and the tri-level solver for LFM-NAS.
 
-    Defaults follow DESIGN.md section 4: W1/W2 SGD lr 0.025, momentum 0.9, wd 3e-4, grad clip 5
+    Defaults follow the DARTS protocol (docs/ARCHITECTURE.md): W1/W2 SGD lr 0.025, momentum 0.9, wd 3e-4, grad clip 5
     (the cosine schedule is the caller's: :meth:`set_w_lr`); alphas Adam 3e-4, betas
     (0.5, 0.999), wd 1e-3; V and r Adam 1e-2 (param groups of one Adam).
     ``recompute_weights`` (default): the weights a are first computed without a graph and, for
@@ -207,8 +202,7 @@ class LFMArchitect:
                  encoder_input: Callable[[Tensor], Tensor] | None = None, ps_features: str = "grad",
                  recompute_weights: bool = True):
         self.variant = check_variant(variant)
-        if ps_features not in PS_FEATURES:
-            raise UsageError(f"unknown ps_features {ps_features!r}. Valid choices: {', '.join(PS_FEATURES)}.")
+        check_choice("ps_features", ps_features, PS_FEATURES)
         self.ps_features = ps_features
         self.engine = check_engine(engine)
         self.similarity, self.drop = similarity, drop

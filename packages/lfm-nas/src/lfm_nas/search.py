@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lfm_core.errors import NonFiniteError, UsageError
+from lfm_core.errors import check_choice, NonFiniteError, UsageError
 from lfm_nas.darts import DartsArchitect
 from lfm_nas.eval_net import NetworkCIFAR, cutout as apply_cutout, eval_loss
 from lfm_nas.genotypes import Genotype
@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     # LFM
     "variant": "two", "engine": "exact", "similarity": "dot", "drop": "none", "ps_features": "grad",
     "encoder": None, "encoder_kwargs": {}, "encoder_input": None, "n_val": None, "lfm_start": None,
-    # optimisation (DESIGN.md section 4)
+    # optimisation (the DARTS protocol)
     "w_lr": 0.025, "w_lr_min": 0.001, "w_momentum": 0.9, "w_weight_decay": 3e-4, "grad_clip": 5.0,
     "arch_lr": None, "arch_betas": (0.5, 0.999), "arch_weight_decay": 1e-3, "arch_grad_clip": None,
     "encoder_lr": 1e-2, "r_lr": 1e-2, "fd_eps": 0.01,
@@ -184,8 +184,7 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
     if unknown:
         raise UsageError(f"unknown search option(s): {', '.join(sorted(unknown))}")
     method = cfg["method"]
-    if method not in METHODS:
-        raise UsageError(f"unknown search method {method!r}. Valid choices: {', '.join(METHODS)}.")
+    check_choice("search method", method, METHODS)
     device = torch.device(device)
     if cfg["mixed_precision"] not in MIXED_PRECISION:
         raise UsageError(f"mixed precision {cfg['mixed_precision']!r} is not supported by the architecture search "

@@ -65,6 +65,7 @@ class DRProblem:
 @METHODS.register("lfm")
 class LFMReweighting(DRMethod):
     name = "lfm"
+    DEFAULTS = DEFAULTS  # every option and its default (a run's config records them all)
     scheduled = ("w1", "w2")
 
     def __init__(self, ctx: DRContext):

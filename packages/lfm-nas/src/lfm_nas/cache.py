@@ -1,0 +1,68 @@
+"""The search / evaluation cache: a search or an evaluation with identical settings and seed is
+computed once per results root and reused by every cell that needs it (``--no-reuse`` turns that
+off). Entries live in ``<results>/.nas-cache/<profile>/<kind>-<hash of the key>.json``; the key is
+the search's (or evaluation's) whole configuration."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from lfm_core.io import atomic_write_json
+
+
+def _key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _results_root(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    parents = run_dir.parents
+    return parents[3] if len(parents) > 3 else run_dir  # <results>/<experiment>/<profile>/<cell>/seedK
+
+
+def _attempts(run_dir: Path) -> int:
+    """How many times the runner started this run directory since it was last cleared (``--force``
+    removes the log): more than one means an interrupted run is being resumed."""
+    try:
+        return sum(1 for line in (Path(run_dir) / "log.txt").read_text().splitlines() if "] start " in line)
+    except OSError:
+        return 0
+
+
+class SearchCache:
+    def __init__(self, ctx, profile: str, enabled: bool):
+        self.run_dir = Path(ctx.run_dir)
+        self.root = _results_root(self.run_dir) / ".nas-cache" / profile
+        self.enabled = enabled
+        self.resuming = _attempts(self.run_dir) > 1
+        self.ctx = ctx
+
+    def path(self, kind: str, key: dict[str, Any]) -> Path:
+        return self.root / f"{kind}-{_key_hash(key)}.json"
+
+    def get(self, kind: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        path = self.path(kind, key)
+        if not path.exists():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if entry.get("key") != json.loads(json.dumps(key, default=str)):
+            return None
+        own = entry.get("producer") == str(self.run_dir)
+        if own and self.resuming:
+            self.ctx.log(f"resume: {kind} already finished by this run ({path.name})")
+            return entry
+        if own or not self.enabled:
+            return None  # a forced rerun (or --no-reuse): compute again
+        self.ctx.log(f"reused {kind} from {entry.get('producer')} ({path.name})")
+        return entry
+
+    def put(self, kind: str, key: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
+        entry = {**value, "key": key, "producer": str(self.run_dir)}
+        atomic_write_json(self.path(kind, key), entry)
+        return entry

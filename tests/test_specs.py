@@ -1,0 +1,49 @@
+"""Every registered experiment's spec resolves, for every profile, into configs a run can be
+identified by, and names what it runs in words."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lfm_core.experiments import PROFILES, get_experiment
+from lfm_core.identity import config_id
+from lfm_core.registries import EXPERIMENTS
+from lfm_core.runner import resolve_config, run_dir_for
+
+NAMES = EXPERIMENTS.names()
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("name", NAMES)
+def test_every_spec_resolves(name, profile, tmp_path):
+    exp = get_experiment(name)
+    cells = exp.cells(profile, {})
+    assert exp.rows and exp.columns
+    ids = set()
+    for cell in cells:
+        assert cell.row in exp.rows and cell.column in exp.columns
+        config = resolve_config(exp, cell, profile, 0, {}, device="cpu")
+        assert json.loads(json.dumps(config)) == config  # recorded as it is hashed
+        assert config["config_id"] == config_id({**config, "seed": 7})  # the seed is not the identity
+        assert run_dir_for(tmp_path, config).parent.name.endswith(config["config_id"])
+        labels = exp.run_labels(config)
+        assert all(isinstance(v, str) and v for v in labels.values())
+        if profile != "paper" and cell.params.get("dataset") == "digits":
+            assert "stand-in" in labels["data"]
+        ids.add(config["config_id"])
+    assert len(ids) == len(cells)  # no two cells share a run directory
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if get_experiment(n).package == "lfm-dr"])
+def test_an_override_changes_the_identity(name):
+    exp = get_experiment(name)
+    cell = exp.cells("smoke", {})[0] if exp.cells("smoke", {}) else None
+    if cell is None:
+        pytest.skip(f"{name} has no smoke cell on this machine")
+    plain = resolve_config(exp, cell, "smoke", 0, {}, device="cpu")
+    longer = resolve_config(exp, cell, "smoke", 0, {"epochs": 5}, device="cpu")
+    assert plain["config_id"] != longer["config_id"] and longer["overrides"] == {"epochs": 5}
+    bf16 = resolve_config(exp, cell, "smoke", 0, {}, device="cpu", mixed_precision="bf16")
+    assert bf16["config_id"] != plain["config_id"]
