@@ -1,0 +1,356 @@
+"""The experiment every NAS table and figure shares: a cell is one architecture search
+(:func:`lfm_nas.search.search`), then one evaluation of the derived genotype trained from scratch
+(:func:`lfm_nas.search.train_eval`, or :func:`lfm_nas.evaluation.train_eval_imagenet` for the
+ImageNet transfer columns), both cached per results root (:mod:`lfm_nas.cache`). Settings come
+from the run's recorded config (``resolve``: the profile in :mod:`lfm_nas.profiles` after the
+command-line overrides)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from lfm_core.errors import DataNotFoundError
+from lfm_core.experiments import Cell, Experiment, PaperValue, pv
+from lfm_core.runtime import PeakMemory, cpu_threads
+from lfm_nas.cache import SearchCache
+from lfm_nas.evaluation import _device, _loader, _warm_up, load_bundle, search_split, train_eval_imagenet
+from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotype
+from lfm_nas.profiles import ENGINES, PROFILE_SETTINGS, has_cifar, imagenet_root, settings
+
+
+# what a row runs: method, LFM variant, encoder (None: no encoder), similarity, ablation
+def spec(method: str, encoder: str | None = None, variant: str = "two", similarity: str = "dot",
+         drop: str = "none") -> dict[str, Any]:
+    out: dict[str, Any] = {"method": method}
+    if method.startswith("lfm-"):
+        out.update(variant=variant, encoder=None if variant == "ps" else encoder, similarity=similarity, drop=drop)
+    return out
+
+
+def _table(rows: list[str], columns: list[str], text: str) -> dict[tuple[str, str], PaperValue]:
+    """The paper's numbers: one line per row (``-`` for a blank), one item per column."""
+    values = {}
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    if len(lines) != len(rows):
+        raise ValueError(f"{len(lines)} lines of paper numbers for {len(rows)} rows")
+    for row, line in zip(rows, lines):
+        for column, item in zip(columns, line.split()):
+            if item != "-":
+                values[(row, column)] = pv(item)
+    return values
+
+
+class NASExperiment(Experiment):
+    """Rows are search methods (``ROW_SPECS``), columns data sets or measures."""
+
+    package = "lfm-nas"
+    metric = "test_err"
+    metric_label = "Test error (%)"
+    higher_is_better = False
+    seeds = {"smoke": [0], "cpu": [0, 1], "paper": [0, 1, 2]}
+    row_specs: dict[str, dict[str, Any]] = {}
+    smoke_rows: tuple[str, ...] | None = None  # None: every runnable row
+    cpu_rows: tuple[str, ...] | None = None
+    smoke_columns: tuple[str, ...] | None = None
+    cpu_columns: tuple[str, ...] | None = None
+    # column -> {"dataset": "cifar10" | "cifar100", "eval": "cifar" | "imagenet", "measure": ...}
+    column_specs: dict[str, dict[str, Any]] = {}
+    uses_imagenet = False
+
+    # -- options ----------------------------------------------------------------------------
+    def options(self) -> list[click.Option]:
+        opts = [
+            click.Option(["--engine"], type=click.Choice(ENGINES), default="auto", show_default=True,
+                         help="Hypergradient engine of the LFM and DARTS-2nd searches; auto: exact for DARTS, "
+                              "first-order for P-DARTS (as the official LFM-PDARTS code)."),
+            click.Option(["--search-epochs"], type=click.IntRange(1), default=None,
+                         help="Override the profile's search epochs (per stage for P-DARTS)."),
+            click.Option(["--eval-epochs"], type=click.IntRange(1), default=None,
+                         help="Override the profile's evaluation epochs."),
+            click.Option(["--batch-size"], type=click.IntRange(2), default=None,
+                         help="Override the profile's search batch size."),
+            click.Option(["--reuse/--no-reuse"], default=True, show_default=True,
+                         help="Reuse a search/evaluation with identical settings and seed found under --results."),
+        ]
+        if self.uses_imagenet:
+            opts.append(click.Option(["--imagenet-root"], type=click.Path(file_okay=False), default=None,
+                                     help="ImageNet folder with train/<class>/ and val/<class>/ (paper profile; "
+                                          "default: DATA_ROOT/imagenet)."))
+        return opts
+
+    # -- grid -------------------------------------------------------------------------------
+    def run_rows(self, profile: str) -> list[str]:
+        rows = [r for r in self.rows if r in self.row_specs]
+        chosen = {"smoke": self.smoke_rows, "cpu": self.cpu_rows}.get(profile)
+        return [r for r in rows if chosen is None or r in chosen]
+
+    def run_columns(self, profile: str) -> list[str]:
+        cols = [c for c in self.columns if c in self.column_specs]
+        chosen = {"smoke": self.smoke_columns, "cpu": self.cpu_columns}.get(profile)
+        return [c for c in cols if chosen is None or c in chosen]
+
+    def row_dataset(self, row: str, column: str) -> str:
+        """The CIFAR the paper searched on for this cell."""
+        return self.column_specs[column].get("dataset", "cifar100")
+
+    def cells(self, profile, options):
+        cells = []
+        engine = options.get("engine") or "auto"
+        for row in self.run_rows(profile):
+            for column in self.run_columns(profile):
+                cspec = self.column_specs[column]
+                dataset = self.row_dataset(row, column)
+                dataset = PROFILE_SETTINGS[profile]["search_dataset"] or dataset  # a stand-in, or the paper's
+                params = {"dataset": dataset, **self.row_specs[row], "eval": cspec.get("eval", "cifar")}
+                if self.row_specs[row]["method"] in ("darts2", "lfm-darts", "lfm-pdarts"):
+                    params["engine"] = self.resolve_engine(self.row_specs[row]["method"], engine)
+                if "measure" in cspec:
+                    params["measure"] = cspec["measure"]
+                cells.append(Cell(row, column, params))
+        return cells
+
+    @staticmethod
+    def resolve_engine(method: str, engine: str) -> str:
+        if engine != "auto":
+            if method == "darts2" and engine == "first-order":
+                return "exact"  # DARTS-2nd is second order by definition
+            return engine
+        return "first-order" if method == "lfm-pdarts" else "exact"
+
+    # -- checks -----------------------------------------------------------------------------
+    def validate(self, profile, options):
+        if PROFILE_SETTINGS[profile]["search_dataset"]:  # embedded stand-in data: nothing to find
+            return
+        root = options.get("data_root")
+        cells = self.cells(profile, options)
+        for name in sorted({c.params["dataset"] for c in cells}):
+            if name.startswith("cifar") and not has_cifar(root, name) and not options.get("download"):
+                folder = "cifar-100-python" if name == "cifar100" else "cifar-10-batches-py"
+                where = Path(root).expanduser() / folder if root else "(no --data-root given)"
+                title = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
+                raise DataNotFoundError(
+                    f"{self.name}'s paper profile needs {title}: looked for {where}. Point --data-root at "
+                    f"a folder holding {folder}, or add --download."
+                )
+        if any(c.params.get("eval") == "imagenet" for c in cells):
+            inet = imagenet_root(options)
+            if inet is None or not (inet / "train").is_dir() or not ((inet / "val").is_dir() or (inet / "test").is_dir()):
+                raise DataNotFoundError(
+                    f"{self.name}'s paper profile needs ImageNet: looked for {inet or '(no --data-root given)'} "
+                    "with train/<class>/ and val/<class>/ folders; pass --imagenet-root DIR."
+                )
+        encoders = sorted({c.params["encoder"] for c in cells if c.params.get("encoder")})
+        if encoders:
+            from lfm_core.encoders import PRETRAINED_TAG, cached_pretrained_file, hf_cache_dir
+
+            for enc in encoders:
+                if enc != "smallcnn" and cached_pretrained_file(f"{enc}.{PRETRAINED_TAG}") is None:
+                    raise DataNotFoundError(
+                        f"the paper profile uses an ImageNet-pretrained {enc} encoder: no {enc}.{PRETRAINED_TAG} "
+                        f"weights in the Hugging Face cache {hf_cache_dir()}; on a machine with internet run "
+                        f"`python -c \"import timm; timm.create_model('{enc}.{PRETRAINED_TAG}', pretrained=True)\"` "
+                        "and copy the cache here (or set HF_HOME)."
+                    )
+
+    def describe(self, profile, options):
+        if PROFILE_SETTINGS[profile]["search_dataset"] is None:
+            return ("data: CIFAR-10/100 from --data-root (25k/25k search split), the paper's search and evaluation "
+                    "protocol, ImageNet-pretrained ResNet encoders.")
+        s = PROFILE_SETTINGS[profile]
+        return (f"data: scikit-learn digits ({s['image_size']}x{s['image_size']}, embedded) stand in for CIFAR; "
+                f"supernet C={s['C']}, {s['layers']} cells, {len(s['primitives'])} primitives; random-init encoders. "
+                "For the paper's numbers: --profile paper --data-root DIR.")
+
+    # -- one run ----------------------------------------------------------------------------
+    def resolve(self, cell, profile, options):
+        return {"settings": settings(profile, options)}
+
+    def overrides(self, options):
+        return {k: options[k] for k in ("search_epochs", "eval_epochs", "batch_size") if options.get(k)}
+
+    def run_labels(self, config):
+        s = (config.get("settings") or {}).get("settings") or {}
+        if not s:
+            return {}
+        p = PROFILE_SETTINGS["paper"]
+        params = config.get("params") or {}
+        labels = {}
+        if params.get("dataset") == "digits":
+            size = s["image_size"]
+            paper = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(
+                self.row_dataset(config["row"], config["column"]) if config["column"] in self.column_specs
+                else "cifar100", "CIFAR")
+            labels["data"] = f"digits {size}×{size} (stand-in for {paper})"
+            if params.get("eval") == "imagenet":
+                labels["data"] += f"; ImageNet stand-in: digits {s['imagenet_size']}×{s['imagenet_size']}"
+        elif params.get("dataset"):
+            labels["data"] = str(params["dataset"])
+        prims = len(s["primitives"]) if s.get("primitives") else 8
+        labels["model"] = (f"supernet C={s['C']}, {s['layers']} cells, {prims} primitives; evaluation network "
+                           f"C={s['eval_C']}, {s['eval_layers']} cells")
+        if (s["C"], s["layers"], s["eval_C"], s["eval_layers"]) != (p["C"], p["layers"], p["eval_C"], p["eval_layers"]):
+            labels["model"] += (f" (paper: C={p['C']}, {p['layers']} cells, 8 primitives; C={p['eval_C']}, "
+                                f"{p['eval_layers']} cells)")
+        labels["budget"] = f"{s['search_epochs']} search epochs, {s['eval_epochs']} evaluation epochs"
+        if (s["search_epochs"], s["eval_epochs"]) != (p["search_epochs"], p["eval_epochs"]):
+            labels["budget"] += f" (paper: {p['search_epochs']} / {p['eval_epochs']})"
+        return labels
+
+    def search_config(self, params: dict[str, Any], s: dict[str, Any], seed: int, num_classes: int) -> dict[str, Any]:
+        from lfm_nas.operations import PRIMITIVES
+
+        method = params["method"]
+        prims = tuple(s["primitives"] or PRIMITIVES)
+        cfg: dict[str, Any] = {"method": method, "C": s["C"], "layers": s["layers"], "primitives": prims,
+                               "num_classes": num_classes, "seed": int(seed),
+                               "steps_per_epoch": s["steps_per_epoch"]}
+        if method.endswith("pdarts"):
+            ops = (len(prims),) + tuple(s["pdarts_ops"][1:])
+            cfg.update(pdarts_layers=tuple(s["pdarts_layers"]), pdarts_ops=ops,
+                       pdarts_skip_dropout=tuple(s["pdarts_skip_dropout"]), lfm_start=s["pdarts_lfm_start"])
+        if "engine" in params:
+            cfg["engine"] = params["engine"]
+        if method.startswith("lfm-"):
+            cfg.update(variant=params["variant"], similarity=params["similarity"], drop=params["drop"])
+            if params.get("encoder"):
+                cfg.update(encoder=params["encoder"], encoder_kwargs={"pretrained": bool(s["pretrained"])})
+        return cfg
+
+    def run_search(self, params, profile, seed, ctx, s, device) -> dict[str, Any]:
+        from lfm_nas.search import search
+
+        name = params["dataset"]
+        bundle = load_bundle(name, profile, ctx, augment=name.startswith("cifar"))
+        tr, va = search_split(bundle, seed, s["search_pool"])
+        bs = s["batch_size"]
+        train_loader = _loader(tr, bs, True, seed, drop_last=True, device=device)
+        val_loader = _loader(va, bs, True, seed + 1, drop_last=True, device=device)
+        cfg = self.search_config(params, s, seed, bundle.num_classes)
+        if ctx.mixed_precision not in (None, "no"):
+            cfg["mixed_precision"] = ctx.mixed_precision
+        epochs = s["pdarts_epochs"] if params["method"].endswith("pdarts") else s["search_epochs"]
+        label = f"search {params['method']}"
+
+        def log(record):
+            ctx.log_metrics({"phase": "search", **record})
+
+        _warm_up(cfg, tr, va, device)
+        start = time.perf_counter()
+        with PeakMemory(device) as mem:
+            result = search(cfg, train_loader, val_loader, epochs, device=device, log=log,
+                            progress=lambda done, total: ctx.progress(done, total, label))
+        wall = time.perf_counter() - start
+        times = [h["time_s"] for h in result["history"] if "time_s" in h]
+        peak = mem.peak_mb if mem.peak_mb is not None else float(result["peak_mem_mb"])
+        out = {
+            "genotype": genotype_to_dict(result["genotype"]),
+            "peak_mem_mb": peak,
+            "peak_mem_source": ("cuda max_memory_allocated" if device.type == "cuda"
+                                else "growth of peak RSS" if mem.peak_mb is not None else "search()"),
+            "search_epoch_s": float(result["epoch_time_s"]),
+            "search_s": float(sum(times)) if times else wall,
+            "search_wall_s": wall,
+            "search_epochs": len(times),
+            "search_val_acc": float(result["val_acc"]),
+            "n_search_train": len(tr),
+            "n_search_val": len(va),
+            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        }
+        if "val_acc_w1" in result:
+            out["search_val_acc_w1"] = float(result["val_acc_w1"])
+        if "r" in result:
+            r = result["r"].float()
+            out["r_mean"], out["r_std"] = float(r.mean()), float(r.std()) if r.numel() > 1 else 0.0
+        out["nonfinite_steps"] = int(result.get("nonfinite_steps", 0))
+        return out
+
+    def run_eval(self, genotype, params, profile, seed, ctx, s, device) -> dict[str, Any]:
+        from lfm_nas.search import train_eval
+
+        def log(record):
+            ctx.log_metrics({"phase": "eval", **record})
+
+        if params.get("eval") == "imagenet":
+            if s["search_dataset"] is None:  # the paper's ImageNet
+                from lfm_core.data import load_dataset
+
+                opts = ctx.config.get("options", {})
+                root = imagenet_root({**opts, "data_root": ctx.data_root})
+                bundle = load_dataset("imagefolder", root=str(root), image_size=s["imagenet_size"])
+            else:
+                bundle = load_bundle("digits", profile, ctx, image_size=s["imagenet_size"])
+            train = _loader(bundle.train, s["imagenet_batch"], True, seed, device=device)
+            test = _loader(bundle.test, 256, False, seed, device=device)
+            res = train_eval_imagenet(genotype, train, test, s["imagenet_epochs"], C=s["imagenet_C"],
+                                      layers=s["imagenet_layers"], num_classes=bundle.num_classes,
+                                      lr=s["imagenet_lr"], device=device, seed=seed, log=log,
+                                      progress=lambda d, t: ctx.progress(d, t, "evaluate (ImageNet network)"))
+            return {**res, "test_err": res["top1_err"], "eval_dataset": bundle.name,
+                    "eval_network": f"NetworkImageNet(C={s['imagenet_C']}, layers={s['imagenet_layers']})"}
+        name = params["dataset"]
+        bundle = load_bundle(name, profile, ctx, augment=name.startswith("cifar"))
+        train = _loader(bundle.train, s["eval_batch"], True, seed, device=device)
+        test = _loader(bundle.test, 256, False, seed, device=device)
+        res = train_eval(genotype, train, test, s["eval_epochs"], C=s["eval_C"], layers=s["eval_layers"],
+                         auxiliary_weight=s["auxiliary"], drop_path=s["drop_path"], cutout=s["cutout"],
+                         lr=s["eval_lr"], device=device, num_classes=bundle.num_classes, seed=seed, log=log,
+                         progress=lambda d, t: ctx.progress(d, t, "evaluate"))
+        return {"test_err": float(res["test_err"]), "test_acc": float(res["test_acc"]),
+                "eval_epoch_s": float(res["epoch_time_s"]), "eval_dataset": bundle.name,
+                "eval_network": f"NetworkCIFAR(C={s['eval_C']}, layers={s['eval_layers']})"}
+
+    def needs_eval(self, params: dict[str, Any]) -> bool:
+        return params.get("measure") in (None, "error", "top1", "top5")
+
+    def run_cell(self, cell, profile, seed, ctx):
+        device = _device(ctx)
+        with cpu_threads(device, profile):
+            metrics = self._run_cell(cell, profile, seed, ctx, device)
+        metrics["threads"] = torch.get_num_threads() if device.type == "cpu" else None
+        return metrics
+
+    def _run_cell(self, cell, profile, seed, ctx, device):
+        opts = ctx.config.get("options", {}) or {}
+        s = ctx.config["settings"]["settings"]
+        params = cell.params
+        cache = SearchCache(ctx, profile, enabled=opts.get("reuse", True) is not False)
+        search_params = {k: v for k, v in params.items() if k not in ("eval", "measure")}
+        search_keys = ("image_size", "search_pool", "batch_size", "search_epochs", "steps_per_epoch", "C",
+                       "layers", "primitives", "pdarts_layers", "pdarts_ops", "pdarts_epochs", "pdarts_lfm_start",
+                       "pdarts_skip_dropout", "pretrained")
+        skey = {"params": search_params, "settings": {k: s[k] for k in search_keys}, "seed": int(seed),
+                "device": device.type}
+        if ctx.mixed_precision not in (None, "no"):  # (absent otherwise: earlier caches stay valid)
+            skey["mixed_precision"] = ctx.mixed_precision
+        found = cache.get("search", skey)
+        if found is None:
+            found = cache.put("search", skey, self.run_search(params, profile, seed, ctx, s, device))
+        genotype = genotype_from_dict(found["genotype"])
+        save_genotype(genotype, Path(ctx.run_dir) / "genotype.json")
+        metrics: dict[str, Any] = {k: v for k, v in found.items() if k not in ("key", "producer", "genotype")}
+        metrics["genotype"] = json.dumps(genotype_to_dict(genotype))
+        metrics["search_gpu_days"] = metrics["search_s"] / 86400.0
+        if found["producer"] != str(ctx.run_dir):
+            metrics["search_from"] = found["producer"]
+        if self.needs_eval(params):
+            eval_keys = [k for k in s if k.startswith(("eval_", "imagenet_"))] + ["cutout", "auxiliary", "drop_path"]
+            ekey = {"genotype": found["genotype"], "eval": params.get("eval", "cifar"),
+                    "dataset": params["dataset"], "settings": {k: s[k] for k in sorted(eval_keys)},
+                    "seed": int(seed), "device": device.type}
+            ev = cache.get("eval", ekey)
+            if ev is None:
+                ev = cache.put("eval", ekey, self.run_eval(genotype, params, profile, seed, ctx, s, device))
+            metrics.update({k: v for k, v in ev.items() if k not in ("key", "producer")})
+            if ev["producer"] != str(ctx.run_dir):
+                metrics["eval_from"] = ev["producer"]
+        ctx.log(f"genotype: {metrics['genotype']}")
+        return self.finish_metrics(cell, metrics)
+
+    def finish_metrics(self, cell: Cell, metrics: dict[str, Any]) -> dict[str, Any]:
+        return metrics
