@@ -31,6 +31,7 @@ from lfm_core.identity import file_digest
 from lfm_core.registries import METHODS
 from lfm_core.runtime import cpu_threads
 from lfm_core.solver import ENGINES
+from lfm_dr.methods.lfm import DEFAULTS as LFM_DEFAULTS
 from lfm_dr.train import TrainConfig, device_of, train_dr
 
 # table row -> registered method (rows absent here are cited from the paper, not run)
@@ -121,7 +122,7 @@ class DRExperiment(Experiment):
             click.Option(["--methods"], default=None,
                          help="Comma-separated table rows to run (e.g. 'Base Model,LFM-DR'), or 'all'. "
                               "Default: a cpu/smoke subset, every implemented row for paper."),
-            click.Option(["--engine"], type=click.Choice(ENGINES), default="exact", show_default=True,
+            click.Option(["--engine"], type=click.Choice(ENGINES), default=LFM_DEFAULTS["engine"], show_default=True,
                          help="LFM hypergradient engine (forward-difference: cheapest, O(eps) error)."),
             click.Option(["--encoder-weights"], type=click.Path(dir_okay=False), default=None,
                          help="Local ImageNet weights file for the ResNet-18 encoder (paper profile)."),
@@ -175,7 +176,7 @@ class DRExperiment(Experiment):
         method = self.method_of(row)
         out = {**params, "method": method, "model": self.model}
         if method in ENGINE_METHODS:
-            out["engine"] = options.get("engine") or "exact"
+            out["engine"] = options.get("engine") or LFM_DEFAULTS["engine"]
         return out
 
     def cells(self, profile, options):
