@@ -67,6 +67,8 @@ class _Stream:
 def gather(data: Dataset, idx: Tensor, device, augment=None) -> tuple[Tensor, Tensor, Tensor]:
     if hasattr(data, "images") and hasattr(data, "labels") and getattr(data, "transform", None) is None:
         x, y = data.images[idx], data.labels[idx]
+    elif hasattr(data, "fetch"):  # a batch-at-a-time reader, e.g. lfm_dr.fit's DataLoader over a user's dataset
+        x, y = data.fetch(idx)
     else:
         items = [data[int(i)] for i in idx]
         x = torch.stack([it[0] for it in items])

@@ -66,6 +66,7 @@ class DRProblem:
 class LFMReweighting(DRMethod):
     name = "lfm"
     scheduled = ("w1", "w2")
+    known_options = tuple(DEFAULTS)
 
     def __init__(self, ctx: DRContext):
         self.ctx = ctx

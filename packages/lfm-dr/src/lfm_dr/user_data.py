@@ -1,0 +1,172 @@
+"""A user's datasets as the DR trainer reads them, and the checks ``lfm_dr.fit`` runs on them first.
+
+The trainer asks for batches by data-set index (its own deterministic order). :class:`UserData`
+serves them: labels come from ``.targets`` / ``.labels`` / a ``TensorDataset``'s tensors without
+decoding a single image, in-memory tensors are indexed directly, and any other dataset is read
+through a ``DataLoader`` (``num_workers`` processes decode each batch in parallel, in order).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from lfm_core.errors import UsageError
+
+
+def labels_of(data: Dataset) -> Tensor:
+    """Every label of ``data``, read without loading images wherever the dataset keeps them."""
+    if isinstance(data, Subset):
+        return labels_of(data.dataset)[torch.as_tensor(list(data.indices), dtype=torch.long)]
+    if isinstance(data, TensorDataset) and len(data.tensors) >= 2:
+        return data.tensors[1]
+    if getattr(data, "target_transform", None) is None:  # otherwise the items' labels differ from .targets
+        for attr in ("labels", "targets"):
+            values = getattr(data, attr, None)
+            if values is not None and len(values) == len(data):
+                try:
+                    return torch.as_tensor(values)
+                except (TypeError, ValueError, RuntimeError):
+                    break
+    return torch.tensor([int(data[i][1]) for i in range(len(data))])  # no label attribute: one pass
+
+
+def _collate(items: list) -> tuple[Tensor, Tensor]:
+    return torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items])
+
+
+class _Requested:
+    """The DataLoader's batch sampler: the chunks of the batch being fetched, one per worker."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+
+class UserData(Dataset):
+    """A dataset whose items start with ``(image, label)``, with ``labels`` and batch ``fetch``."""
+
+    def __init__(self, data: Dataset, num_workers: int = 0):
+        self.data = data
+        self.labels = labels_of(data).long()
+        if isinstance(data, TensorDataset):  # in memory: the trainer indexes the tensor directly
+            self.images = data.tensors[0]
+        self._requested = _Requested()
+        self._loader = None
+        if num_workers > 0 and not isinstance(data, TensorDataset):
+            self._loader = DataLoader(data, batch_sampler=self._requested, num_workers=num_workers,
+                                      collate_fn=_collate, persistent_workers=True)
+            self._workers = num_workers
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        item = self.data[i]
+        return item[0], int(item[1]), i
+
+    def fetch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """The images of ``idx`` in that order, and their labels."""
+        if self._loader is None:
+            x = torch.stack([self.data[int(i)][0] for i in idx])
+        else:
+            self._requested.chunks = [c.tolist() for c in idx.chunk(self._workers) if len(c)]
+            x = torch.cat([xb for xb, _ in self._loader])  # the DataLoader keeps the chunks' order
+        return x, self.labels[idx]
+
+
+# ------------------------------------------------------------------------------------
+# checks before training
+# ------------------------------------------------------------------------------------
+def check_options(method: str, known: tuple[str, ...] | None, options: dict[str, Any]) -> None:
+    """Every option name must be one the method reads (``known=None``: the method declares none)."""
+    if known is None:
+        return
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            valid = ", ".join(sorted(known)) or "(none: this method takes no options)"
+            raise UsageError(f"unknown option {name!r} for method {method!r}.{hint} Valid options: {valid}.")
+
+
+def check_labels(labels: Tensor, num_classes: int, name: str) -> None:
+    if len(labels) == 0:
+        raise UsageError(f"the {name} set is empty; give it at least one example")
+    bad = (labels < 0) | (labels >= num_classes)
+    if bool(bad.any()):
+        value, top = int(labels[bad][0]), int(labels.max())
+        hint = f" (set num_classes={top + 1}?)" if top >= num_classes else ""
+        raise UsageError(f"the {name} set has label {value}, outside [0, num_classes={num_classes}): "
+                         f"labels must be class indices 0..{num_classes - 1}{hint}")
+
+
+def image_shape(data: Dataset, name: str) -> torch.Size:
+    """The [C, H, W] shape of the first image (one item read)."""
+    x = data.tensors[0][0] if isinstance(data, TensorDataset) else data[0][0]
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        got = f"a tensor of shape {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise UsageError(f"the {name} set's items must start with an image tensor [C, H, W], got {got} "
+                         "(give the dataset a transform such as torchvision.transforms.ToTensor())")
+    return x.shape
+
+
+def built_on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:
+    """The module ``build`` makes, on the meta device (no memory, no weights), to inspect its shape;
+    None when it cannot be built there (the real build reports its own errors). TypeError (bad
+    keyword arguments) propagates."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except TypeError:
+        raise
+    except Exception:
+        return None
+
+
+def input_channels(module: nn.Module | None) -> int | None:
+    """Input channels of the module's first convolution (None: no module or no convolution)."""
+    if module is None:
+        return None
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels
+
+
+def check_channels(channels: int, expected: int | None, what: str) -> None:
+    if expected is not None and channels != expected:
+        raise UsageError(
+            f"the images have {channels} channel{'s' if channels != 1 else ''} but {what} expects {expected}; "
+            f"convert them (e.g. x.expand({expected}, -1, -1) or transforms.Grayscale(num_output_channels={expected}))"
+            if channels == 1 else
+            f"the images have {channels} channels but {what} expects {expected}; convert them to {expected} channels"
+        )
+
+
+def class_to_idx(data: Dataset) -> dict[str, int] | None:
+    while isinstance(data, Subset):
+        data = data.dataset
+    return getattr(data, "class_to_idx", None)
+
+
+def check_same_classes(train: Dataset, other: Dataset, name: str) -> None:
+    """ImageFolders index classes by their sorted folder names: a missing folder shifts every label."""
+    mine, theirs = class_to_idx(train), class_to_idx(other)
+    if mine is None or theirs is None or mine == theirs:
+        return
+    only_train, only_other = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+    if only_train or only_other:
+        diff = f"classes only in train: {only_train}, only in {name}: {only_other}"
+    else:
+        cls = next(c for c in mine if mine[c] != theirs[c])
+        diff = f"class {cls!r} is {mine[cls]} in train and {theirs[cls]} in {name}"
+    raise UsageError(f"the {name} set's class_to_idx differs from the training set's ({diff}); give every "
+                     "ImageFolder the same class folders so a label means the same class in each")
