@@ -202,7 +202,8 @@ def _checked_inputs(train, meta, test, num_classes, model, model_kwargs, method,
     channels = shapes["train"][0]
     for name, shape in shapes.items():
         if shape[0] != channels:
-            raise UsageError(f"the {name} images have {shape[0]} channels but the train images have {channels}")
+            raise UsageError(f"the {name} images have {shape[0]} channel{'s' * (shape[0] != 1)} but the train "
+                             f"images have {channels}; give every set the same number of channels")
     try:
         net = built_on_meta(lambda: MODELS.create(model, num_classes=num_classes, **model_kwargs))
     except TypeError as exc:

@@ -92,11 +92,13 @@ def check_options(method: str, known: tuple[str, ...] | None, options: dict[str,
     if known is None:
         return
     for name in options:
+        if name not in known and not known:
+            raise UsageError(f"unknown option {name!r}: method {method!r} takes no options")
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            valid = ", ".join(sorted(known)) or "(none: this method takes no options)"
-            raise UsageError(f"unknown option {name!r} for method {method!r}.{hint} Valid options: {valid}.")
+            raise UsageError(f"unknown option {name!r} for method {method!r}.{hint} "
+                             f"Valid options: {', '.join(sorted(known))}.")
 
 
 def check_labels(labels: Tensor, num_classes: int, name: str) -> None:
