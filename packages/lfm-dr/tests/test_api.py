@@ -103,6 +103,7 @@ def bad_fit(**kw):
     (dict(train=TensorDataset(torch.randn(30, 1, 16, 16), torch.arange(30) % 3),
           meta=TensorDataset(torch.randn(6, 1, 16, 16), torch.arange(6) % 3)), ["1 channel", "model 'resnet32' expects 3"]),
     (dict(meta=TensorDataset(torch.randn(6, 1, 16, 16), torch.arange(6) % 3)), ["meta images have 1", "train images have 3"]),
+    (dict(meta=TensorDataset(torch.randn(2, 3, 16, 16), torch.tensor([0.0, 1.5]))), ["labels must be class", "1.5"]),
     (dict(meta=TensorDataset(torch.randn(5, 16, 16), torch.zeros(5, dtype=torch.long))), ["image tensor [C, H, W]"]),
     (dict(model_kwargs={"widht": 4}), ["model_kwargs", "widht", "resnet32"]),
     (dict(epochs=0), ["epochs=0", "positive integer"]),

@@ -37,6 +37,7 @@ from lfm_dr.user_data import (
     check_same_classes,
     image_shape,
     input_channels,
+    labels_of,
 )
 
 # timm's import makes torch warn that torch.jit.script is deprecated: not the user's concern
@@ -194,8 +195,9 @@ def _checked_inputs(train, meta, test, num_classes, model, model_kwargs, method,
     sets = {"train": train, "meta": meta} | ({"test": test} if test is not None else {})
     wrapped = {}
     for name, data in sets.items():
-        wrapped[name] = UserData(data, num_workers)
-        check_labels(wrapped[name].labels, num_classes, name)
+        labels = labels_of(data)
+        check_labels(labels, num_classes, name)
+        wrapped[name] = UserData(data, num_workers, labels)
         if name != "train":
             check_same_classes(train, data, name)
     shapes = {name: image_shape(data, name) for name, data in sets.items()}
@@ -215,7 +217,7 @@ def _checked_inputs(train, meta, test, num_classes, model, model_kwargs, method,
                        f"encoder {options['encoder']!r}")
 
     # without a test set, evaluation reads the meta set through its own reader
-    evaluated = wrapped.get("test") or UserData(meta, num_workers)
+    evaluated = wrapped["test"] if "test" in wrapped else UserData(meta, num_workers, wrapped["meta"].labels)
     splits = SimpleNamespace(train=wrapped["train"], meta=wrapped["meta"], test=evaluated,
                              num_classes=num_classes, info={})
     return splits, options

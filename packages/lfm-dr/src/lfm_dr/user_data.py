@@ -55,9 +55,9 @@ class _Requested:
 class UserData(Dataset):
     """A dataset whose items start with ``(image, label)``, with ``labels`` and batch ``fetch``."""
 
-    def __init__(self, data: Dataset, num_workers: int = 0):
+    def __init__(self, data: Dataset, num_workers: int = 0, labels: Tensor | None = None):
         self.data = data
-        self.labels = labels_of(data).long()
+        self.labels = (labels_of(data) if labels is None else labels).long()
         if isinstance(data, TensorDataset):  # in memory: the trainer indexes the tensor directly
             self.images = data.tensors[0]
         self._requested = _Requested()
@@ -104,6 +104,9 @@ def check_options(method: str, known: tuple[str, ...] | None, options: dict[str,
 def check_labels(labels: Tensor, num_classes: int, name: str) -> None:
     if len(labels) == 0:
         raise UsageError(f"the {name} set is empty; give it at least one example")
+    if labels.dim() != 1 or labels.is_floating_point() and not bool((labels == labels.round()).all()):
+        shown = labels[0].tolist() if labels.dim() > 1 else float(labels[labels != labels.round()][0])
+        raise UsageError(f"the {name} set's labels must be class indices 0..{num_classes - 1}, got {shown}")
     bad = (labels < 0) | (labels >= num_classes)
     if bool(bad.any()):
         value, top = int(labels[bad][0]), int(labels.max())
