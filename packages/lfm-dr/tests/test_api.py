@@ -1,5 +1,6 @@
 """The library API on a user's own datasets (items are (x, y) pairs, no index)."""
 
+import multiprocessing
 import tempfile
 
 import pytest
@@ -82,6 +83,7 @@ def test_item_datasets_through_dataloader_workers_train_like_in_memory_tensors(t
     assert torch.equal(a.weights, b.weights) and a.metrics["test_acc"] == b.metrics["test_acc"]
     for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()):
         assert torch.equal(p, q)
+    assert not multiprocessing.active_children()  # the workers were stopped
 
 
 def bad_fit(**kw):

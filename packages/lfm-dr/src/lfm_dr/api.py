@@ -159,6 +159,8 @@ def fit(
             built, _, _ = build_method(cfg, splits, seed, device_of(cfg))
             state = ctx.load_checkpoint()
         finally:
+            for reader in {id(r): r for r in (splits.train, splits.meta, splits.test)}.values():
+                reader.close()
             if not run_dir:  # nothing to resume without a run_dir: the trained modules are in memory
                 shutil.rmtree(folder, ignore_errors=True)
     for name, module in built.modules().items():

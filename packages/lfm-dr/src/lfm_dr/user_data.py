@@ -74,6 +74,10 @@ class UserData(Dataset):
         item = self.data[i]
         return item[0], int(item[1]), i
 
+    def close(self) -> None:
+        """Stop the worker processes (they otherwise live as long as this reader)."""
+        self._loader = None
+
     def fetch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """The images of ``idx`` in that order, and their labels."""
         if self._loader is None:
