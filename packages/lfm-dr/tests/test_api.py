@@ -9,7 +9,8 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from lfm_core.errors import UsageError
 from lfm_dr import fit
-from lfm_dr.user_data import labels_of
+from lfm_dr.train import TrainConfig, training_order
+from lfm_dr.user_data import UserData, labels_of
 
 SMALL = {"width": 4, "blocks_per_stage": 1}
 
@@ -149,3 +150,27 @@ def test_labels_are_read_without_loading_images():
     assert labels_of(Targets()).tolist() == [0, 2, 1, 2]
     assert labels_of(Subset(Targets(), [3, 1])).tolist() == [2, 2]
     assert labels_of(Items(torch.zeros(3, 1), torch.tensor([2, 0, 1]))).tolist() == [2, 0, 1]  # no attribute: one pass
+
+
+def test_training_order_continues_from_any_batch():
+    order = training_order(TrainConfig(batch_size=8), range(43), seed=3)  # 5 full batches per epoch
+    expected = [order.batch_indices(e, s) for e in range(3) for s in range(5)]
+    rest = list(order.batches_from(order.batch_indices(1, 2), epochs=3))
+    assert len(rest) == 8 and all(torch.equal(a, b) for a, b in zip(rest, expected[7:]))
+    assert order.batches_from(torch.tensor([0, 1, 2]), epochs=3) is None  # not one of its batches
+
+
+def test_reader_loads_ahead_on_plan_and_follows_the_trainer_off_it():
+    x = torch.arange(43.0).view(43, 1, 1, 1)
+    order = training_order(TrainConfig(batch_size=8), range(43), seed=3)
+    reader = UserData(Items(x, torch.zeros(43, dtype=torch.long)), num_workers=1,
+                      plan=lambda idx: order.batches_from(idx, epochs=3))
+    asked = [order.batch_indices(0, s) for s in range(3)]  # on the plan (loaded ahead)
+    asked += [order.batch_indices(2, 1), order.batch_indices(2, 2)]  # a jump, as on resume: planned again
+    asked += [torch.tensor([5, 1, 7]), torch.arange(43)]  # off any plan: fetched on their own
+    try:
+        for idx in asked:
+            images, labels = reader.fetch(idx)
+            assert torch.equal(images.flatten(), idx.float()) and labels.tolist() == [0] * len(idx)
+    finally:
+        reader.close()

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from lfm_core.errors import UsageError
 from lfm_core.registries import ENCODERS, METHODS, MODELS
 from lfm_core.runner import RunContext
-from lfm_dr.train import TrainConfig, build_method, device_of, train_dr
+from lfm_dr.train import TrainConfig, build_method, device_of, train_dr, training_order
 from lfm_dr.user_data import (
     UserData,
     built_on_meta,
@@ -148,6 +148,8 @@ def fit(
         cfg = TrainConfig(method=method, model=model, model_kwargs=model_kwargs or {}, epochs=epochs,
                           batch_size=batch_size, meta_batch_size=batch_size, lr=lr, device=device, options=options)
         evaluated = "test" if test is not None else "meta"
+        order = training_order(cfg, splits.train, seed)  # the workers load the training batches ahead
+        splits.train.plan = lambda idx: order.batches_from(idx, epochs)
         folder = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="lfm-fit-"))
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ through a ``DataLoader`` (``num_workers`` processes decode each batch in paralle
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from collections import deque
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -52,20 +53,44 @@ class _Requested:
         return len(self.chunks)
 
 
-class UserData(Dataset):
-    """A dataset whose items start with ``(image, label)``, with ``labels`` and batch ``fetch``."""
+class _Planned:
+    """The look-ahead loader's batch sampler: the planned batches, each noted as it is handed out
+    (the loader returns them in this order)."""
 
-    def __init__(self, data: Dataset, num_workers: int = 0, labels: Tensor | None = None):
-        self.data = data
+    def __init__(self, batches: Iterator[Tensor]):
+        self.batches, self.handed_out = batches, deque()
+
+    def __iter__(self):
+        for idx in self.batches:
+            self.handed_out.append(idx)
+            yield idx.tolist()
+
+
+class UserData(Dataset):
+    """A dataset whose items start with ``(image, label)``, with ``labels`` and batch ``fetch``.
+
+    ``plan(idx)``, when given, returns the batches the trainer will ask for from ``idx`` on (or None):
+    the workers then load them ahead while the model trains. A batch off the plan is fetched on its
+    own (workers split it), so the order is always the trainer's."""
+
+    MAX_REPLANS = 3  # a plan that keeps missing (e.g. a sharded launch) is given up
+
+    def __init__(self, data: Dataset, num_workers: int = 0, labels: Tensor | None = None,
+                 plan: Callable[[Tensor], Iterator[Tensor] | None] | None = None):
+        self.data, self.plan, self._workers = data, plan, num_workers
         self.labels = (labels_of(data) if labels is None else labels).long()
         if isinstance(data, TensorDataset):  # in memory: the trainer indexes the tensor directly
             self.images = data.tensors[0]
         self._requested = _Requested()
-        self._loader = None
+        self._loader = self._ahead = self._planned = None
+        self._replans = 0
         if num_workers > 0 and not isinstance(data, TensorDataset):
-            self._loader = DataLoader(data, batch_sampler=self._requested, num_workers=num_workers,
-                                      collate_fn=_collate, persistent_workers=True)
-            self._workers = num_workers
+            self._loader = self._data_loader(self._requested, persistent_workers=True)
+
+    def _data_loader(self, batch_sampler, **kw) -> DataLoader:
+        # its own generator: creating the workers never draws from the training's global RNG
+        return DataLoader(self.data, batch_sampler=batch_sampler, num_workers=self._workers, collate_fn=_collate,
+                          generator=torch.Generator().manual_seed(0), **kw)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -76,16 +101,27 @@ class UserData(Dataset):
 
     def close(self) -> None:
         """Stop the worker processes (they otherwise live as long as this reader)."""
-        self._loader = None
+        self._loader = self._ahead = self._planned = None
 
     def fetch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """The images of ``idx`` in that order, and their labels."""
         if self._loader is None:
-            x = torch.stack([self.data[int(i)][0] for i in idx])
-        else:
-            self._requested.chunks = [c.tolist() for c in idx.chunk(self._workers) if len(c)]
-            x = torch.cat([xb for xb, _ in self._loader])  # the DataLoader keeps the chunks' order
-        return x, self.labels[idx]
+            return torch.stack([self.data[int(i)][0] for i in idx]), self.labels[idx]
+        if self._ahead is not None:
+            x, _ = next(self._ahead, (None, None))
+            if x is not None and torch.equal(self._planned.handed_out.popleft(), idx):
+                return x, self.labels[idx]
+            self._ahead = self._planned = None  # off the plan (first batch, resume): plan again
+        batches = self.plan(idx) if self.plan is not None and self._replans < self.MAX_REPLANS else None
+        self._replans += self.plan is not None
+        if batches is not None:
+            self._planned = _Planned(batches)
+            self._ahead = iter(self._data_loader(self._planned))
+            x, _ = next(self._ahead)
+            self._planned.handed_out.popleft()
+            return x, self.labels[idx]
+        self._requested.chunks = [c.tolist() for c in idx.chunk(self._workers) if len(c)]
+        return torch.cat([xb for xb, _ in self._loader]), self.labels[idx]  # the chunks in order
 
 
 # ------------------------------------------------------------------------------------
