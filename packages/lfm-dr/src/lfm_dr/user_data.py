@@ -3,7 +3,8 @@
 The trainer asks for batches by data-set index (its own deterministic order). :class:`UserData`
 serves them: labels come from ``.targets`` / ``.labels`` / a ``TensorDataset``'s tensors without
 decoding a single image, in-memory tensors are indexed directly, and any other dataset is read
-through a ``DataLoader`` (``num_workers`` processes decode each batch in parallel, in order).
+through a ``DataLoader``: its ``num_workers`` processes load the training batches ahead of the
+loop (their order is known in advance) and split every other batch, always in the trainer's order.
 """
 
 from __future__ import annotations
