@@ -40,6 +40,32 @@ def test_list_shows_dr_experiments():
         assert name in proc.stdout
 
 
+def test_python_m_lfm_core_and_list_json():
+    proc = subprocess.run([sys.executable, "-m", "lfm_core", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "0.1.0" in proc.stdout
+    entries = json.loads(run("list", "--json").stdout)
+    assert {"name": "table7", "kind": "table", "package": "lfm-dr"}.items() <= next(
+        e for e in entries if e["name"] == "table7").items()
+    assert "lfm" in json.loads(run("list", "-r", "methods", "--json").stdout)
+
+
+def test_shell_completion_of_experiment_names():
+    env = {**os.environ, "_LFM_BENCH_COMPLETE": "bash_complete", "COMP_WORDS": "lfm-bench run table", "COMP_CWORD": "2"}
+    proc = subprocess.run([sys.executable, "-m", "lfm_core"], capture_output=True, text=True, env=env)
+    assert "plain,table7" in proc.stdout.splitlines() and "plain,figure6" not in proc.stdout.splitlines()
+
+
+def test_results_are_written_readable_by_others(tmp_path):
+    from lfm_core.io import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "result.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o644
+
+
 @pytest.mark.parametrize(
     "args, code, words",
     [

@@ -41,10 +41,14 @@ def cli(debug: bool) -> None:
 @click.argument("pattern", default="*")
 @click.option("--registry", "-r", type=click.Choice(sorted(ALL)), default="experiments", show_default=True,
               help="Which registry to list.")
-def list_cmd(pattern: str, registry: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (experiments: name, kind, title, package).")
+def list_cmd(pattern: str, registry: str, as_json: bool) -> None:
     """List installed experiments (or another registry's names) matching a glob PATTERN."""
     reg = ALL[registry]
     names = reg.list(pattern)
+    if as_json:
+        click.echo(json.dumps(names if registry != "experiments" else [_experiment_entry(n) for n in names], indent=2))
+        return
     if registry != "experiments":
         for name in names:
             out.print(name)
@@ -59,6 +63,18 @@ def list_cmd(pattern: str, registry: str) -> None:
         except Exception as exc:  # a broken plug-in must not hide the others
             table.add_row(name, "?", f"[red]failed to load: {exc}", "")
     out.print(table)
+
+
+def _experiment_entry(name: str) -> dict[str, str]:
+    try:
+        exp = get_experiment(name)
+        return {"name": name, "kind": exp.kind, "title": exp.title, "package": exp.package}
+    except Exception as exc:  # a broken plug-in must not hide the others
+        return {"name": name, "error": f"failed to load: {exc}"}
+
+
+def _complete_experiment(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    return [n for n in EXPERIMENTS.names() if n.startswith(incomplete)]
 
 
 COMMON_OPTIONS = [
@@ -84,7 +100,7 @@ COMMON_OPTIONS = [
 
 @cli.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
                                       "help_option_names": []})
-@click.argument("experiment")
+@click.argument("experiment", shell_complete=_complete_experiment)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run_cmd(experiment: str, args: tuple[str, ...]) -> None:
     """Run EXPERIMENT (see `lfm-bench list`); `lfm-bench run EXPERIMENT --help` shows its options."""

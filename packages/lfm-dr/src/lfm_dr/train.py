@@ -7,7 +7,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -51,10 +51,31 @@ class _Stream:
         self.per_epoch = n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
         self.epoch, self.pos = 0, 0
 
-    def batch_indices(self, epoch: int, step: int) -> Tensor:
+    def order(self, epoch: int) -> Tensor:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        perm = torch.randperm(len(self.data), generator=g)
-        return perm[step * self.batch_size:(step + 1) * self.batch_size]
+        return torch.randperm(len(self.data), generator=g)
+
+    def batch_indices(self, epoch: int, step: int) -> Tensor:
+        return self.order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
+
+    def batches_from(self, idx: Tensor, epochs: int) -> Iterator[Tensor] | None:
+        """The batches of epochs 0..epochs-1 from the one equal to ``idx`` on, in order (None if
+        none is ``idx``): what a reader can load ahead of the training loop."""
+        if len(idx) == 0:
+            return None
+        for epoch in range(epochs):
+            perm = self.order(epoch)
+            where = (perm == idx[0]).nonzero().flatten()
+            step, offset = divmod(int(where[0]), self.batch_size) if len(where) else (self.per_epoch, 1)
+            if offset == 0 and step < self.per_epoch and torch.equal(self.batch_indices(epoch, step), idx):
+                return self._batches(epoch, step, epochs)
+        return None
+
+    def _batches(self, epoch: int, step: int, epochs: int) -> Iterator[Tensor]:
+        for e in range(epoch, epochs):
+            perm = self.order(e)
+            for s in range(step if e == epoch else 0, self.per_epoch):
+                yield perm[s * self.batch_size:(s + 1) * self.batch_size]
 
     def next(self) -> Tensor:
         if self.pos >= self.per_epoch:
@@ -67,6 +88,8 @@ class _Stream:
 def gather(data: Dataset, idx: Tensor, device, augment=None) -> tuple[Tensor, Tensor, Tensor]:
     if hasattr(data, "images") and hasattr(data, "labels") and getattr(data, "transform", None) is None:
         x, y = data.images[idx], data.labels[idx]
+    elif hasattr(data, "fetch"):  # a batch-at-a-time reader, e.g. lfm_dr.fit's DataLoader over a user's dataset
+        x, y = data.fetch(idx)
     else:
         items = [data[int(i)] for i in idx]
         x = torch.stack([it[0] for it in items])
@@ -115,8 +138,12 @@ def build_method(cfg: TrainConfig, splits, seed: int, device, reduce=None) -> tu
         grad_scaler=loss_scaler(cfg, device), reduce=reduce,
     )
     method = METHODS.get(cfg.method)(ctx)
-    train_stream = _Stream(splits.train, min(cfg.batch_size, len(splits.train)), seed)
-    return method, train_stream, meta_stream
+    return method, training_order(cfg, splits.train, seed), meta_stream
+
+
+def training_order(cfg: TrainConfig, data: Dataset, seed: int) -> _Stream:
+    """The order of the training batches (a pure function of the seed and epoch)."""
+    return _Stream(data, min(cfg.batch_size, len(data)), seed)
 
 
 def autocast(cfg: TrainConfig, device: torch.device):

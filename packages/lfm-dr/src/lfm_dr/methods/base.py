@@ -155,6 +155,9 @@ class DRMethod:
 
     name: str = ""
     scheduled: tuple[str, ...] = ()
+    # the option names the method reads from ``ctx.options`` (``lfm_dr.fit`` rejects others);
+    # None: not declared, not checked
+    known_options: tuple[str, ...] | None = None
 
     def __init__(self, ctx: DRContext):
         self.ctx = ctx
@@ -189,6 +192,7 @@ class SingleModelMethod(DRMethod):
     """One classifier under the trainer's SGD schedule; subclasses give :meth:`loss`."""
 
     scheduled = ("model",)
+    known_options: tuple[str, ...] | None = ()
 
     def __init__(self, ctx: DRContext):
         super().__init__(ctx)

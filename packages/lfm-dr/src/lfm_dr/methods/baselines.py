@@ -155,6 +155,7 @@ class CrossEntropy(SingleModelMethod):
 @METHODS.register("focal")
 class FocalLoss(SingleModelMethod):
     name = "focal"
+    known_options = ("gamma",)
 
     def loss(self, x, y, idx, epoch):
         return focal_loss(self.model(x), y, float(self.options.get("gamma", 2.0)))
@@ -165,6 +166,7 @@ class ClassBalanced(SingleModelMethod):
     """CE weighted by ``class_balanced_weights[y]``, averaged over the batch."""
 
     name = "class_balanced"
+    known_options = ("beta",)
 
     def __init__(self, ctx: DRContext):
         super().__init__(ctx)
@@ -182,6 +184,7 @@ class FineTune(SingleModelMethod):
     each training step then draws one meta batch instead of using the training batch."""
 
     name = "finetune"
+    known_options = ("finetune_epochs",)
 
     def __init__(self, ctx: DRContext):
         super().__init__(ctx)
@@ -234,6 +237,7 @@ class MetaWeightNet(SingleModelMethod):
     long-tail code)."""
 
     name = "mwn"
+    known_options = ("normalize", "meta_lr", "meta_weight_decay", "hidden")
 
     def __init__(self, ctx: DRContext):
         super().__init__(ctx)
@@ -285,6 +289,7 @@ class CoTeaching(DRMethod):
     """Two networks; each trains on the small-loss fraction ``1 - R(T)`` selected by its peer."""
 
     name = "coteaching"
+    known_options = ("forget_rate", "noise_rate", "tk")
     scheduled = ("model", "peer")
 
     def __init__(self, ctx: DRContext):
@@ -332,6 +337,7 @@ class GLC(SingleModelMethod):
     """
 
     name = "glc"
+    known_options = ("glc_warmup", "meta_loader")
 
     def __init__(self, ctx: DRContext):
         super().__init__(ctx)
