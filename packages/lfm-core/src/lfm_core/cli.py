@@ -14,9 +14,10 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lfm_core.errors import LFMError, UsageError
+from lfm_core.errors import GracefulStop, LFMError, UsageError
 from lfm_core.experiments import PROFILES, check_profile, get_experiment
 from lfm_core.registries import ALL, EXPERIMENTS
+from lfm_core.stopping import stop_if_requested
 
 # timm's import triggers torch's deprecation warning for torch.jit.script; it is not ours to fix
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
@@ -166,6 +167,7 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
             bar.console.print(f"  {tag}: {cell.row} | {cell.column} | seed {seed}: "
                               f"{exp.metric}={record['metrics'][exp.metric]:.2f} ({record['wall_s']:.0f}s)")
             bar.advance(total)
+            stop_if_requested(f"{cell.row} | {cell.column} | seed {seed} (finished and saved)")
     # every seed already run for these cells (e.g. by earlier commands), but no other settings
     # (another noise type or engine lands in other run directories of the same experiment)
     wanted = {(c.row, c.column, json.dumps(c.params, sort_keys=True)) for c in cells}
@@ -180,7 +182,9 @@ def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _install_signal_handlers() -> None:
-    # SIGTERM becomes KeyboardInterrupt, so the training loop saves its checkpoint on the way out.
+    # Training loops turn SIGTERM/SIGINT into a graceful stop (lfm_core.stopping); elsewhere
+    # (data loading, evaluation networks) SIGTERM ends the run at once like Ctrl-C: it resumes
+    # from its last checkpoint.
     def handler(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -224,12 +228,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt as exc:
-        console.print(f"interrupted ({exc or 'Ctrl-C'}); rerun the same command to resume")
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        term = f"signal {signal.SIGTERM.value}" in str(exc.__cause__ or exc)  # click wraps it in Abort
+        console.print(f"interrupted by {'SIGTERM' if term else 'Ctrl-C'}; rerun the same command to resume")
+        sys.exit(143 if term else 130)
+    except GracefulStop as exc:
+        console.print(str(exc), highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except LFMError as exc:
         if debug:
             raise

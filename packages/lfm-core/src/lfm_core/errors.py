@@ -23,3 +23,12 @@ class CheckpointError(LFMError):
 
 class NonFiniteError(LFMError, FloatingPointError):
     """Training produced non-finite values too many times in a row."""
+
+
+class GracefulStop(LFMError):
+    """SIGTERM or SIGINT stopped a run at a safe point after saving its position; rerunning the
+    same command resumes it. Exit code 128 + the signal number (143 SIGTERM, 130 SIGINT)."""
+
+    def __init__(self, message: str, signum: int = 15):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)

@@ -18,17 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lfm_core.errors import LFMError
 from lfm_core.experiments import Cell, Experiment
 from lfm_core.io import atomic_write_json, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
+from lfm_core.locking import RunLock, RunLockedError  # noqa: F401  (RunLockedError: re-exported)
 from lfm_core.runtime import is_main_process, process_accelerator, wait_for_everyone
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
-
-
-class RunLockedError(LFMError):
-    pass
 
 
 @dataclass
@@ -89,39 +85,6 @@ def run_dir_for(results: Path, experiment: str, profile: str, cell: Cell, seed: 
     return Path(results) / experiment / profile / cell.slug() / f"seed{seed}"
 
 
-class _Lock:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pid = self.path.read_text().strip() if self.path.exists() else "?"
-            if pid.isdigit() and not _alive(int(pid)):
-                self.path.unlink(missing_ok=True)  # a stale lock from a killed run
-                return self.__enter__()
-            raise RunLockedError(
-                f"run directory {self.path.parent} is in use by process {pid}; wait for it or remove {self.path}"
-            ) from None
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        return self
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def environment() -> dict[str, Any]:
     import torch
 
@@ -156,7 +119,7 @@ def run_one(
     main = is_main_process()
     process_accelerator(ctx_kwargs.get("device"))  # the process group, before the barriers below
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _Lock(run_dir / ".lock") if main else contextlib.nullcontext():
+    with RunLock(run_dir / ".lock") if main else contextlib.nullcontext():
         if force and main:
             for name in (RESULT, CHECKPOINT, "metrics.jsonl", "log.txt"):
                 (run_dir / name).unlink(missing_ok=True)
