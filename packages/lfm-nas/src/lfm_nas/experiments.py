@@ -594,6 +594,7 @@ class NASExperiment(Experiment):
         found = cache.get("search", skey)
         if found is None:
             found = cache.put("search", skey, self.run_search(params, profile, seed, ctx, s, device, key=skey))
+            ctx.checkpoint_path.unlink(missing_ok=True)  # the search's position (supernets, encoder) is done with
         genotype = genotype_from_dict(found["genotype"])
         save_genotype(genotype, Path(ctx.run_dir) / "genotype.json")
         metrics: dict[str, Any] = {k: v for k, v in found.items() if k not in ("key", "producer", "genotype")}

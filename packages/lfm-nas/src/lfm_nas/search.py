@@ -76,7 +76,8 @@ class IndexedDataset(torch.utils.data.Dataset):
 
 class _Cycle(Iterator):
     """The batches of a loader, pass after pass, with a resumable position: the state of the
-    loader's shuffling generator when the current pass began and the batches taken since."""
+    loader's shuffling generator (the global torch RNG for a loader without one) when the current
+    pass began, and the batches taken since."""
 
     def __init__(self, loader: Iterable):
         self.loader = loader
@@ -86,7 +87,7 @@ class _Cycle(Iterator):
         self.taken = 0
 
     def _new_pass(self) -> None:
-        self.pass_state = self.generator.get_state() if self.generator is not None else None
+        self.pass_state = (self.generator or torch.default_generator).get_state()
         self.it, self.taken = iter(self.loader), 0
 
     def __next__(self):
@@ -111,8 +112,7 @@ class _Cycle(Iterator):
         if not state["started"]:
             self.it, self.taken = None, 0
             return
-        if self.generator is not None and state["pass_state"] is not None:
-            self.generator.set_state(state["pass_state"])
+        (self.generator or torch.default_generator).set_state(state["pass_state"])
         self.pass_state, self.it, self.taken = state["pass_state"], iter(self.loader), 0
         for _ in range(int(state["taken"])):
             next(self.it)
@@ -271,13 +271,14 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
     if saved is not None:
         try:
             start = (int(saved["stage"]), int(saved["epoch"]), int(saved["step"]))
-            state, switches = dict(saved["state"]), [list(map(bool, row)) for row in saved["switches"]]
+            state = dict(saved["state"])
+            switches = {kind: [[bool(on) for on in edge] for edge in edges] for kind, edges in saved["switches"].items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"search checkpoint lacks or garbles {exc} (delete it or rerun with --force)") from None
 
     def position(stage_index: int, epoch: int, step: int, losses: list[float], epoch_s: float) -> dict[str, Any]:
         return {"stage": stage_index, "epoch": epoch, "step": step, "losses": list(losses), "epoch_s": epoch_s,
-                "state": state, "switches": [list(row) for row in switches], "runner": runner.state_dict(),
+                "state": state, "switches": switches, "runner": runner.state_dict(),
                 "data": {"train": train_it.state(), "val": val_it.state()}, "rng": rng_state()}
 
     # without a checkpoint there is nothing to stop gracefully to: signals keep their handlers
