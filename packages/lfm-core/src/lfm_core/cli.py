@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lfm_core.errors import GracefulStop, LFMError, UsageError
+from lfm_core.errors import GracefulStop, LFMError, UsageError, os_error_line
 from lfm_core.experiments import PROFILES, check_profile, get_experiment
 from lfm_core.registries import ALL, EXPERIMENTS
 from lfm_core.stopping import stop_if_requested
@@ -112,24 +112,29 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 
 
 def _parse_seeds(text: str | None, default: list[int]) -> list[int]:
-    if not text:
+    if text is None:
         return list(default)
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise UsageError(f"bad --seeds {text!r}: expected comma-separated integers such as 0,1,2") from None
+        seeds = []
+    if not seeds or any(not 0 <= s < 2**32 for s in seeds):
+        raise UsageError(f"bad --seeds {text!r}: expected comma-separated integers in [0, 2**32) such as 0,1,2")
+    return list(dict.fromkeys(seeds))  # each seed once
 
 
 def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | None, download: bool,
          force: bool, device: str | None, mixed_precision: str, only: str | None, **options: Any) -> None:
     from lfm_core.report import render_terminal
     from lfm_core.runner import collect_results, run_one
+    from lfm_core.runtime import check_device
 
     check_profile(profile)
     if data_root is not None and not data_root.exists():
         raise UsageError(f"--data-root {data_root} does not exist; give a folder holding the data set")
     exp.validate(profile, {**options, "data_root": data_root})
     seed_list = _parse_seeds(seeds, exp.seeds[profile])
+    check_device(device)
     cells = exp.cells(profile, {**options, "data_root": data_root})
     if only:
         cells = [c for c in cells if only in c.row or only in c.column]
@@ -240,6 +245,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # full disk, read-only folder, a path under a file, a name too long...
+        if debug:
+            raise
+        console.print(f"[red]error:[/] {os_error_line(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import platform
 import time
@@ -19,9 +18,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lfm_core.experiments import Cell, Experiment
-from lfm_core.io import atomic_write_json, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
+from lfm_core.io import (atomic_write_json, load_checkpoint, read_jsonl, remove_orphan_temp_files, save_checkpoint,
+                         write_jsonl)
 from lfm_core.locking import RunLock, RunLockedError  # noqa: F401  (RunLockedError: re-exported)
 from lfm_core.runtime import is_main_process, process_accelerator, wait_for_everyone
+from lfm_core.validate import collect_valid_results, read_result
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
@@ -44,7 +45,11 @@ class RunContext:
     _metrics: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._metrics = read_jsonl(self.run_dir / "metrics.jsonl")
+        self._metrics = read_jsonl(self.run_dir / "metrics.jsonl", on_bad=self._warn)
+
+    def _warn(self, text: str) -> None:
+        self.log(f"warning: {text}")
+        self.echo(f"warning: {text}")
 
     def log(self, text: str) -> None:
         if not self.main_process:
@@ -111,15 +116,16 @@ def run_one(
     run_dir = run_dir_for(results, experiment.name, profile, cell, seed)
     result_path = run_dir / RESULT
     if result_path.exists() and not force:
-        try:
-            return json.loads(result_path.read_text()), False
-        except json.JSONDecodeError:
-            pass  # unreadable: run again
+        record = read_result(result_path, experiment.metric)  # None when torn: run again
+        if record is not None:
+            return record, False
     # several launched processes run the same cell in step; rank 0 owns the directory
     main = is_main_process()
     process_accelerator(ctx_kwargs.get("device"))  # the process group, before the barriers below
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir / ".lock") if main else contextlib.nullcontext():
+        if main:
+            remove_orphan_temp_files(run_dir)  # left by a process killed while writing (we hold the lock)
         if force and main:
             for name in (RESULT, CHECKPOINT, "metrics.jsonl", "log.txt"):
                 (run_dir / name).unlink(missing_ok=True)
@@ -152,15 +158,6 @@ def run_one(
 
 
 def collect_results(results: Path) -> list[dict[str, Any]]:
-    """Every finished run under a results root (unreadable files are skipped, never fatal)."""
-    records = []
-    for path in sorted(Path(results).rglob(RESULT)):
-        try:
-            rec = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            continue
-        if isinstance(rec, dict) and "experiment" in rec and "metrics" in rec:
-            rec["run_dir"] = str(path.parent)
-            records.append(rec)
-    return records
+    """Every finished run under a results root (unreadable or malformed files are skipped with a warning)."""
+    return collect_valid_results(sorted(Path(results).rglob(RESULT)))
 
