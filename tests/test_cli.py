@@ -202,9 +202,11 @@ def test_a_run_in_use_is_refused(tmp_path):
     assert proc.returncode == 0
     (result,) = list(cell_dir.rglob("result.json"))
     result.unlink()
-    (result.parent / ".lock").write_text(str(os.getpid()))  # this (alive) process holds it
-    assert_one_line_error(run(*args, "--epochs", "1"), 1, "in use by process", str(os.getpid()))
-    (result.parent / ".lock").write_text("999999999")  # a stale lock from a dead process is taken over
+    from lfm_core.locking import RunLock
+
+    with RunLock(result.parent / ".lock"):  # this (alive) process holds it
+        assert_one_line_error(run(*args, "--epochs", "1"), 1, "in use by process", str(os.getpid()))
+    (result.parent / ".lock").write_text("999999999")  # left by a killed run: nobody holds it
     assert run(*args, "--epochs", "1").returncode == 0
 
 

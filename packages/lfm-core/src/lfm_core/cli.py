@@ -14,9 +14,10 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lfm_core.errors import LFMError, UsageError
+from lfm_core.errors import GracefulStop, LFMError, UsageError, os_error_line
 from lfm_core.experiments import PROFILES, check_profile, get_experiment
 from lfm_core.registries import ALL, EXPERIMENTS
+from lfm_core.stopping import stop_if_requested
 
 # timm's import triggers torch's deprecation warning for torch.jit.script; it is not ours to fix
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
@@ -129,12 +130,15 @@ def _show_help(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 
 
 def _parse_seeds(text: str | None, default: list[int]) -> list[int]:
-    if not text:
+    if text is None:
         return list(default)
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise UsageError(f"bad --seeds {text!r}: expected comma-separated integers such as 0,1,2") from None
+        seeds = []
+    if not seeds or any(not 0 <= s < 2**32 for s in seeds):
+        raise UsageError(f"bad --seeds {text!r}: expected comma-separated integers in [0, 2**32) such as 0,1,2")
+    return list(dict.fromkeys(seeds))  # each seed once
 
 
 def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | None, download: bool,
@@ -143,12 +147,14 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
     from lfm_core.report import render_terminal
     from lfm_core.results import collect_results
     from lfm_core.runner import resolve_config, run_dir_for, run_one
+    from lfm_core.runtime import check_device
 
     check_profile(profile)
     if data_root is not None and not data_root.exists():
         raise UsageError(f"--data-root {data_root} does not exist; give a folder holding the data set")
     exp.validate(profile, {**options, "data_root": data_root})
     seed_list = _parse_seeds(seeds, exp.seeds[profile])
+    check_device(device)
     cells = exp.cells(profile, {**options, "data_root": data_root})
     if only:
         cells = [c for c in cells if only in c.row or only in c.column]
@@ -193,6 +199,7 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
             bar.console.print(f"  {tag}: {cell.row} | {cell.column} | seed {seed}: "
                               f"{exp.metric}={record['metrics'][exp.metric]:.2f} ({record['wall_s']:.0f}s)")
             bar.advance(total)
+            stop_if_requested(f"{cell.row} | {cell.column} | seed {seed} (finished and saved)")
     # every seed already run of these configurations (e.g. by earlier commands), and nothing else:
     # another engine, epoch budget or noise type is another configuration
     wanted = {r["config_id"] for r in records}
@@ -205,7 +212,9 @@ def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _install_signal_handlers() -> None:
-    # SIGTERM becomes KeyboardInterrupt, so the training loop saves its checkpoint on the way out.
+    # Training loops turn SIGTERM/SIGINT into a graceful stop (lfm_core.stopping); elsewhere
+    # (data loading, evaluation networks) SIGTERM ends the run at once like Ctrl-C: it resumes
+    # from its last checkpoint.
     def handler(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -262,17 +271,23 @@ def main(argv: list[str] | None = None) -> None:
             raise
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt as exc:
-        console.print(f"interrupted ({exc or 'Ctrl-C'}); rerun the same command to resume")
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        term = f"signal {signal.SIGTERM.value}" in str(exc.__cause__ or exc)  # click wraps it in Abort
+        console.print(f"interrupted by {'SIGTERM' if term else 'Ctrl-C'}; rerun the same command to resume")
+        sys.exit(143 if term else 130)
+    except GracefulStop as exc:
+        console.print(str(exc), highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except LFMError as exc:
         if debug:
             raise
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # full disk, read-only folder, a path under a file, a name too long...
+        if debug:
+            raise
+        console.print(f"[red]error:[/] {os_error_line(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -468,6 +468,13 @@ def make_splits(
     per_class = _counts(y, k)
     smallest = min(per_class)
     is_int = isinstance(meta_per_class, (int, np.integer)) and not isinstance(meta_per_class, bool)
+    if smallest == 0:  # no valid meta_per_class at all: name the class instead of an empty range
+        c = per_class.index(smallest)
+        name = bundle.classes[c] if bundle.classes and c < len(bundle.classes) else f"number {c}"
+        raise UsageError(
+            f"class {name!r} of {bundle.name} has no training examples (an empty class folder?); every class "
+            f"needs more than meta_per_class ({meta_per_class}) images: add images or remove the class"
+        )
     if not is_int or not 0 <= meta_per_class < smallest:
         raise UsageError(
             f"meta_per_class {meta_per_class!r} is invalid for {bundle.name}: its smallest class has "

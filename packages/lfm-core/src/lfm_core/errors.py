@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints their message on one line, without a traceback."""
 
+import errno
+
 
 class LFMError(Exception):
     """An error caused by the user's input or environment, not by a bug. Exit code 1."""
@@ -42,3 +44,33 @@ def check_choice(kind: str, value, choices) -> object:
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     shown = ", ".join(texts) if texts else "(none installed)"
     raise UsageError(f"unknown {kind} {shown_value}.{hint} Valid choices: {shown}.")
+
+
+class GracefulStop(LFMError):
+    """SIGTERM or SIGINT stopped a run at a safe point after saving its position; rerunning the
+    same command resumes it. Exit code 128 + the signal number (143 SIGTERM, 130 SIGINT)."""
+
+    def __init__(self, message: str, signum: int = 15):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "free some space or give another --results folder",
+    errno.EDQUOT: "free some space or give another --results folder",
+    errno.EROFS: "the file system is read-only: give a writable --results folder",
+    errno.EACCES: "no permission: give a writable --results folder",
+    errno.EPERM: "no permission: give a writable --results folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a file is in the way of a folder of that name",
+    errno.ENAMETOOLONG: "the name is too long: give a shorter --results path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and what to do."""
+    line = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename:
+        line += f": {exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    hint = _OS_ERROR_HINTS.get(exc.errno)
+    return line + (f" ({hint})" if hint else "")

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -24,6 +24,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any new file
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # write/fsync errors (a full disk) do not say which file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -33,6 +38,16 @@ def _umask() -> int:
     mask = os.umask(0)  # the only way to read it is to set it
     os.umask(mask)
     return mask
+
+
+def remove_orphan_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed process left in ``folder``;
+    call it only while holding the folder (its run lock)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -55,17 +70,28 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, default=_jsonable) + "\n" for r in records))
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Every complete record; a torn last line (from an old, non-atomic writer) is ignored."""
-    out = []
+def read_jsonl(path: str | os.PathLike, on_bad: Callable[[str], None] | None = None) -> list[dict]:
+    """The records (JSON objects, one a line) up to the first line that is not one (a torn
+    line from an old non-atomic writer, or damage): what follows it is not trusted either.
+    ``on_bad`` hears what was dropped."""
     p = Path(path)
     if not p.exists():
-        return out
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+        return []
+    out: list[dict] = []
+    lines = p.read_bytes().split(b"\n")
+    for n, line in enumerate(lines):
+        if not line.strip():
             continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if not isinstance(record, dict):
+            if on_bad is not None:
+                rest = sum(1 for rest_line in lines[n:] if rest_line.strip())
+                on_bad(f"{p}: line {n + 1} is not a JSON record; it and the {rest - 1} line(s) after it were dropped")
+            break
+        out.append(record)
     return out
 
 

@@ -21,21 +21,15 @@ ID_COLUMNS = ["experiment", "profile", "row", "column", "seed", "config_id"]
 
 
 def collect_results(results: str | Path) -> list[dict[str, Any]]:
-    """Every finished run under a results root (unreadable files are skipped, never fatal)."""
-    records = []
-    for path in sorted(Path(results).rglob(RESULT)):
-        try:
-            rec = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
-            continue
-        if not (isinstance(rec, dict) and isinstance(rec.get("experiment"), str)
-                and isinstance(rec.get("metrics"), dict) and isinstance(rec.get("params", {}), dict)):
-            continue
+    """Every finished run under a results root; unreadable or malformed files are skipped with a
+    warning (``lfm_core.validate``), never fatal."""
+    from lfm_core.validate import collect_valid_results
+
+    records = collect_valid_results(sorted(Path(results).rglob(RESULT)))
+    for rec in records:
         if "config_id" not in rec:  # a run recorded before configs were hashed: its own group
             legacy = {k: rec.get(k) for k in ("experiment", "profile", "row", "column", "params", "options")}
             rec["config_id"] = "legacy-" + config_id(legacy)
-        rec["run_dir"] = str(path.parent)
-        records.append(rec)
     return records
 
 

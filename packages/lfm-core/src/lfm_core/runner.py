@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import platform
 import time
@@ -19,20 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lfm_core.errors import LFMError
 from lfm_core.experiments import Cell, Experiment
 from lfm_core.identity import EMBEDDED, canonical, config_id, package_versions, run_name
-from lfm_core.io import atomic_write_json, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
+from lfm_core.io import (atomic_write_json, load_checkpoint, read_jsonl, remove_orphan_temp_files, save_checkpoint,
+                         write_jsonl)
+from lfm_core.locking import RunLock, RunLockedError  # noqa: F401  (RunLockedError: re-exported)
 from lfm_core.runtime import is_main_process, process_accelerator, wait_for_everyone
+from lfm_core.validate import read_result
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
 # the config keys a result record repeats at its top level, for readers that predate ``config``
 RECORD_KEYS = ("experiment", "profile", "row", "column", "params", "seed")
-
-
-class RunLockedError(LFMError):
-    pass
 
 
 @dataclass
@@ -52,7 +49,11 @@ class RunContext:
     _metrics: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._metrics = read_jsonl(self.run_dir / "metrics.jsonl")
+        self._metrics = read_jsonl(self.run_dir / "metrics.jsonl", on_bad=self._warn)
+
+    def _warn(self, text: str) -> None:
+        self.log(f"warning: {text}")
+        self.echo(f"warning: {text}")
 
     def log(self, text: str) -> None:
         if not self.main_process:
@@ -129,39 +130,6 @@ def run_dir_for(results: Path, config: dict[str, Any]) -> Path:
     return Path(results) / config["experiment"] / config["profile"] / name / f"seed{config['seed']}"
 
 
-class _Lock:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pid = self.path.read_text().strip() if self.path.exists() else "?"
-            if pid.isdigit() and not _alive(int(pid)):
-                self.path.unlink(missing_ok=True)  # a stale lock from a killed run
-                return self.__enter__()
-            raise RunLockedError(
-                f"run directory {self.path.parent} is in use by process {pid}; wait for it or remove {self.path}"
-            ) from None
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        return self
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def environment() -> dict[str, Any]:
     import torch
 
@@ -191,17 +159,16 @@ def run_one(
     run_dir = run_dir_for(results, config)
     result_path = run_dir / RESULT
     if result_path.exists() and not force:
-        try:
-            record = json.loads(result_path.read_text())
-        except (json.JSONDecodeError, OSError):
-            record = None  # unreadable: run again
-        if isinstance(record, dict) and record.get("config") == config:
+        record = read_result(result_path, experiment.metric)  # None when torn: run again
+        if record is not None and record.get("config") == config:
             return record, False
     # several launched processes run the same cell in step; rank 0 owns the directory
     main = is_main_process()
     process_accelerator(ctx_kwargs.get("device"))  # the process group, before the barriers below
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _Lock(run_dir / ".lock") if main else contextlib.nullcontext():
+    with RunLock(run_dir / ".lock") if main else contextlib.nullcontext():
+        if main:
+            remove_orphan_temp_files(run_dir)  # left by a process killed while writing (we hold the lock)
         if force and main:
             for name in (RESULT, CHECKPOINT, "metrics.jsonl", "log.txt"):
                 (run_dir / name).unlink(missing_ok=True)

@@ -55,6 +55,28 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
+def check_device(device: str | None) -> None:
+    """A --device that names no usable device fails here, in one line, before any work."""
+    from lfm_core.errors import LFMError, UsageError
+
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"unknown --device {device!r}. Valid choices: cpu, cuda, cuda:<index>, mps.") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise LFMError(f"--device {device}: no CUDA GPU is visible to torch here; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise LFMError(f"--device {device}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise LFMError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device!r} is not supported. Valid choices: cpu, cuda, cuda:<index>, mps.")
+
+
 def launched_processes() -> int:
     """How many processes ``accelerate launch`` / ``torchrun`` started (1 when run directly)."""
     return int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,5 +1,6 @@
 """The one training loop every DR method shares: data order, lr schedule, evaluation,
-checkpoints (resume at any step), and guards against non-finite losses."""
+checkpoints (resume at any step), a graceful stop on SIGTERM/SIGINT, and guards against
+non-finite losses."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset
 from lfm_core.errors import check_choice, CheckpointError, NonFiniteError, UsageError
 from lfm_core.registries import METHODS, MODELS
 from lfm_core.runtime import all_reduce_mean, process_accelerator, rng_state, seed_everything, set_rng_state
+from lfm_core.stopping import inject_test_stop, stop_error, stop_on_signals, stop_requested
 from lfm_dr.methods.base import DRContext, DRMethod
 
 MAX_BAD_STEPS = 5
@@ -168,7 +170,11 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
 
 
 def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
-    """Train one method on one split; resumes from ``ctx``'s checkpoint. Returns final metrics."""
+    """Train one method on one split; resumes from ``ctx``'s checkpoint. Returns final metrics.
+
+    SIGTERM/SIGINT during training finish the step in progress (or the epoch's evaluation), save
+    the exact position and raise :class:`lfm_core.errors.GracefulStop`; the resumed run then gives
+    the result of an uninterrupted one."""
     device = device_of(cfg)
     # launched as several processes (accelerate launch / torchrun): each takes its shard of every
     # training batch, the meta batch is shared, and the solver averages gradients and
@@ -183,10 +189,12 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
         if device.type == "cuda":
             device = acc.device
     seed_everything(seed)
-    method, train_stream, meta_stream = build_method(cfg, splits, seed, device, all_reduce_mean(acc))
+    reduce = all_reduce_mean(acc)
+    method, train_stream, meta_stream = build_method(cfg, splits, seed, device, reduce)
     scheduled = {name: opt for name, opt in method.optimizers().items() if name in method.scheduled}
     base_lr = {name: [g["lr"] for g in opt.param_groups] for name, opt in scheduled.items()}
     start_epoch, start_step, bad_in_row, skipped, wall_before = 0, 0, 0, 0, 0.0
+    start_sums: dict[str, float] = {}  # the running train_* sums of a mid-epoch position
 
     state = ctx.load_checkpoint()
     if state is not None:
@@ -199,20 +207,25 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
             if method.ctx.grad_scaler is not None and state.get("scaler"):
                 method.ctx.grad_scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+            start_epoch, start_step = int(state["epoch"]), int(state["step"])
+            skipped, wall_before = int(state["skipped"]), float(state["wall_s"])
+            bad_in_row = int(state.get("bad_in_row", 0))
+            start_sums = {k: float(v) for k, v in state.get("sums", {}).items()}
+            meta_stream.epoch, meta_stream.pos = int(state["meta_epoch"]), int(state["meta_pos"])
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+            what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120]
             raise CheckpointError(
-                f"checkpoint {ctx.checkpoint_path} does not match this run ({str(exc).splitlines()[0][:120]}); "
-                "rerun with --force to start over"
+                f"checkpoint {ctx.checkpoint_path} does not match this run ({what}); "
+                "delete it or rerun with --force to start over"
             ) from None
-        start_epoch, start_step = int(state["epoch"]), int(state["step"])
-        skipped, wall_before = int(state["skipped"]), float(state["wall_s"])
-        meta_stream.epoch, meta_stream.pos = int(state["meta_epoch"]), int(state["meta_pos"])
         ctx.truncate_metrics(start_epoch)
         ctx.log(f"resumed at epoch {start_epoch} step {start_step}")
 
-    def save(epoch: int, step: int, wall: float) -> None:
+    def save(epoch: int, step: int, sums: dict[str, float]) -> None:
+        """The position before (epoch, step): everything a resumed run needs to continue bit for bit."""
         ctx.save_checkpoint({
-            "epoch": epoch, "step": step, "skipped": skipped, "wall_s": wall,
+            "epoch": epoch, "step": step, "skipped": skipped, "wall_s": time.perf_counter() - t0,
+            "bad_in_row": bad_in_row, "sums": dict(sums),
             "meta_epoch": meta_stream.epoch, "meta_pos": meta_stream.pos,
             "modules": {n: m.state_dict() for n, m in method.modules().items()},
             "optimizers": {n: o.state_dict() for n, o in method.optimizers().items()},
@@ -220,21 +233,33 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
             "scaler": method.ctx.grad_scaler.state_dict() if method.ctx.grad_scaler is not None else None,
         })
 
+    def stop_here(epoch: int, step: int, sums: dict[str, float]) -> None:
+        asked = stop_requested() is not None
+        if reduce is not None:  # launched processes stop together (a lone one would hang the others)
+            flag = torch.tensor([float(asked)], device=device)
+            reduce([flag])
+            asked = float(flag) > 0
+        if asked:
+            save(epoch, step, sums)
+            ctx.log(f"stopped by a signal at epoch {epoch} step {step}; checkpoint saved")
+            raise stop_error(f"epoch {epoch} step {step}")
+
     steps = train_stream.per_epoch
     total_steps = cfg.epochs * steps
     t0 = time.perf_counter() - wall_before
-    epoch, step = start_epoch, start_step
-    try:
+    with stop_on_signals():
         for epoch in range(start_epoch, cfg.epochs):
             factor = lr_factor(cfg, epoch)
             for name, opt in scheduled.items():
                 for group, lr in zip(opt.param_groups, base_lr[name]):
                     group["lr"] = lr * factor
-            sums: dict[str, float] = {}
             first = start_step if epoch == start_epoch else 0
+            sums: dict[str, float] = dict(start_sums) if epoch == start_epoch else {}
             for step in range(first, steps):
+                stop_here(epoch, step, sums)  # a signal during the previous step lands here
                 idx = train_stream.batch_indices(epoch, step)[rank::world]
                 x, y, idx = gather(splits.train, idx, device, cfg.augment)
+                inject_test_stop(f"dr:{epoch}:{step}:mid")
                 with autocast(cfg, device):
                     stats = method.train_step(x, y, idx, epoch)
                 finite = stats.pop("finite", 1.0) and math.isfinite(stats.get("loss", 0.0))
@@ -244,28 +269,27 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
                     ctx.log(f"non-finite loss or hypergradient at epoch {epoch} step {step}; step skipped")
                     if bad_in_row >= MAX_BAD_STEPS:
                         raise NonFiniteError(
-                            f"{bad_in_row} non-finite steps in a row at epoch {epoch} (method {cfg.method}); "
-                            f"last good checkpoint kept at {ctx.checkpoint_path}; try a smaller learning rate"
+                            f"{bad_in_row} non-finite steps in a row at epoch {epoch} step {step} (method "
+                            f"{cfg.method}, lr {cfg.lr * factor:g}); no result was written and the same settings diverge "
+                            "again: change the learning rate, the mixed precision or the seed"
                         )
                     continue
                 bad_in_row = 0
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 ctx.progress(epoch * steps + step + 1, total_steps, f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}")
-            step = 0
+                inject_test_stop(f"dr:{epoch}:{step}:end")
             method.end_epoch(epoch)
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": cfg.lr * factor, "skipped_steps": skipped}
             record.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
+            inject_test_stop(f"dr:{epoch}:eval")
             for name, model in method.eval_models().items():
                 acc, _ = evaluate(model, splits.test, splits.num_classes, device, cfg.eval_batch_size)
                 record["test_acc" if name == "main" else f"test_acc_{name}"] = acc
             record["time_s"] = round(time.perf_counter() - t0, 2)
             ctx.log_metrics(record)
-            save(epoch + 1, 0, time.perf_counter() - t0)
-    except KeyboardInterrupt:
-        save(epoch, step, time.perf_counter() - t0)
-        ctx.log(f"interrupted at epoch {epoch} step {step}; checkpoint saved")
-        raise
+            save(epoch + 1, 0, {})
+            stop_here(epoch + 1, 0, {})  # a signal during the evaluation: the epoch is done and saved
 
     metrics: dict[str, Any] = {}
     per_class = None

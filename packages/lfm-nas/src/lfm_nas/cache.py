@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lfm_core.io import atomic_write_json
+from lfm_nas.genotypes import genotype_from_dict
 
 
 def _key_hash(key: dict[str, Any]) -> str:
@@ -32,6 +33,24 @@ def _attempts(run_dir: Path) -> int:
         return 0
 
 
+# the fields the cells read from a cache entry, and their types
+CACHE_FIELDS = {"search": {"genotype": dict, "search_s": (int, float), "search_epoch_s": (int, float)},
+                "eval": {"test_err": (int, float)}}
+
+
+def _cache_entry_problem(kind: str, entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return "unreadable" if entry is None else f"holds {type(entry).__name__}, not an object"
+    for name, types in {"key": dict, "producer": str, **CACHE_FIELDS[kind]}.items():
+        if not isinstance(entry.get(name), types) or isinstance(entry.get(name), bool):
+            return f"no valid {name!r}"
+    try:
+        genotype_from_dict(entry["genotype"]) if kind == "search" else None
+    except Exception:
+        return "no valid 'genotype'"
+    return None
+
+
 class SearchCache:
     def __init__(self, ctx, profile: str, enabled: bool):
         self.run_dir = Path(ctx.run_dir)
@@ -48,8 +67,12 @@ class SearchCache:
         if not path.exists():
             return None
         try:
-            entry = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            entry = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            entry = None
+        problem = _cache_entry_problem(kind, entry)
+        if problem:
+            self.ctx.log(f"warning: ignoring the cache entry {path} ({problem}); computing it again")
             return None
         if entry.get("key") != json.loads(json.dumps(key, default=str)):
             return None

@@ -15,13 +15,44 @@ from typing import Any
 import click
 import torch
 
-from lfm_core.errors import DataNotFoundError
+from lfm_core.errors import CheckpointError, DataNotFoundError
 from lfm_core.experiments import Cell, Experiment, PaperValue, pv
 from lfm_core.runtime import PeakMemory, cpu_threads
-from lfm_nas.cache import SearchCache
+from lfm_nas.cache import SearchCache, _key_hash
 from lfm_nas.evaluation import _device, _loader, _warm_up, load_bundle, search_split, train_eval_imagenet
 from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotype
 from lfm_nas.profiles import ENGINES, PROFILE_SETTINGS, has_cifar, imagenet_root, settings
+
+
+class _SearchCheckpoint:
+    """A search's position in its run directory's checkpoint (``search(checkpoint=...)``), tagged
+    with the search's key; loading it truncates metrics.jsonl to the records it covers."""
+
+    def __init__(self, ctx, key: dict[str, Any]):
+        self.ctx, self.key = ctx, _key_hash(key)
+
+    def load(self) -> dict[str, Any] | None:
+        saved = self.ctx.load_checkpoint()
+        if saved is None:
+            return None
+        if not isinstance(saved.get("search"), dict) or saved.get("key") != self.key:
+            raise CheckpointError(f"checkpoint {self.ctx.checkpoint_path} is not this search's "
+                                  "(delete it or rerun with --force)")
+        self.ctx.truncate_metrics(int(saved.get("n_metrics", 0)))
+        self.ctx.log(f"resumed the search at stage {saved['search'].get('stage')} epoch "
+                     f"{saved['search'].get('epoch')} step {saved['search'].get('step')}")
+        return saved["search"]
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.ctx.save_checkpoint({"search": state, "key": self.key, "n_metrics": len(self.ctx.metrics)})
+
+
+def _drop_eval_records(ctx) -> None:
+    """Before an evaluation (re)starts: metrics.jsonl keeps the search's records only."""
+    records = ctx.metrics
+    keep = next((i for i, r in enumerate(records) if r.get("phase") == "eval"), len(records))
+    if keep < len(records):
+        ctx.truncate_metrics(keep)
 
 
 # what a row runs: method, LFM variant, encoder (None: no encoder), similarity, ablation
@@ -222,7 +253,7 @@ class NASExperiment(Experiment):
                 cfg.update(encoder=params["encoder"], encoder_kwargs={"pretrained": bool(s["pretrained"])})
         return cfg
 
-    def run_search(self, params, profile, seed, ctx, s, device) -> dict[str, Any]:
+    def run_search(self, params, profile, seed, ctx, s, device, key=None) -> dict[str, Any]:
         from lfm_nas.search import search
 
         name = params["dataset"]
@@ -244,7 +275,8 @@ class NASExperiment(Experiment):
         start = time.perf_counter()
         with PeakMemory(device) as mem:
             result = search(cfg, train_loader, val_loader, epochs, device=device, log=log,
-                            progress=lambda done, total: ctx.progress(done, total, label))
+                            progress=lambda done, total: ctx.progress(done, total, label),
+                            checkpoint=_SearchCheckpoint(ctx, key) if key is not None else None)
         wall = time.perf_counter() - start
         times = [h["time_s"] for h in result["history"] if "time_s" in h]
         peak = mem.peak_mb if mem.peak_mb is not None else float(result["peak_mem_mb"])
@@ -330,7 +362,8 @@ class NASExperiment(Experiment):
             skey["mixed_precision"] = ctx.mixed_precision
         found = cache.get("search", skey)
         if found is None:
-            found = cache.put("search", skey, self.run_search(params, profile, seed, ctx, s, device))
+            found = cache.put("search", skey, self.run_search(params, profile, seed, ctx, s, device, key=skey))
+            ctx.checkpoint_path.unlink(missing_ok=True)  # the search's position (supernets, encoder) is done with
         genotype = genotype_from_dict(found["genotype"])
         save_genotype(genotype, Path(ctx.run_dir) / "genotype.json")
         metrics: dict[str, Any] = {k: v for k, v in found.items() if k not in ("key", "producer", "genotype")}
@@ -345,6 +378,7 @@ class NASExperiment(Experiment):
                     "seed": int(seed), "device": device.type}
             ev = cache.get("eval", ekey)
             if ev is None:
+                _drop_eval_records(ctx)
                 ev = cache.put("eval", ekey, self.run_eval(genotype, params, profile, seed, ctx, s, device))
             metrics.update({k: v for k, v in ev.items() if k not in ("key", "producer")})
             if ev["producer"] != str(ctx.run_dir):

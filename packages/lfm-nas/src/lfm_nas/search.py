@@ -1,8 +1,10 @@
 """Search and evaluation loops: DARTS (1st/2nd order), P-DARTS, and their LFM versions.
 
 :func:`search` runs one architecture search and returns the genotype; :func:`train_eval`
-trains an evaluation network from a genotype and reports its test accuracy. Both keep the
-loops plain (no runtime, no checkpointing): the experiment layer wraps them.
+trains an evaluation network from a genotype and reports its test accuracy. A search can
+be given a ``checkpoint`` (an object with ``load()`` and ``save(state)``): it then saves its
+exact position after every epoch and on SIGTERM/SIGINT (a graceful stop after the step in
+progress), and resumes from it to the result of an uninterrupted search.
 
 Data: loaders yield ``(x, y)`` or ``(x, y, idx)``; LFM methods need the validation loader to
 yield ``idx``, the example's index in the validation data set (it selects ``r_j``), e.g. by
@@ -11,6 +13,7 @@ wrapping the data set in :class:`IndexedDataset`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import sys
@@ -21,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lfm_core.errors import check_choice, NonFiniteError, UsageError
+from lfm_core.errors import CheckpointError, NonFiniteError, UsageError, check_choice
+from lfm_core.runtime import rng_state, set_rng_state
+from lfm_core.stopping import inject_test_stop, stop_error, stop_on_signals, stop_requested
 from lfm_nas.darts import DartsArchitect
 from lfm_nas.eval_net import NetworkCIFAR, cutout as apply_cutout, eval_loss
 from lfm_nas.genotypes import Genotype
@@ -69,14 +74,49 @@ class IndexedDataset(torch.utils.data.Dataset):
         return x, y, i
 
 
-def _cycle(loader: Iterable) -> Iterator:
-    while True:
-        yielded = False
-        for batch in loader:
-            yielded = True
-            yield batch
-        if not yielded:
-            raise UsageError("a data loader is empty")
+class _Cycle(Iterator):
+    """The batches of a loader, pass after pass, with a resumable position: the state of the
+    loader's shuffling generator (the global torch RNG for a loader without one) when the current
+    pass began, and the batches taken since."""
+
+    def __init__(self, loader: Iterable):
+        self.loader = loader
+        self.generator = getattr(loader, "generator", None)
+        self.it: Iterator | None = None
+        self.pass_state: Tensor | None = None
+        self.taken = 0
+
+    def _new_pass(self) -> None:
+        self.pass_state = (self.generator or torch.default_generator).get_state()
+        self.it, self.taken = iter(self.loader), 0
+
+    def __next__(self):
+        if self.it is None:
+            self._new_pass()
+        try:
+            batch = next(self.it)
+        except StopIteration:
+            self._new_pass()
+            try:
+                batch = next(self.it)
+            except StopIteration:
+                raise UsageError("a data loader is empty") from None
+        self.taken += 1
+        return batch
+
+    def state(self) -> dict[str, Any]:
+        return {"started": self.it is not None, "pass_state": self.pass_state, "taken": self.taken}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Replay the current pass up to the saved batch (the caller restores the global RNG after)."""
+        if not state["started"]:
+            self.it, self.taken = None, 0
+            return
+        (self.generator or torch.default_generator).set_state(state["pass_state"])
+        self.pass_state, self.it, self.taken = state["pass_state"], iter(self.loader), 0
+        for _ in range(int(state["taken"])):
+            next(self.it)
+            self.taken += 1
 
 
 def _to(batch: Sequence[Tensor], device) -> tuple[Tensor, ...]:
@@ -166,7 +206,7 @@ def _make_encoder(cfg: Mapping[str, Any], device) -> nn.Module:
 # ------------------------------------------------------------------------------------
 def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterable, epochs: int,
            device: str | torch.device = "cpu", log: Callable[[dict], None] | None = None,
-           progress: Callable[[int, int], None] | None = None) -> dict:
+           progress: Callable[[int, int], None] | None = None, checkpoint: Any = None) -> dict:
     """One architecture search. ``config`` overrides :data:`DEFAULTS`; ``method`` is one of
     ``darts1``, ``darts2``, ``lfm-darts``, ``pdarts``, ``lfm-pdarts``. For P-DARTS methods
     ``epochs`` is per stage (the paper: 25) and ``lfm_start`` (default 10; 0 for DARTS) the first
@@ -178,6 +218,10 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
     Returns ``{"genotype", "alphas", "val_acc", "epoch_time_s", "peak_mem_mb", "history", ...}``;
     for LFM methods ``val_acc`` is W2's (the network trained for the validation loss), with
     ``val_acc_w1`` alongside.
+
+    ``checkpoint``: an object with ``load() -> dict | None`` and ``save(state)``; the search saves
+    its position after every epoch and, on SIGTERM/SIGINT, after the step in progress (then raises
+    :class:`lfm_core.errors.GracefulStop`), and resumes from ``load()``'s state.
     """
     cfg = {**DEFAULTS, **dict(config)}
     unknown = set(config) - set(DEFAULTS)
@@ -217,53 +261,93 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
     total = steps_per_epoch * epochs * len(stages)
     state = {"done": 0, "epoch_times": [], "history": [], "nonfinite": 0}
     mem = _Memory(device)
-    train_it, val_it = _cycle(train_loader), _cycle(val_loader)
+    train_it, val_it = _Cycle(train_loader), _Cycle(val_loader)
     primitives = tuple(cfg["primitives"])
     switches = full_switches(len(primitives), cfg["steps"])
     result: dict[str, Any] = {}
+    saved = checkpoint.load() if checkpoint is not None else None
+    start = (0, 0, 0)  # stage, epoch, step
+    if saved is not None:
+        try:
+            start = (int(saved["stage"]), int(saved["epoch"]), int(saved["step"]))
+            state = dict(saved["state"])
+            switches = {kind: [[bool(on) for on in edge] for edge in edges] for kind, edges in saved["switches"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"search checkpoint lacks or garbles {exc} (delete it or rerun with --force)") from None
 
-    for stage in stages:
-        layers = stage.layers if stage else cfg["layers"]
-        space_kw = dict(C=cfg["C"], num_classes=cfg["num_classes"], layers=layers, steps=cfg["steps"],
-                        multiplier=cfg["multiplier"], primitives=primitives)
-        if stage:
-            space_kw.update(switches=switches, skip_dropout=stage.skip_dropout)
-        if lfm:
-            runner = _LFMRunner(cfg, space_kw, encoder, device)
-        else:
-            runner = _DartsRunner(cfg, space_kw, method, device)
-        for epoch in range(epochs):
-            lr = cosine_lr(epoch, epochs, cfg["w_lr"], cfg["w_lr_min"])
-            arch_on = epoch >= cfg["lfm_start"]
+    def position(stage_index: int, epoch: int, step: int, losses: list[float], epoch_s: float) -> dict[str, Any]:
+        return {"stage": stage_index, "epoch": epoch, "step": step, "losses": list(losses), "epoch_s": epoch_s,
+                "state": state, "switches": switches, "runner": runner.state_dict(),
+                "data": {"train": train_it.state(), "val": val_it.state()}, "rng": rng_state()}
+
+    # without a checkpoint there is nothing to stop gracefully to: signals keep their handlers
+    with stop_on_signals() if checkpoint is not None else contextlib.nullcontext():
+        for si, stage in enumerate(stages):
+            if si < start[0]:
+                continue
+            layers = stage.layers if stage else cfg["layers"]
+            space_kw = dict(C=cfg["C"], num_classes=cfg["num_classes"], layers=layers, steps=cfg["steps"],
+                            multiplier=cfg["multiplier"], primitives=primitives)
             if stage:
-                runner.set_skip_dropout(stage.skip_dropout_at(epoch))
-            t0 = time.perf_counter()
-            losses = []
-            for _ in range(steps_per_epoch):
-                b_tr, b_val = _to(next(train_it), device), _to(next(val_it), device)
-                with autocast:  # the solver's hypergradient products run in float32 regardless
-                    loss = runner.step(b_tr, b_val, lr, arch_on)
-                if loss is None:
-                    state["nonfinite"] += 1
-                    if state["nonfinite"] > cfg["max_nonfinite"]:
-                        raise NonFiniteError(f"{state['nonfinite']} non-finite hypergradients")
-                else:
-                    losses.append(loss)
-                state["done"] += 1
-                if progress:
-                    progress(state["done"], total)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            dt = time.perf_counter() - t0
-            state["epoch_times"].append(dt)
-            record = {"stage": stage.index if stage else 0, "epoch": epoch, "lr": lr, "arch": arch_on,
-                      "train_loss": sum(losses) / max(1, len(losses)), "time_s": dt,
-                      "genotype": str(runner.genotype())}
-            state["history"].append(record)
-            log(record)
-        if stage and stage.index < len(stages) - 1:
-            switches = prune_ops(runner.alphas, switches, stage.keep, primitives)
-            log({"stage": stage.index, "pruned_to": stage.keep})
+                space_kw.update(switches=switches, skip_dropout=stage.skip_dropout)
+            if lfm:
+                runner = _LFMRunner(cfg, space_kw, encoder, device)
+            else:
+                runner = _DartsRunner(cfg, space_kw, method, device)
+            first_epoch, first_step, losses, epoch_s = 0, 0, [], 0.0
+            if saved is not None and si == start[0]:
+                try:
+                    runner.load_state_dict(saved["runner"])
+                    train_it.load_state(saved["data"]["train"])
+                    val_it.load_state(saved["data"]["val"])
+                    set_rng_state(saved["rng"])  # last: a replayed pass may draw from the global RNG
+                    first_epoch, first_step = start[1], start[2]
+                    losses, epoch_s = [float(v) for v in saved["losses"]], float(saved["epoch_s"])
+                except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                    what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120]
+                    raise CheckpointError(f"search checkpoint does not match this search ({what}); "
+                                          "delete it or rerun with --force") from None
+            for epoch in range(first_epoch, epochs):
+                lr = cosine_lr(epoch, epochs, cfg["w_lr"], cfg["w_lr_min"])
+                arch_on = epoch >= cfg["lfm_start"]
+                if stage:
+                    runner.set_skip_dropout(stage.skip_dropout_at(epoch))
+                if epoch != first_epoch or si != start[0]:
+                    first_step, losses, epoch_s = 0, [], 0.0
+                t0 = time.perf_counter()
+                for step in range(first_step, steps_per_epoch):
+                    if checkpoint is not None and stop_requested() is not None:
+                        checkpoint.save(position(si, epoch, step, losses, epoch_s + time.perf_counter() - t0))
+                        raise stop_error(f"search stage {si} epoch {epoch} step {step}")
+                    b_tr, b_val = _to(next(train_it), device), _to(next(val_it), device)
+                    inject_test_stop(f"nas:{si}:{epoch}:{step}:mid")
+                    with autocast:  # the solver's hypergradient products run in float32 regardless
+                        loss = runner.step(b_tr, b_val, lr, arch_on)
+                    if loss is None:
+                        state["nonfinite"] += 1
+                        if state["nonfinite"] > cfg["max_nonfinite"]:
+                            raise NonFiniteError(f"{state['nonfinite']} non-finite hypergradients")
+                    else:
+                        losses.append(loss)
+                    state["done"] += 1
+                    if progress:
+                        progress(state["done"], total)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                dt = epoch_s + time.perf_counter() - t0
+                state["epoch_times"].append(dt)
+                record = {"stage": stage.index if stage else 0, "epoch": epoch, "lr": lr, "arch": arch_on,
+                          "train_loss": sum(losses) / max(1, len(losses)), "time_s": dt,
+                          "genotype": str(runner.genotype())}
+                state["history"].append(record)
+                log(record)
+                if checkpoint is not None:
+                    checkpoint.save(position(si, epoch + 1, 0, [], 0.0))
+                    if stop_requested() is not None:
+                        raise stop_error(f"search stage {si} epoch {epoch + 1} step 0")
+            if stage and stage.index < len(stages) - 1:
+                switches = prune_ops(runner.alphas, switches, stage.keep, primitives)
+                log({"stage": stage.index, "pruned_to": stage.keep})
 
     model_ops = runner.edge_ops
     if pdarts:
@@ -313,6 +397,19 @@ class _DartsRunner:
 
     def genotype(self):
         return self.model.genotype(self.alphas)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "alphas": {k: v.detach().clone() for k, v in self.arch.alphas.items()},
+                "arch_opt": self.arch.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        with torch.no_grad():
+            for k, v in self.arch.alphas.items():
+                v.copy_(state["alphas"][k])
+        self.arch.optimizer.load_state_dict(state["arch_opt"])
 
     def step(self, b_tr, b_val, lr, arch_on):
         for g in self.opt.param_groups:
@@ -366,6 +463,26 @@ class _LFMRunner:
 
     def genotype(self):
         return self.arch.genotype()
+
+    def _modules(self) -> dict[str, nn.Module]:
+        mods = {"w1": self.arch.w1, "w2": self.arch.w2, "encoder": self.arch.encoder}
+        return {k: m for k, m in mods.items() if m is not None and (k != "w2" or m is not self.arch.w1)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"modules": {k: m.state_dict() for k, m in self._modules().items()},
+                "upper": {k: self.arch.upper[k].detach().clone() for k in ("alpha_normal", "alpha_reduce", "r")},
+                "opt1": self.arch.opt1.state_dict(), "opt2": self.arch.opt2.state_dict(),
+                "upper_opt": self.arch.upper_optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for k, m in self._modules().items():
+            m.load_state_dict(state["modules"][k])
+        with torch.no_grad():
+            for k, v in state["upper"].items():
+                self.arch.upper[k].copy_(v)
+        self.arch.opt1.load_state_dict(state["opt1"])
+        self.arch.opt2.load_state_dict(state["opt2"])
+        self.arch.upper_optimizer.load_state_dict(state["upper_opt"])
 
     def step(self, b_tr, b_val, lr, arch_on):
         if len(b_val) < 3:
