@@ -12,7 +12,7 @@ from lfm_core.experiments import PaperValue
 from lfm_core.runner import RESULT, run_dir_for, run_one
 from lfm_nas import experiments as E
 from lfm_nas.cache import SearchCache
-from lfm_nas.genotypes import load_genotype
+from lfm_nas.genotypes import DARTS_V2, genotype_to_dict, load_genotype
 
 ALL = [E.Table1, E.Table2, E.Table3, E.Table4, E.Table5, E.Table10, E.Figure4, E.Figure5]
 
@@ -102,13 +102,22 @@ def test_cache_reuse_rules(tmp_path):
         d.mkdir(parents=True)
         (d / "log.txt").write_text("[00:00:00] start x\n")
     key = {"params": {"method": "darts2"}, "seed": 0}
-    SearchCache(_Ctx(a), "cpu", True).put("search", key, {"genotype": 1})
-    assert SearchCache(_Ctx(b), "cpu", True).get("search", key)["genotype"] == 1  # another cell: reused
+    found = {"genotype": genotype_to_dict(DARTS_V2), "search_s": 1.0, "search_epoch_s": 0.5}
+    SearchCache(_Ctx(a), "cpu", True).put("search", key, found)
+    assert SearchCache(_Ctx(b), "cpu", True).get("search", key)["search_s"] == 1.0  # another cell: reused
     assert SearchCache(_Ctx(b), "cpu", False).get("search", key) is None  # --no-reuse
     assert SearchCache(_Ctx(a), "cpu", True).get("search", key) is None  # own entry, fresh/forced run: recompute
     (a / "log.txt").write_text("[00:00:00] start x\n[00:01:00] start x\n")
-    assert SearchCache(_Ctx(a), "cpu", True).get("search", key)["genotype"] == 1  # own entry, resumed run
+    assert SearchCache(_Ctx(a), "cpu", True).get("search", key)["search_s"] == 1.0  # own entry, resumed run
     assert SearchCache(_Ctx(b), "cpu", True).get("search", {**key, "seed": 1}) is None
+    # an entry missing a field the cells read (or not an object at all) is computed again, never read
+    path = SearchCache(_Ctx(a), "cpu", True).path("search", key)
+    for broken in ({**json.loads(path.read_text()), "genotype": {"normal": []}}, [1, 2], None):
+        path.write_text(json.dumps(broken))
+        assert SearchCache(_Ctx(a), "cpu", True).get("search", key) is None
+        assert SearchCache(_Ctx(b), "cpu", True).get("search", key) is None
+    path.write_bytes(b"\xff\xfe random bytes")
+    assert SearchCache(_Ctx(b), "cpu", True).get("search", key) is None
 
 
 def test_smoke_run_end_to_end(tmp_path):

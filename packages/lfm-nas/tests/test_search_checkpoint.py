@@ -109,3 +109,54 @@ def test_without_a_checkpoint_signals_keep_their_handlers():
     before = signal.getsignal(signal.SIGTERM)
     run(config, 1, False, progress=lambda d, t: seen.append(signal.getsignal(signal.SIGTERM)))
     assert set(seen) == {before}
+
+
+RUN_CELL = """
+import json, sys
+from pathlib import Path
+from lfm_core.runner import run_one
+from lfm_nas.experiments import Table10
+exp = Table10()
+cell = next(c for c in exp.cells("smoke", {}) if c.row == "LFM+DARTS+PS" and c.params["measure"] == "memory")
+run_one(exp, cell, "smoke", 0, Path(sys.argv[1]), options={"search_epochs": 3})
+"""
+
+
+def _run_cell(root, **env):
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-c", RUN_CELL, str(root)], capture_output=True, text=True,
+                          timeout=600, env=full_env)
+
+
+def _search_outcome(root):
+    import json
+
+    (path,) = list(root.rglob("result.json"))
+    metrics = json.loads(path.read_text())["metrics"]
+    records = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()]
+    # measured times and memory (the memory column's value is the peak memory) differ from run to run
+    timing = ("time_s", "search_s", "search_epoch_s", "search_wall_s", "peak_mem_mb", "search_gpu_days", "value")
+    return ({k: v for k, v in metrics.items() if k not in timing},
+            [{k: v for k, v in r.items() if k != "time_s"} for r in records])
+
+
+def test_a_smoke_search_stopped_then_killed_resumes_to_the_uninterrupted_one(tmp_path):
+    """Table X's LFM+DARTS+PS search (smoke, 3 epochs of 2 steps): SIGTERM in epoch 0's last step,
+    then SIGKILL in the middle of epoch 2; the third start finishes with the uninterrupted
+    genotype, metrics and per-epoch records (no epoch logged twice)."""
+    ref = _run_cell(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    root = tmp_path / "stopped"
+    stopped = _run_cell(root, LFM_TEST_STOP_AT="nas:0:0:1:mid")
+    assert "GracefulStop" in stopped.stderr and "stopped at search stage 0 epoch 1 step 0" in stopped.stderr
+    killed = _run_cell(root, LFM_TEST_STOP_AT="nas:0:2:0:mid", LFM_TEST_STOP_SIGNAL="KILL")
+    assert killed.returncode == -9 and not list(root.rglob("result.json"))
+    done = _run_cell(root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _search_outcome(root) == _search_outcome(tmp_path / "ref")
+    assert "resumed the search at stage 0 epoch 2 step 0" in next(root.rglob("log.txt")).read_text()
+    assert not list(root.rglob("checkpoint.pt"))  # dropped once the search is in the cache

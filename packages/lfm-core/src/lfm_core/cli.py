@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lfm_core.errors import GracefulStop, LFMError, UsageError, os_error_line
@@ -199,7 +200,7 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
             bar.console.print(f"  {tag}: {cell.row} | {cell.column} | seed {seed}: "
                               f"{exp.metric}={record['metrics'][exp.metric]:.2f} ({record['wall_s']:.0f}s)")
             bar.advance(total)
-            stop_if_requested(f"{cell.row} | {cell.column} | seed {seed} (finished and saved)")
+            stop_if_requested(f"after {cell.row} | {cell.column} | seed {seed} (saved)")
     # every seed already run of these configurations (e.g. by earlier commands), and nothing else:
     # another engine, epoch budget or noise type is another configuration
     wanted = {r["config_id"] for r in records}
@@ -276,17 +277,17 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"interrupted by {'SIGTERM' if term else 'Ctrl-C'}; rerun the same command to resume")
         sys.exit(143 if term else 130)
     except GracefulStop as exc:
-        console.print(str(exc), highlight=False, soft_wrap=True)
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except LFMError as exc:
         if debug:
             raise
-        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except OSError as exc:  # full disk, read-only folder, a path under a file, a name too long...
         if debug:
             raise
-        console.print(f"[red]error:[/] {os_error_line(exc)}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(os_error_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

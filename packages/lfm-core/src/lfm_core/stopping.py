@@ -57,8 +57,9 @@ def stop_requested() -> int | None:
 
 
 def stop_error(where: str) -> GracefulStop:
-    """The error to raise once the run's position is saved: exit code 143 for SIGTERM, 130 for SIGINT."""
-    return GracefulStop(f"stopped at {where}; rerun the same command to resume", signum=_requested or signal.SIGTERM)
+    """The error to raise once the run's position is saved (``where``: "at epoch 2 step 3"):
+    exit code 143 for SIGTERM, 130 for SIGINT."""
+    return GracefulStop(f"stopped {where}; rerun the same command to resume", signum=_requested or signal.SIGTERM)
 
 
 def stop_if_requested(where: str) -> None:

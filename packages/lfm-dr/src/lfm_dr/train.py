@@ -242,7 +242,7 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
         if asked:
             save(epoch, step, sums)
             ctx.log(f"stopped by a signal at epoch {epoch} step {step}; checkpoint saved")
-            raise stop_error(f"epoch {epoch} step {step}")
+            raise stop_error(f"at epoch {epoch} step {step}")
 
     steps = train_stream.per_epoch
     total_steps = cfg.epochs * steps

@@ -318,7 +318,7 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
                 for step in range(first_step, steps_per_epoch):
                     if checkpoint is not None and stop_requested() is not None:
                         checkpoint.save(position(si, epoch, step, losses, epoch_s + time.perf_counter() - t0))
-                        raise stop_error(f"search stage {si} epoch {epoch} step {step}")
+                        raise stop_error(f"at search stage {si} epoch {epoch} step {step}")
                     b_tr, b_val = _to(next(train_it), device), _to(next(val_it), device)
                     inject_test_stop(f"nas:{si}:{epoch}:{step}:mid")
                     with autocast:  # the solver's hypergradient products run in float32 regardless
@@ -344,7 +344,7 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
                 if checkpoint is not None:
                     checkpoint.save(position(si, epoch + 1, 0, [], 0.0))
                     if stop_requested() is not None:
-                        raise stop_error(f"search stage {si} epoch {epoch + 1} step 0")
+                        raise stop_error(f"at search stage {si} epoch {epoch + 1} step 0")
             if stage and stage.index < len(stages) - 1:
                 switches = prune_ops(runner.alphas, switches, stage.keep, primitives)
                 log({"stage": stage.index, "pruned_to": stage.keep})
