@@ -144,6 +144,26 @@ def test_print_config_shows_the_resolved_runs_without_running(tmp_path):
     assert lfm["config_id"] in lfm["run_dir"]
 
 
+def test_set_overrides_are_recorded_and_make_new_runs(tmp_path):
+    def configs(*extra):
+        proc = run("run", "table7", "--profile", "smoke", "--results", str(tmp_path), "--print-config", *extra)
+        assert proc.returncode == 0, proc.stderr
+        return {c["row"]: c for c in json.loads(proc.stdout)}
+
+    plain, changed = configs(), configs("--set", "lr=0.02", "--set", "lr_r=1")
+    assert changed["LFM-DR"]["settings"]["train"]["lr"] == 0.02
+    assert changed["LFM-DR"]["settings"]["method"]["options"]["lr_r"] == 1
+    assert changed["LFM-DR"]["overrides"] == {"lr": 0.02, "lr_r": 1}
+    assert changed["Base Model"]["overrides"] == {"lr": 0.02}  # lr_r is not a CE option: not its identity
+    for row in plain:
+        assert plain[row]["run_dir"] != changed[row]["run_dir"]
+    assert configs("--set", "lr_r=1")["Base Model"]["run_dir"] == plain["Base Model"]["run_dir"]
+    bad = run("run", "table7", "--profile", "smoke", "--results", str(tmp_path), "--set", "lr_q=1")
+    assert_one_line_error(bad, 2, "lr_q", "Did you mean", "lr_r")
+    bad = run("run", "table7", "--profile", "smoke", "--results", str(tmp_path), "--set", "lr=fast")
+    assert_one_line_error(bad, 2, "lr='fast'", "float")
+
+
 def test_piped_output_keeps_every_digit(tmp_path):
     proc = run("run", "table10", "--profile", "smoke", "--only", "Memory", "--results", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stderr

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lfm_core.errors import GracefulStop, LFMError, UsageError, os_error_line
-from lfm_core.experiments import PROFILES, check_profile, get_experiment
+from lfm_core.experiments import PROFILES, check_profile, get_experiment, parse_set
 from lfm_core.registries import ALL, EXPERIMENTS
 from lfm_core.stopping import stop_if_requested
 
@@ -95,6 +95,9 @@ COMMON_OPTIONS = [
                  help="Autocast of the forward passes: bf16 (CPU or GPU), fp16 (for GPUs; DR training with a "
                       "loss scaler; NAS searches take bf16 only). Hypergradient products stay float32."),
     click.Option(["--only"], default=None, help="Run only cells whose row or column contains this text."),
+    click.Option(["--set", "set_values"], multiple=True, metavar="KEY=VALUE",
+                 help="Override a training or method setting (repeatable), e.g. --set lr=0.02 --set lr_r=1 "
+                      "--set encoder=pixels; --print-config lists the keys. Part of the run's identity."),
     click.Option(["--print-config"], is_flag=True,
                  help="Print the resolved configuration of every run this command would make (JSON), and exit."),
 ]
@@ -144,13 +147,15 @@ def _parse_seeds(text: str | None, default: list[int]) -> list[int]:
 
 def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | None, download: bool,
          force: bool, device: str | None, mixed_precision: str, only: str | None, print_config: bool,
-         **options: Any) -> None:
+         set_values: tuple[str, ...] = (), **options: Any) -> None:
     from lfm_core.report import render_terminal
     from lfm_core.results import collect_results
     from lfm_core.runner import resolve_config, run_dir_for, run_one
     from lfm_core.runtime import check_device
 
     check_profile(profile)
+    if set_values:
+        options["set"] = parse_set(set_values)
     if data_root is not None and not data_root.exists():
         raise UsageError(f"--data-root {data_root} does not exist; give a folder holding the data set")
     exp.validate(profile, {**options, "data_root": data_root})

@@ -7,17 +7,18 @@ tool (``lfm_core.report``) turns run directories back into tables and figures.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import click
 
-from lfm_core.errors import check_choice
+from lfm_core.errors import UsageError, check_choice
 
 PROFILES = ("smoke", "cpu", "paper")
 # options that only choose which cells or seeds run, or how results are found: never part of a
 # run's identity (everything else an experiment's options set is, unless ``resolve`` says better)
-SELECTORS = ("methods", "rates", "reuse", "only", "data_root", "download")
+SELECTORS = ("methods", "rates", "reuse", "only", "data_root", "download", "print_config")
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,9 @@ class Experiment:
         The default, for experiments that do not say better: every option but the selectors."""
         return {k: v for k, v in sorted(options.items()) if k not in SELECTORS}
 
-    def overrides(self, options: dict[str, Any]) -> dict[str, Any]:
-        """The options that change the profile's protocol (e.g. ``--epochs``); a paper-profile run
-        with any of them is no longer comparable with the paper's number."""
+    def overrides(self, cell: Cell, options: dict[str, Any]) -> dict[str, Any]:
+        """The options that change the profile's protocol for this cell (``--epochs``, ``--set``);
+        a paper-profile run with any of them is no longer comparable with the paper's number."""
         return {}
 
     def run_labels(self, config: dict[str, Any]) -> dict[str, str]:
@@ -120,6 +121,36 @@ class Experiment:
     # -- figures ---------------------------------------------------------------------------
     def plot(self, frame, out_path) -> None:  # pandas DataFrame of results
         raise NotImplementedError
+
+
+def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as a dict; values are read as JSON where they parse (numbers,
+    true/false, null, lists), else kept as text (``encoder=pixels``)."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"bad --set {item!r}: expected KEY=VALUE, e.g. --set lr=0.02")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out[key.strip()] = value
+    return out
+
+
+def check_set(values: dict[str, Any], known: dict[str, Any]) -> None:
+    """Every ``--set`` key must be one of ``known`` (key -> its default, or None where any value
+    goes); a value must have its default's kind (a number for a number, text for text)."""
+    for key, value in values.items():
+        check_choice("--set key", key, sorted(known))
+        default = known[key]
+        if default is None or value is None:
+            continue
+        kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
+        if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            raise UsageError(f"--set {key}={value!r}: expected {type(default).__name__} like the default "
+                             f"{default!r}")
 
 
 def check_profile(profile: str) -> str:

@@ -105,7 +105,7 @@ def resolve_config(experiment: Experiment, cell: Cell, profile: str, seed: int, 
         "params": cell.params,
         "seed": int(seed),
         "settings": experiment.resolve(cell, profile, {**options, "data_root": data_root}),
-        "overrides": experiment.overrides(options),
+        "overrides": experiment.overrides(cell, options),
         "runtime": {"device_type": _device_type(device), "mixed_precision": mixed_precision or "no"},
         "versions": package_versions(),
     }

@@ -26,7 +26,7 @@ import click
 
 from lfm_core.data import load_dataset, make_splits
 from lfm_core.errors import DataNotFoundError, UsageError, check_choice
-from lfm_core.experiments import Cell, Experiment, pv
+from lfm_core.experiments import Cell, Experiment, check_set, pv
 from lfm_core.identity import file_digest
 from lfm_core.registries import METHODS
 from lfm_core.runtime import cpu_threads
@@ -129,8 +129,30 @@ class DRExperiment(Experiment):
             click.Option(["--epochs"], type=click.IntRange(1), default=None, help="Override the profile's epochs."),
         ]
 
-    def overrides(self, options):
-        return {k: options[k] for k in ("epochs",) if options.get(k) is not None}
+    def overrides(self, cell, options):
+        given = {k: options[k] for k in ("epochs",) if options.get(k) is not None}
+        method = METHODS.get(cell.params["method"])
+        own = set(getattr(method, "DEFAULTS", None) or getattr(method, "known_options", None) or ())
+        own |= set(self.settable_common(PROFILES["smoke"]))
+        return {**given, **{k: v for k, v in (options.get("set") or {}).items() if k in own}}
+
+    @staticmethod
+    def settable_common(s: dict[str, Any]) -> dict[str, Any]:
+        """The ``--set`` keys every DR method takes (training and data), with the profile's values."""
+        return {"epochs": s["epochs"], "batch_size": s["batch_size"], "meta_batch_size": s["batch_size"],
+                "lr": s["lr"], "momentum": 0.9, "weight_decay": 5e-4, "meta_per_class": s["meta_per_class"],
+                "max_train": s["max_train"], "image_size": s["image_size"]}
+
+    def settable(self, profile: str, options: dict[str, Any]) -> dict[str, Any]:
+        """The ``--set`` keys of this run and their defaults: training and data settings, and
+        the options of the methods its rows run."""
+        known = self.settable_common(PROFILES[profile])
+        for row in self.run_rows(profile, options):
+            method = METHODS.get(self.method_of(row))
+            defaults = getattr(method, "DEFAULTS", None) or {k: None for k in getattr(method, "known_options", ())}
+            for key, value in defaults.items():
+                known.setdefault(key, value)
+        return known
 
     # -- grid -------------------------------------------------------------------------------
     def method_of(self, row: str) -> str:
@@ -195,6 +217,7 @@ class DRExperiment(Experiment):
 
     def validate(self, profile, options):
         self.run_rows(profile, options)
+        check_set(options.get("set") or {}, self.settable(profile, options))
         if PROFILES[profile]["data"] is None:
             root = options.get("data_root")
             for column in self.run_columns(profile, options):
@@ -238,12 +261,22 @@ class DRExperiment(Experiment):
             given["engine"] = params["engine"]
         if options.get("encoder_weights"):
             given["encoder_weights"] = file_digest(options["encoder_weights"])
+        train = {"epochs": options.get("epochs") or s["epochs"], "batch_size": s["batch_size"],
+                 "meta_batch_size": s["batch_size"], "lr": s["lr"], "momentum": 0.9, "weight_decay": 5e-4,
+                 "milestones": [0.8, 0.9], "augment": augment, "eval_batch_size": 500}
+        method = METHODS.get(params["method"])
+        known = set(getattr(method, "DEFAULTS", None) or getattr(method, "known_options", None) or ())
+        for key, value in (options.get("set") or {}).items():  # --set KEY=VALUE, checked by validate
+            if key in train:
+                train[key] = value
+            elif key in data and (key != "image_size" or "image_size" in data):
+                data[key] = value
+            elif key in known:
+                given[key] = value
         return {
             "data": data,
             "model": {"name": params["model"], "kwargs": self.model_kwargs(params["model"], profile)},
-            "train": {"epochs": options.get("epochs") or s["epochs"], "batch_size": s["batch_size"],
-                      "meta_batch_size": s["batch_size"], "lr": s["lr"], "momentum": 0.9, "weight_decay": 5e-4,
-                      "milestones": [0.8, 0.9], "augment": augment, "eval_batch_size": 500},
+            "train": train,
             "method": {"name": params["method"], "options": method_options(params["method"], given)},
         }
 

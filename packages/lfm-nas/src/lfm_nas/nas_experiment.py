@@ -16,7 +16,7 @@ import click
 import torch
 
 from lfm_core.errors import CheckpointError, DataNotFoundError
-from lfm_core.experiments import Cell, Experiment, PaperValue, pv
+from lfm_core.experiments import Cell, Experiment, PaperValue, check_set, pv
 from lfm_core.runtime import PeakMemory, cpu_threads
 from lfm_nas.cache import SearchCache, _key_hash
 from lfm_nas.evaluation import _device, _loader, _warm_up, load_bundle, search_split, train_eval_imagenet
@@ -156,6 +156,7 @@ class NASExperiment(Experiment):
 
     # -- checks -----------------------------------------------------------------------------
     def validate(self, profile, options):
+        check_set(options.get("set") or {}, PROFILE_SETTINGS[profile])
         if PROFILE_SETTINGS[profile]["search_dataset"]:  # embedded stand-in data: nothing to find
             return
         root = options.get("data_root")
@@ -200,10 +201,11 @@ class NASExperiment(Experiment):
 
     # -- one run ----------------------------------------------------------------------------
     def resolve(self, cell, profile, options):
-        return {"settings": settings(profile, options)}
+        return {"settings": {**settings(profile, options), **(options.get("set") or {})}}
 
-    def overrides(self, options):
-        return {k: options[k] for k in ("search_epochs", "eval_epochs", "batch_size") if options.get(k)}
+    def overrides(self, cell, options):
+        given = {k: options[k] for k in ("search_epochs", "eval_epochs", "batch_size") if options.get(k)}
+        return {**given, **(options.get("set") or {})}
 
     def run_labels(self, config):
         s = (config.get("settings") or {}).get("settings") or {}
