@@ -1,0 +1,119 @@
+"""LFM-DR with a meta-update interval: training wall time against CE, accuracy against k = 1.
+
+The Table VII cell "CIFAR-10 40%" of the ``cpu`` profile (scikit-learn digits at 16x16, 40% flip
+noise, ResNet-32 width 8 with one block per stage, small CNN encoder, batch 50, 12 epochs, one
+thread), trained with plain cross-entropy and with LFM-DR updating its upper variables (b, r, V)
+every k-th step (``meta_every=k``; W1 and W2 train every step). Runs are interleaved seed by
+seed (CE, then each k), so the machine's load hits all of one seed alike; the wall time of each
+LFM-DR run is divided by the CE run of the same seed. Test accuracy is W2's after the last epoch.
+
+    python benchmarks/meta_interval.py [--k 1,2,4,8] [--seeds 0,1,2] [--write benchmarks/results]
+    # last line: one JSON object; --write DIR writes DIR/meta_interval.json after every run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lfm_core.io import atomic_write_text
+from lfm_core.runner import RunContext
+from lfm_dr.experiments import Table7
+from lfm_dr.train import train_dr
+
+PROFILE = "cpu"
+COLUMN = "CIFAR-10 40%"  # digits on the cpu profile
+
+
+def run_one(method: str, options: dict, seed: int, engine: str, epochs: int | None) -> dict:
+    exp = Table7()
+    params = {**exp.column_params(COLUMN, PROFILE, {}), "method": method, "model": exp.model, "engine": engine}
+    with tempfile.TemporaryDirectory(prefix="lfm-meta-interval-") as tmp:
+        ctx = RunContext(run_dir=Path(tmp), config={"options": {"epochs": epochs}}, device="cpu")
+        splits = exp.build_splits(params, PROFILE, seed, ctx)
+        cfg = exp.train_config(params, PROFILE, ctx)
+        cfg.options.update(options)
+        t = time.perf_counter()
+        metrics = train_dr(cfg, splits, seed, ctx)
+        wall = time.perf_counter() - t
+    return {"wall_s": round(wall, 2), "test_acc": metrics["test_acc"], "epochs": cfg.epochs,
+            "skipped_steps": metrics["skipped_steps"]}
+
+
+def summarise(runs: list[dict], ks: list[int]) -> list[dict]:
+    """Per k: wall time / CE (mean of per-seed ratios), accuracy mean and std, change vs k = 1."""
+    by_seed = {r["seed"]: r for r in runs if r["method"] == "ce"}
+    base = {r["seed"]: r["test_acc"] for r in runs if r["method"] == "lfm" and r["meta_every"] == 1}
+    rows = []
+    ce_accs = [r["test_acc"] for r in by_seed.values()]
+    if ce_accs:
+        rows.append({"method": "ce", "meta_every": None, "n": len(ce_accs), "wall_vs_ce": 1.0,
+                     "wall_s": statistics.mean(r["wall_s"] for r in by_seed.values()),
+                     "acc_mean": statistics.mean(ce_accs), "acc_std": _std(ce_accs)})
+    for k in ks:
+        mine = [r for r in runs if r["method"] == "lfm" and r["meta_every"] == k and r["seed"] in by_seed]
+        if not mine:
+            continue
+        accs = [r["test_acc"] for r in mine]
+        deltas = [r["test_acc"] - base[r["seed"]] for r in mine if r["seed"] in base]
+        rows.append({
+            "method": "lfm", "meta_every": k, "n": len(mine),
+            "wall_s": statistics.mean(r["wall_s"] for r in mine),
+            "wall_vs_ce": statistics.mean(r["wall_s"] / by_seed[r["seed"]]["wall_s"] for r in mine),
+            "acc_mean": statistics.mean(accs), "acc_std": _std(accs),
+            "acc_vs_k1": statistics.mean(deltas) if deltas else None,
+        })
+    return rows
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=_ints, default=[1, 2, 4, 8], help="meta-update intervals (default 1,2,4,8)")
+    parser.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    parser.add_argument("--engine", default="exact")
+    parser.add_argument("--epochs", type=int, default=None, help="override the cpu profile's 12 epochs")
+    parser.add_argument("--write", type=Path, default=None, help="folder for meta_interval.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    runs: list[dict] = []
+    result: dict = {}
+    for seed in args.seeds:
+        for method, k in [("ce", None)] + [("lfm", k) for k in args.k]:
+            options = {} if k is None else {"meta_every": k}
+            run = {"method": method, "meta_every": k, "seed": seed,
+                   **run_one(method, options, seed, args.engine, args.epochs)}
+            runs.append(run)
+            print(json.dumps(run), file=sys.stderr, flush=True)
+            result = {
+                "setup": f"table7 {COLUMN} on the {PROFILE} profile: digits 16x16, flip noise 40%, ResNet-32 width 8 "
+                         f"(1 block per stage), smallcnn encoder, batch 50, {run['epochs']} epochs, engine "
+                         f"{args.engine}, 1 thread; runs interleaved per seed; wall time includes per-epoch "
+                         "evaluation",
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
+                "summary": summarise(runs, args.k), "runs": runs,
+            }
+            if args.write:
+                args.write.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(args.write / "meta_interval.json", json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
