@@ -5,7 +5,9 @@ noise, ResNet-32 width 8 with one block per stage, small CNN encoder, batch 50, 
 thread), trained with plain cross-entropy and with LFM-DR updating its upper variables (b, r, V)
 every k-th step (``meta_every=k``; W1 and W2 train every step). Runs are interleaved seed by
 seed (CE, then each k), so the machine's load hits all of one seed alike; the wall time of each
-LFM-DR run is divided by the CE run of the same seed. Test accuracy is W2's after the last epoch.
+LFM-DR run is divided by the CE run of the same seed. On a shared machine the process's CPU time
+(one thread) is the steadier measure and is reported beside the wall time. Test accuracy is
+W2's after the last epoch.
 
     python benchmarks/meta_interval.py [--k 1,2,4,8] [--seeds 0,1,2] [--write benchmarks/results]
     # last line: one JSON object; --write DIR writes DIR/meta_interval.json after every run
@@ -41,10 +43,10 @@ def run_one(method: str, options: dict, seed: int, engine: str, epochs: int | No
         splits = exp.build_splits(params, PROFILE, seed, ctx)
         cfg = exp.train_config(params, PROFILE, ctx)
         cfg.options.update(options)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         metrics = train_dr(cfg, splits, seed, ctx)
-        wall = time.perf_counter() - t
-    return {"wall_s": round(wall, 2), "test_acc": metrics["test_acc"], "epochs": cfg.epochs,
+        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "test_acc": metrics["test_acc"], "epochs": cfg.epochs,
             "skipped_steps": metrics["skipped_steps"]}
 
 
@@ -55,7 +57,7 @@ def summarise(runs: list[dict], ks: list[int]) -> list[dict]:
     rows = []
     ce_accs = [r["test_acc"] for r in by_seed.values()]
     if ce_accs:
-        rows.append({"method": "ce", "meta_every": None, "n": len(ce_accs), "wall_vs_ce": 1.0,
+        rows.append({"method": "ce", "meta_every": None, "n": len(ce_accs), "wall_vs_ce": 1.0, "cpu_vs_ce": 1.0,
                      "wall_s": statistics.mean(r["wall_s"] for r in by_seed.values()),
                      "acc_mean": statistics.mean(ce_accs), "acc_std": _std(ce_accs)})
     for k in ks:
@@ -68,6 +70,7 @@ def summarise(runs: list[dict], ks: list[int]) -> list[dict]:
             "method": "lfm", "meta_every": k, "n": len(mine),
             "wall_s": statistics.mean(r["wall_s"] for r in mine),
             "wall_vs_ce": statistics.mean(r["wall_s"] / by_seed[r["seed"]]["wall_s"] for r in mine),
+            "cpu_vs_ce": statistics.mean(r["cpu_s"] / by_seed[r["seed"]]["cpu_s"] for r in mine),
             "acc_mean": statistics.mean(accs), "acc_std": _std(accs),
             "acc_vs_k1": statistics.mean(deltas) if deltas else None,
         })
