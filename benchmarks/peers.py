@@ -7,6 +7,8 @@ one process. Before timing, each peer's first hypergradient is compared with lfm
 one (cosine and norm ratio for b, r and V): higher and TorchOpt differentiate the same one-step
 unroll by reverse-over-reverse autodiff and must agree to rounding; Betty's ``darts`` method
 omits the inner learning rates and evaluates at W' (cosine near 1, norm ratio 1/lr).
+Times are medians of interleaved steps, by wall clock (``*_s``) and by the thread's CPU time
+(``cpu_s``; on a shared CPU a longer step is descheduled more often, which wall time counts).
 
 A peer that is not installed, or fails on the problem, is recorded as null with the reason.
 
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 from lfm_core.io import atomic_write_text
-from three_level import SETUP, betty_step_fn, build, compare, core_step_fn, higher_step_fn, interleaved_medians, \
+from three_level import SETUP, betty_step_fn, build, compare, core_step_fn, higher_step_fn, interleaved_times, \
     plain_step_fn, torchopt_step_fn
 
 PEERS = {"betty": "betty-ml", "torchopt": "torchopt", "higher": "higher"}
@@ -88,10 +90,19 @@ def main(argv=None) -> int:
 
     names = ["plain", *(f"lfm_{k}" for k in core), *(n for n, (step, _) in peers.items() if step is not None)]
     fns = [plain_step_fn(d, models), *core.values(), *(step for step, _ in peers.values() if step is not None)]
-    seconds = dict(zip(names, interleaved_medians(fns, device, warmup, repeat)))
+    walls, cpus = interleaved_times(fns, device, warmup, repeat)
+    seconds, cpu = dict(zip(names, walls)), dict(zip(names, cpus))
 
-    timed_peers = {n: seconds[n] for n in PEERS if n in seconds}
-    fastest = min(timed_peers, key=timed_peers.get) if timed_peers else None
+    def speedups(times):
+        """lfm-core engine -> (fastest peer's time) / (engine's time), by the given clock."""
+        peers_timed = {n: times[n] for n in PEERS if n in times}
+        if not peers_timed:
+            return None, None
+        fastest = min(peers_timed, key=peers_timed.get)
+        return fastest, {k: peers_timed[fastest] / times[f"lfm_{k}"] for k in core}
+
+    fastest, speedup = speedups(seconds)
+    fastest_cpu, speedup_cpu = speedups(cpu)
     result = {
         "lfm_exact_s": seconds["lfm_exact"], "lfm_fd_s": seconds["lfm_fd"], "lfm_fwd_s": seconds["lfm_fwd"],
         **{f"{n}_s": seconds.get(n) for n in PEERS},
@@ -99,8 +110,12 @@ def main(argv=None) -> int:
         "cosines": cosines,
         "unavailable": reasons,
         "fastest_peer": fastest,
-        "speedup_vs_fastest_peer": {k: timed_peers[fastest] / seconds[f"lfm_{k}"] for k in core} if fastest else None,
+        "speedup_vs_fastest_peer": speedup,
         "ratios_to_plain": {n: s / seconds["plain"] for n, s in seconds.items()},
+        # the same steps by the thread's CPU time (steadier than wall time on a shared CPU)
+        "cpu_s": cpu if device.type == "cpu" else None,
+        "fastest_peer_cpu": fastest_cpu if device.type == "cpu" else None,
+        "speedup_vs_fastest_peer_cpu": speedup_cpu if device.type == "cpu" else None,
         "versions": {"torch": torch.__version__, **{n: _version(dist) for n, dist in PEERS.items()}},
         "device": str(device), "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
         "setup": f"{SETUP}; median of {repeat} interleaved steps after {warmup}",
@@ -112,7 +127,8 @@ def main(argv=None) -> int:
         extra = ""
         if n in cosines:
             extra = "  cosine b/r/V " + " / ".join(f"{cosines[n][g]['cosine']:.5f}" for g in ("b", "r", "V"))
-        print(f"{n:>10}: {1e3 * s:8.2f} ms/step  {s / seconds['plain']:6.1f}x plain{extra}", file=sys.stderr)
+        print(f"{n:>10}: {1e3 * s:8.2f} ms/step wall {1e3 * cpu[n]:8.2f} ms CPU  {cpu[n] / cpu['plain']:6.1f}x plain "
+              f"(CPU){extra}", file=sys.stderr)
     for n, why in reasons.items():
         print(f"{n:>10}: {why}", file=sys.stderr)
     if args.json:

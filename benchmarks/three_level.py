@@ -260,19 +260,27 @@ def torchopt_step_fn(d, models):
 # ---- timing and comparison ----------------------------------------------------------------
 def interleaved_medians(fns, device, warmup, repeat):
     """Median seconds per call of each function, timed in turns (a busy machine's load hits all alike)."""
+    return interleaved_times(fns, device, warmup, repeat)[0]
+
+
+def interleaved_times(fns, device, warmup, repeat):
+    """(wall, thread CPU) median seconds per call of each function, timed in turns. On a shared
+    machine a longer call is descheduled more often, so wall medians overstate it; the calling
+    thread's CPU time does not count the waits (on CPU, with one thread, it is the steadier one)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         for fn in fns:
             fn()
-    times = [[] for _ in fns]
+    walls, cpus = [[] for _ in fns], [[] for _ in fns]
     for _ in range(repeat):
-        for fn, ts in zip(fns, times):
+        for fn, wall, cpu in zip(fns, walls, cpus):
             sync()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             fn()
             sync()
-            ts.append(time.perf_counter() - t)
-    return [statistics.median(ts) for ts in times]
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.thread_time() - c)
+    return [statistics.median(ts) for ts in walls], [statistics.median(ts) for ts in cpus]
 
 
 def cosine(a, b):
