@@ -11,6 +11,8 @@ W2's after the last epoch.
 
     python benchmarks/meta_interval.py [--k 1,2,4,8] [--seeds 0,1,2] [--write benchmarks/results]
     # last line: one JSON object; --write DIR writes DIR/meta_interval.json after every run
+    python benchmarks/meta_interval.py --k 4,8 --scale-upper-lr --baseline benchmarks/results/meta_interval.json \
+        --write benchmarks/results      # upper lr x k; DIR/meta_interval_lr_scaled.json
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from lfm_core.io import atomic_write_text
 from lfm_core.runner import RunContext
 from lfm_dr.experiments import Table7
+from lfm_dr.methods.lfm import DEFAULTS
 from lfm_dr.train import train_dr
 
 PROFILE = "cpu"
@@ -50,10 +53,12 @@ def run_one(method: str, options: dict, seed: int, engine: str, epochs: int | No
             "skipped_steps": metrics["skipped_steps"]}
 
 
-def summarise(runs: list[dict], ks: list[int]) -> list[dict]:
-    """Per k: wall time / CE (mean of per-seed ratios), accuracy mean and std, change vs k = 1."""
+def summarise(runs: list[dict], ks: list[int], baseline: list[dict] = ()) -> list[dict]:
+    """Per k: wall time / CE (mean of per-seed ratios), accuracy mean and std, change vs k = 1
+    (of the same seed; from ``baseline``, an earlier run's list, where this run has no k = 1)."""
     by_seed = {r["seed"]: r for r in runs if r["method"] == "ce"}
-    base = {r["seed"]: r["test_acc"] for r in runs if r["method"] == "lfm" and r["meta_every"] == 1}
+    base = {r["seed"]: r["test_acc"] for r in [*baseline, *runs]
+            if r["method"] == "lfm" and r["meta_every"] == 1 and r.get("upper_lr_scale", 1) == 1}
     rows = []
     ce_accs = [r["test_acc"] for r in by_seed.values()]
     if ce_accs:
@@ -91,15 +96,28 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     parser.add_argument("--engine", default="exact")
     parser.add_argument("--epochs", type=int, default=None, help="override the cpu profile's 12 epochs")
+    parser.add_argument("--scale-upper-lr", action="store_true",
+                        help="multiply the upper learning rates (lr_b, lr_r, lr_v) by k: as many Adam steps' worth "
+                             "of movement per epoch as k = 1 (writes meta_interval_lr_scaled.json)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="an earlier meta_interval.json whose k = 1 runs give the accuracy change")
     parser.add_argument("--write", type=Path, default=None, help="folder for meta_interval.json")
     args = parser.parse_args(argv)
+    baseline = json.loads(args.baseline.read_text())["runs"] if args.baseline else []
+    out_name = "meta_interval_lr_scaled.json" if args.scale_upper_lr else "meta_interval.json"
     torch.set_num_threads(1)
     runs: list[dict] = []
     result: dict = {}
+    # untimed: the first training run in a process pays one-time costs (kernel and library set-up,
+    # about a second of CPU here) that would otherwise land on the first seed's CE run
+    run_one("lfm", {}, args.seeds[0], args.engine, 1)
     for seed in args.seeds:
         for method, k in [("ce", None)] + [("lfm", k) for k in args.k]:
             options = {} if k is None else {"meta_every": k}
-            run = {"method": method, "meta_every": k, "seed": seed,
+            scale = k if k is not None and args.scale_upper_lr else 1
+            if scale != 1:
+                options.update({key: DEFAULTS[key] * scale for key in ("lr_b", "lr_r", "lr_v")})
+            run = {"method": method, "meta_every": k, "upper_lr_scale": scale, "seed": seed,
                    **run_one(method, options, seed, args.engine, args.epochs)}
             runs.append(run)
             print(json.dumps(run), file=sys.stderr, flush=True)
@@ -107,13 +125,13 @@ def main(argv=None) -> int:
                 "setup": f"table7 {COLUMN} on the {PROFILE} profile: digits 16x16, flip noise 40%, ResNet-32 width 8 "
                          f"(1 block per stage), smallcnn encoder, batch 50, {run['epochs']} epochs, engine "
                          f"{args.engine}, 1 thread; runs interleaved per seed; wall time includes per-epoch "
-                         "evaluation",
+                         "evaluation" + ("; upper learning rates multiplied by k" if args.scale_upper_lr else ""),
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
-                "summary": summarise(runs, args.k), "runs": runs,
+                "summary": summarise(runs, args.k, baseline), "runs": runs,
             }
             if args.write:
                 args.write.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(args.write / "meta_interval.json", json.dumps(result, indent=2) + "\n")
+                atomic_write_text(args.write / out_name, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0
 
