@@ -1,4 +1,4 @@
-"""Sessions: tests, install_alone, reproduce, bench, lint.
+"""Sessions: tests, install_alone, reproduce, bench, bench_betty, bench_peers, lint.
 
 ``tests``, ``reproduce`` and ``bench`` share one development environment (``.nox/dev``) because
 each fresh environment with torch costs minutes and gigabytes; ``install_alone`` builds one
@@ -79,6 +79,17 @@ def bench_betty(session: nox.Session) -> None:
     session.run(_bin(env, "python"), "-m", "pip", "install", "-q", "--ignore-requires-python", *CONSTRAINTS,
                 "betty-ml", external=True)
     session.run(_bin(env, "python"), str(ROOT / "benchmarks" / "betty_compare.py"),
+                "--write", str(ROOT / "benchmarks" / "results"), *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def bench_peers(session: nox.Session) -> None:
+    """lfm_core's engines against Betty, TorchOpt and higher on one 3-level problem; benchmarks/results/peers.json."""
+    env = _dev_env(session)
+    # betty-ml declares an old Python range; the constraints keep the peers from touching torch
+    session.run(_bin(env, "python"), "-m", "pip", "install", "-q", "--ignore-requires-python", *CONSTRAINTS,
+                "betty-ml", "torchopt", "higher", external=True)
+    session.run(_bin(env, "python"), str(ROOT / "benchmarks" / "peers.py"), "--json",
                 "--write", str(ROOT / "benchmarks" / "results"), *session.posargs, external=True)
 
 

@@ -1,11 +1,8 @@
 """lfm_core's tri-level solver against Betty on the same 3-level LFM-DR problem, side by side.
 
-W1, W2: 2-layer MLPs (64 -> 256 -> 10) on synthetic 64-dim data; batch 100 training and 100
-validation examples; V: MLP encoder (64 -> 128 -> 32); b: one weight per training example
-(1000), r: one coefficient per validation example (100). One outer step = SGD step of W1 on
-the b-weighted loss, SGD step of W2 on the a-weighted loss, Adam step of (b, V, r) on W2's
-validation loss. Reported: median seconds per step after warm-up, and a plain SGD step of the
-MLP as the unit.
+The problem (small MLPs, b-weighted W1, a-weighted W2, Adam on (b, V, r)) is defined in
+``three_level.py``; ``peers.py`` adds TorchOpt and higher. Reported: median seconds per step
+after warm-up, and a plain SGD step of the MLP as the unit.
 
     pip install --ignore-requires-python -c constraints.txt betty-ml
     python benchmarks/betty_compare.py [--write benchmarks/results]   # last line: one JSON object
@@ -14,173 +11,14 @@ MLP as the unit.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import logging
-import statistics
 import sys
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call
 
-from lfm_core.solver import TriLevelSolver
-from lfm_core.weighting import lfm_weights
-
-D, K, N_TR, N_VAL, BATCH = 64, 10, 1000, 100, 100
-LR1 = LR2 = 0.1  # SGD (momentum 0.9) of W1 and W2
-LR_UP = 0.01  # Adam of (b, V, r), as in lfm-dr
-
-
-# ---- the problem, written once; both solvers call these ------------------------------------
-def ce(logits, y):
-    return F.cross_entropy(logits, y, reduction="none")
-
-
-def loss1(f1, b, d):
-    return (b[d.idx] * ce(f1(d.x), d.y)).mean()
-
-
-def weights(f1, enc, r, d):
-    u = ce(f1(d.xv), d.yv)  # per-example validation loss of W1'
-    feats = enc(torch.cat([d.x, d.xv]))
-    return lfm_weights(feats[: len(d.x)], feats[len(d.x):], d.y, d.yv, u, r[d.jv])
-
-
-def loss2(f2, a, d):
-    return (a * ce(f2(d.x), d.y)).mean()
-
-
-def loss3(f2, d):
-    return F.cross_entropy(f2(d.xv), d.yv)
-
-
-def mlp(i, h, o):
-    return nn.Sequential(nn.Linear(i, h), nn.ReLU(), nn.Linear(h, o))
-
-
-class UpperVars(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.b, self.r = nn.Parameter(torch.ones(N_TR)), nn.Parameter(torch.ones(N_VAL))
-        self.V = mlp(D, 128, 32)
-
-
-def build(device):
-    """Data and initial models; every solver gets deep copies of the same initial state."""
-    g = torch.Generator().manual_seed(0)
-    d = SimpleNamespace(x=torch.randn(BATCH, D, generator=g), y=torch.randint(0, K, (BATCH,), generator=g),
-                        idx=torch.randperm(N_TR, generator=g)[:BATCH],
-                        xv=torch.randn(BATCH, D, generator=g), yv=torch.randint(0, K, (BATCH,), generator=g),
-                        jv=torch.arange(BATCH))
-    d = SimpleNamespace(**{k: v.to(device) for k, v in vars(d).items()})
-    torch.manual_seed(0)
-    return d, (mlp(D, 256, K).to(device), mlp(D, 256, K).to(device), UpperVars().to(device))
-
-
-def sgd(module, lr):
-    return torch.optim.SGD(module.parameters(), lr=lr, momentum=0.9)
-
-
-# ---- lfm_core ----------------------------------------------------------------------------
-class CoreProblem:
-    def __init__(self, w1, w2, up, d):
-        self.w1, self.w2, self.V, self.d = w1, w2, up.V, d
-
-    @staticmethod
-    def _f(net, params):
-        return lambda x: functional_call(net, params, (x,))
-
-    def loss1(self, w1, upper):
-        return loss1(self._f(self.w1, w1), upper["b"], self.d)
-
-    def weights(self, w1, upper):
-        enc = {k[2:]: v for k, v in upper.items() if k.startswith("V.")}
-        return weights(self._f(self.w1, w1), self._f(self.V, enc), upper["r"], self.d)
-
-    def loss2(self, w2, a, upper):
-        return loss2(self._f(self.w2, w2), a, self.d)
-
-    def loss3(self, w2, upper):
-        return loss3(self._f(self.w2, w2), self.d)
-
-
-def core_step_fn(engine, d, models):
-    w1, w2, up = copy.deepcopy(models)
-    upper = {"b": up.b, "r": up.r, **{f"V.{k}": p for k, p in up.V.named_parameters()}}
-    solver = TriLevelSolver(w1, w2, upper, sgd(w1, LR1), sgd(w2, LR2), torch.optim.Adam(up.parameters(), lr=LR_UP),
-                            engine=engine, modules=[up.V])
-    problem = CoreProblem(w1, w2, up, d)
-    return lambda: solver.step(problem).grads
-
-
-# ---- Betty: W1 lowest, W2 middle, (b, V, r) top --------------------------------------------
-def betty_step_fn(d, models, device, first_grads):
-    from betty.configs import Config, EngineConfig
-    from betty.engine import Engine
-    from betty.logging.logger_base import get_logger
-    from betty.problems import ImplicitProblem
-
-    get_logger().setLevel(logging.WARNING)  # Betty logs to stdout; the last line must be our JSON
-
-    class Fixed(ImplicitProblem):  # the same fixed batches as lfm_core
-        def get_batch(self):
-            return d
-
-    class W1(Fixed):
-        def training_step(self, d):
-            return loss1(self.module, self.upper.module.b, d)
-
-    class W2(Fixed):
-        def training_step(self, d):
-            up = self.upper.module
-            return loss2(self.module, weights(self.w1.module, up.V, up.r, d), d)
-
-    class Upper(Fixed):
-        def training_step(self, d):
-            return loss3(self.w2.module, d)
-
-        def grad_callback(self):  # the hypergradient Betty hands to the upper optimiser
-            if not first_grads:
-                first_grads.update({k: p.grad.detach().clone() for k, p in self.module.named_parameters()})
-
-    w1, w2, up = copy.deepcopy(models)
-    cfg = Config(type="darts", unroll_steps=1)
-    p1 = W1("w1", cfg, module=w1, optimizer=sgd(w1, LR1))
-    p2 = W2("w2", cfg, module=w2, optimizer=sgd(w2, LR2))
-    p3 = Upper("upper", cfg, module=up, optimizer=torch.optim.Adam(up.parameters(), lr=LR_UP))
-    # u2l: b enters W1's loss, (V, r) enter W2's loss; l2u: W1' enters W2's loss (through u), W2' the upper loss.
-    # Upper's hypergradient paths (found by Betty): upper -> W2 -> W1 -> upper (b) and upper -> W2 -> upper (V, r).
-    deps = {"u2l": {p3: [p1, p2]}, "l2u": {p1: [p2], p2: [p3]}}
-    engine = Engine([p1, p2, p3], EngineConfig(strategy="cpu" if device.type == "cpu" else "gpu"),
-                    dependencies=deps)
-    engine.train()
-    return engine.train_step
-
-
-def interleaved_medians(fns, device, warmup, repeat):
-    """Median seconds per call of each function, timed in turns (a busy machine's load hits all alike)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, ts in zip(fns, times):
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            ts.append(time.perf_counter() - t)
-    return [statistics.median(ts) for ts in times]
-
-
-def cosine(a, b):
-    return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+from three_level import LR1, LR2, SETUP, betty_step_fn, build, core_step_fn, cosine, interleaved_medians, \
+    plain_step_fn
 
 
 def main(argv=None) -> int:
@@ -199,14 +37,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     d, models = build(device)
 
-    plain_net = copy.deepcopy(models[0])
-    plain_opt = sgd(plain_net, LR1)
-
-    def plain_step():
-        plain_opt.zero_grad(set_to_none=True)
-        F.cross_entropy(plain_net(d.x), d.y).backward()
-        plain_opt.step()
-
+    plain_step = plain_step_fn(d, models)
     exact, fd = core_step_fn("exact", d, models), core_step_fn("finite-difference", d, models)
     fwd = core_step_fn("forward-difference", d, models)
     betty_grads: dict = {}
@@ -237,8 +68,7 @@ def main(argv=None) -> int:
         "betty_grad_scale": {**scale, "expected_r": 1 / LR2, "expected_b": 1 / (LR1 * LR2)},
         "betty_version": betty.__version__, "torch": torch.__version__, "device": str(device),
         "threads": torch.get_num_threads(),
-        "setup": f"MLP {D}-256-{K}, encoder {D}-128-32, batch {BATCH}+{BATCH}, b[{N_TR}], r[{N_VAL}], "
-                 f"median of {args.repeat} steps after {args.warmup}",
+        "setup": f"{SETUP}, median of {args.repeat} steps after {args.warmup}",
     }
     if args.write:
         args.write.mkdir(parents=True, exist_ok=True)

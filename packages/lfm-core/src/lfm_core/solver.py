@@ -334,6 +334,27 @@ class TriLevelSolver:
         self.scaler.step(opt)  # skips the step itself when unscale_ found an inf or nan
         return finite
 
+    def lower_step(self, problem: TriLevelProblem) -> StepStats:
+        """The two real steps of Algorithm 1 with the upper variables held fixed: W1 on loss1,
+        ``a = weights(W1', upper)`` without a graph, W2 on loss2. No snapshots, no meta loss, no
+        hypergradient: the steps between two meta-updates when they are taken every k-th step."""
+        upper = detached(self.upper)
+        loss1 = problem.loss1(named_params(self.w1), upper)
+        if not torch.isfinite(loss1):
+            return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
+        if not self._real_step(self.w1, self.opt1, loss1):
+            self.scaler.update()
+            return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
+        with frozen_bn_stats(*self._bn_layers), torch.no_grad():
+            a = problem.weights(named_params(self.w1), upper)
+        loss2 = problem.loss2(named_params(self.w2), a, upper)
+        if not torch.isfinite(loss2):
+            return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, math.nan, finite=False)
+        stepped = self._real_step(self.w2, self.opt2, loss2)
+        if self.scaler is not None:
+            self.scaler.update()
+        return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, float(a.mean()), finite=stepped)
+
     def step(self, problem: TriLevelProblem, update_upper: bool = True) -> StepStats:
         upper_fixed = detached(self.upper)
 

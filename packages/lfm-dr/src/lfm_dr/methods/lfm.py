@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from lfm_core.encoders import create_encoder
+from lfm_core.errors import UsageError
 from lfm_core.registries import METHODS
 from lfm_core.solver import Params, TriLevelSolver
 from lfm_core.weighting import lfm_weights
@@ -31,6 +32,9 @@ DEFAULTS = {
     "lr_r": 0.01,
     "lr_v": 0.01,
     "b_min": 0.0,
+    # the upper variables (b, r, V) descend their hypergradient every k-th step; W1 and W2 train
+    # every step, in between with a from the current upper variables (no hypergradient)
+    "meta_every": 1,
 }
 
 
@@ -72,6 +76,11 @@ class LFMReweighting(DRMethod):
     def __init__(self, ctx: DRContext):
         self.ctx = ctx
         self.opt = {**DEFAULTS, **ctx.options}
+        self.meta_every = self.opt["meta_every"]
+        if not isinstance(self.meta_every, int) or isinstance(self.meta_every, bool) or self.meta_every < 1:
+            raise UsageError(f"meta_every must be a whole number of steps >= 1, got {self.meta_every!r}")
+        self.steps_done = 0  # counts train steps, so the meta-update steps survive a resume
+        self.last_meta_loss = float("nan")
         self.w1 = ctx.model_fn()
         self.w2 = self.w1 if self.opt["variant"] == "single" else ctx.model_fn()
         self.encoder = create_encoder(
@@ -115,22 +124,30 @@ class LFMReweighting(DRMethod):
         return opts
 
     def extra_state(self):
-        return {"b": self.b.detach().clone(), "r": self.r.detach().clone()}
+        return {"b": self.b.detach().clone(), "r": self.r.detach().clone(), "steps_done": self.steps_done}
 
     def load_extra_state(self, state):
         with torch.no_grad():
             self.b.copy_(state["b"])
             self.r.copy_(state["r"])
+        self.steps_done = int(state.get("steps_done", 0))
 
     def train_step(self, x, y, idx, epoch):
         xm, ym, jm = self.ctx.next_meta()
         problem = DRProblem(self.w1, self.w2, self.encoder, x, y, idx, xm, ym, jm,
                             self.opt["similarity"], self.opt["drop"])
-        stats = self.solver.step(problem)
-        if stats.finite:
-            with torch.no_grad():
-                self.b.clamp_(min=self.opt["b_min"])
-        return {"loss": stats.loss2, "loss_w1": stats.loss1, "meta_loss": stats.loss3,
+        meta_step = self.steps_done % self.meta_every == 0
+        self.steps_done += 1
+        if not meta_step:
+            stats = self.solver.lower_step(problem)
+        else:
+            stats = self.solver.step(problem)
+            if stats.finite:
+                self.last_meta_loss = stats.loss3
+                with torch.no_grad():
+                    self.b.clamp_(min=self.opt["b_min"])
+        # between meta-updates the meta loss reported is the last one computed
+        return {"loss": stats.loss2, "loss_w1": stats.loss1, "meta_loss": self.last_meta_loss,
                 "a_mean": stats.a_mean, "finite": float(stats.finite)}
 
     def eval_models(self):
