@@ -20,6 +20,8 @@ PACKAGES = ["lfm-core", "lfm-dr", "lfm-nas"]
 CONSTRAINTS = ["-c", str(ROOT / "constraints.txt")]
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 DEV = ROOT / ".nox" / "dev"
+# test tools of the shared environment (tensorboard: the --tracker test)
+DEV_TOOLS = ["pytest>=7", "ruff", "tensorboard"]
 nox.options.sessions = ["tests", "install_alone", "reproduce"]
 nox.options.reuse_existing_virtualenvs = True
 # the test models are tiny: one intra-op thread avoids OpenMP stalls on a busy 2-core machine
@@ -39,11 +41,12 @@ def _dev_env(session: nox.Session) -> Path:
         pip = [_bin(DEV, "python"), "-m", "pip", "install", "-q", *CONSTRAINTS]
         session.run(*pip, *TORCH, external=True)
         editables = [arg for p in PACKAGES for arg in ("-e", str(ROOT / "packages" / p))]
-        session.run(*pip, *editables, "pytest>=7", "ruff", external=True)
+        session.run(*pip, *editables, *DEV_TOOLS, external=True)
         marker.write_text("ok\n")
     else:  # entry points may have changed: refresh the editable installs cheaply
         editables = [arg for p in PACKAGES for arg in ("-e", str(ROOT / "packages" / p))]
         session.run(_bin(DEV, "python"), "-m", "pip", "install", "-q", "--no-deps", *editables, external=True)
+        session.run(_bin(DEV, "python"), "-m", "pip", "install", "-q", *CONSTRAINTS, *DEV_TOOLS, external=True)
     return DEV
 
 

@@ -164,6 +164,33 @@ def test_set_overrides_are_recorded_and_make_new_runs(tmp_path):
     assert_one_line_error(bad, 2, "lr='fast'", "float")
 
 
+def test_logs_csv_and_tensorboard_tracker(tmp_path):
+    pytest.importorskip("tensorboard")
+    res = tmp_path / "r"
+    proc = run("run", "table7", "--profile", "smoke", "--methods", "Base Model", "--epochs", "2",
+               "--tracker", "tensorboard", "--results", str(res))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = next(res.rglob("result.json")).parent
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    csv = (run_dir / "metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("epoch,") and len(csv) == 3 and "test_acc" in csv[0]
+    log = (run_dir / "log.txt").read_text()
+    assert "] start table7 smoke Base Model" in log and "] done in" in log
+
+
+def test_accelerate_launch_mixed_precision_is_honoured_or_refused(tmp_path):
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "bf16"}
+    args = [*CLI, "run", "table7", "--profile", "smoke", "--results", str(tmp_path), "--print-config"]
+    ok = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert {c["runtime"]["mixed_precision"] for c in json.loads(ok.stdout)} == {"bf16"}
+    clash = subprocess.run([*args, "--mixed-precision", "fp16"], capture_output=True, text=True, env=env, timeout=300)
+    assert_one_line_error(clash, 2, "fp16", "accelerate launch --mixed_precision bf16")
+    single = {**os.environ, "ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"}
+    one = subprocess.run(args, capture_output=True, text=True, env=single, timeout=300)
+    assert_one_line_error(one, 2, "single process", "--multi_gpu", "torchrun")
+
+
 def test_piped_output_keeps_every_digit(tmp_path):
     proc = run("run", "table10", "--profile", "smoke", "--only", "Memory", "--results", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stderr
@@ -243,6 +270,26 @@ def _launch_two(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
+def test_accelerate_launch_two_processes_bf16(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo on CPU) with bf16: one result, config bf16."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    res = tmp_path / "results"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no", "--main_process_port", port,
+           "-m", "lfm_core.cli", "run", "table7", "--profile", "smoke", "--methods", "LFM-DR", "--seeds", "0",
+           "--epochs", "1", "--results", str(res)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = list(res.rglob("result.json"))
+    record = json.loads(result.read_text())
+    assert record["config"]["runtime"]["mixed_precision"] == "bf16" and record["metrics"]["skipped_steps"] == 0
+
+
 def test_two_processes_run_an_lfm_dr_experiment(tmp_path):
     """Two launched processes split every training batch; rank 0 alone writes and prints."""
     res = tmp_path / "results"
@@ -260,4 +307,5 @@ def test_two_processes_run_an_lfm_dr_experiment(tmp_path):
     proc = _launch_two("run", "table7", "--profile", "smoke", "--methods", "Base Model", "--noise", "flip",
                        "--seeds", "0", "--results", str(tmp_path / "r2"))
     assert proc.returncode != 0 and "'ce' runs in one process" in proc.stderr  # torchrun reports exit 1
+    assert "without torchrun or accelerate launch" in proc.stderr
     assert not list((tmp_path / "r2").rglob("result.json"))

@@ -91,13 +91,17 @@ COMMON_OPTIONS = [
     click.Option(["--download"], is_flag=True, help="Allow torchvision to download CIFAR into --data-root."),
     click.Option(["--force"], is_flag=True, help="Rerun cells that already have a result."),
     click.Option(["--device"], default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    click.Option(["--mixed-precision"], type=click.Choice(["no", "fp16", "bf16"]), default="no", show_default=True,
+    click.Option(["--mixed-precision"], type=click.Choice(["no", "fp16", "bf16"]), default=None,
                  help="Autocast of the forward passes: bf16 (CPU or GPU), fp16 (for GPUs; DR training with a "
-                      "loss scaler; NAS searches take bf16 only). Hypergradient products stay float32."),
+                      "loss scaler; NAS searches take bf16 only). Hypergradient products stay float32. "
+                      "[default: no, or what `accelerate launch --mixed_precision` set]"),
     click.Option(["--only"], default=None, help="Run only cells whose row or column contains this text."),
     click.Option(["--set", "set_values"], multiple=True, metavar="KEY=VALUE",
                  help="Override a training or method setting (repeatable), e.g. --set lr=0.02 --set lr_r=1 "
                       "--set encoder=pixels; --print-config lists the keys. Part of the run's identity."),
+    click.Option(["--tracker", "trackers"], multiple=True, type=click.Choice(["tensorboard"]),
+                 help="Also log each epoch's metrics to this tracker (through Accelerate) in the run directory; "
+                      "metrics.jsonl and metrics.csv are always written."),
     click.Option(["--print-config"], is_flag=True,
                  help="Print the resolved configuration of every run this command would make (JSON), and exit."),
 ]
@@ -146,14 +150,16 @@ def _parse_seeds(text: str | None, default: list[int]) -> list[int]:
 
 
 def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | None, download: bool,
-         force: bool, device: str | None, mixed_precision: str, only: str | None, print_config: bool,
-         set_values: tuple[str, ...] = (), **options: Any) -> None:
+         force: bool, device: str | None, mixed_precision: str | None, only: str | None, print_config: bool,
+         set_values: tuple[str, ...] = (), trackers: tuple[str, ...] = (), **options: Any) -> None:
     from lfm_core.report import render_terminal
     from lfm_core.results import collect_results
-    from lfm_core.runner import resolve_config, run_dir_for, run_one
-    from lfm_core.runtime import check_device
+    from lfm_core.runner import check_trackers, resolve_config, run_dir_for, run_one
+    from lfm_core.runtime import check_device, launch_mixed_precision
 
     check_profile(profile)
+    mixed_precision = launch_mixed_precision(mixed_precision)
+    check_trackers(trackers)
     if set_values:
         options["set"] = parse_set(set_values)
     if data_root is not None and not data_root.exists():
@@ -198,7 +204,8 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
             bar.reset(inner, total=1, visible=False)
             record, computed = run_one(
                 exp, cell, profile, seed, results, force=force, options=_jsonable(options),
-                progress=progress, echo=lambda t: bar.console.print(t), download=download, **runtime,
+                progress=progress, echo=lambda t: bar.console.print(t), download=download, trackers=trackers,
+                **runtime,
             )
             records.append(record)
             tag = "ran" if computed else "cached"

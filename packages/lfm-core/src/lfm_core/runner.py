@@ -10,7 +10,8 @@ one resumes from its checkpoint; a lock file stops two processes from running th
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
+import json
+import logging
 import os
 import platform
 import time
@@ -20,8 +21,8 @@ from typing import Any, Callable
 
 from lfm_core.experiments import Cell, Experiment
 from lfm_core.identity import EMBEDDED, canonical, config_id, package_versions, run_name
-from lfm_core.io import (atomic_write_json, load_checkpoint, read_jsonl, remove_orphan_temp_files, save_checkpoint,
-                         write_jsonl)
+from lfm_core.io import (atomic_write_json, atomic_write_text, load_checkpoint, read_jsonl, remove_orphan_temp_files,
+                         save_checkpoint, write_jsonl)
 from lfm_core.locking import RunLock, RunLockedError  # noqa: F401  (RunLockedError: re-exported)
 from lfm_core.runtime import is_main_process, process_accelerator, wait_for_everyone
 from lfm_core.validate import read_result
@@ -32,9 +33,20 @@ CHECKPOINT = "checkpoint.pt"
 RECORD_KEYS = ("experiment", "profile", "row", "column", "params", "seed")
 
 
+# Every run's log lines go through Python logging: ``log.txt`` is one FileHandler per run directory;
+# attach your own handlers to "lfm.run" to see them elsewhere.
+LOGGER = logging.getLogger("lfm.run")
+TRACKERS = ("tensorboard",)
+
+
 @dataclass
 class RunContext:
-    """What ``Experiment.run_cell`` gets: its directory, logging, checkpoints, progress."""
+    """What ``Experiment.run_cell`` gets: its directory, logging, checkpoints, progress.
+
+    Per-epoch records go to ``metrics.jsonl`` and ``metrics.csv`` (rewritten atomically) and to the
+    Accelerate trackers named in ``trackers`` (e.g. TensorBoard event files under the run
+    directory). Use it as a context manager, or call ``close``, to release the log file and
+    trackers."""
 
     run_dir: Path
     config: dict[str, Any]
@@ -46,33 +58,76 @@ class RunContext:
     mixed_precision: str = "no"
     # in a multi-process launch only rank 0 writes the run directory; the others train in step
     main_process: bool = True
+    trackers: tuple[str, ...] = ()
     _metrics: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._handler: logging.Handler | None = None
+        self._trackers: list[Any] | None = None
+        if self.main_process:
+            self._handler = logging.FileHandler(self.run_dir / "log.txt", delay=True)
+            self._handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+            self._handler.addFilter(lambda record: getattr(record, "run_dir", None) == str(self.run_dir))
+            LOGGER.addHandler(self._handler)
+            if LOGGER.level == logging.NOTSET:
+                LOGGER.setLevel(logging.INFO)
         self._metrics = read_jsonl(self.run_dir / "metrics.jsonl", on_bad=self._warn)
+
+    def __enter__(self) -> "RunContext":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._handler is not None:
+            LOGGER.removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
+        for tracker in self._trackers or []:
+            tracker.finish()
+        self._trackers = None
 
     def _warn(self, text: str) -> None:
         self.log(f"warning: {text}")
         self.echo(f"warning: {text}")
 
     def log(self, text: str) -> None:
-        if not self.main_process:
-            return
-        stamp = _dt.datetime.now().strftime("%H:%M:%S")
-        with open(self.run_dir / "log.txt", "a") as fh:
-            fh.write(f"[{stamp}] {text}\n")
+        if self.main_process:
+            LOGGER.info(text, extra={"run_dir": str(self.run_dir)})
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        """Append one record (e.g. one epoch); the file is rewritten atomically."""
+        """Append one record (e.g. one epoch); the files are rewritten atomically."""
         self._metrics.append(record)
         if self.main_process:
-            write_jsonl(self.run_dir / "metrics.jsonl", self._metrics)
+            self._write_metrics()
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for tracker in self._started_trackers():
+                tracker.log(numbers, step=int(record.get("epoch", len(self._metrics))))
 
     def truncate_metrics(self, n: int) -> None:
         """On resume: keep the first n records (those the checkpoint covers)."""
         self._metrics = self._metrics[:n]
         if self.main_process:
-            write_jsonl(self.run_dir / "metrics.jsonl", self._metrics)
+            self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        write_jsonl(self.run_dir / "metrics.jsonl", self._metrics)
+        columns = list(dict.fromkeys(k for r in self._metrics for k in r))
+        lines = [",".join(columns)] + [",".join(_csv_field(r.get(k)) for k in columns) for r in self._metrics]
+        atomic_write_text(self.run_dir / "metrics.csv", "\n".join(lines) + "\n")
+
+    def _started_trackers(self) -> list[Any]:
+        if self._trackers is None:
+            from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+            self._trackers = []
+            for name in self.trackers:
+                tracker = LOGGER_TYPE_TO_CLASS[name](run_name=name, logging_dir=str(self.run_dir))
+                if hasattr(tracker, "start"):
+                    tracker.start()
+                self._trackers.append(tracker)
+        return self._trackers
 
     @property
     def metrics(self) -> list[dict]:
@@ -88,6 +143,31 @@ class RunContext:
 
     def load_checkpoint(self) -> dict | None:
         return load_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
+
+
+def check_trackers(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The trackers asked for, each known and installed (one line saying what to install if not)."""
+    from lfm_core.errors import UsageError, check_choice
+
+    for name in names:
+        check_choice("tracker", name, TRACKERS)
+        from accelerate.utils import is_tensorboard_available
+
+        if name == "tensorboard" and not is_tensorboard_available():
+            raise UsageError("--tracker tensorboard needs TensorBoard: pip install tensorboard")
+    return tuple(names)
+
+
+def _csv_field(value: Any) -> str:
+    import csv
+    import io
+
+    if value is None:
+        return ""
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow([text])
+    return buf.getvalue()
 
 
 def resolve_config(experiment: Experiment, cell: Cell, profile: str, seed: int, options: dict[str, Any],
@@ -170,22 +250,23 @@ def run_one(
         if main:
             remove_orphan_temp_files(run_dir)  # left by a process killed while writing (we hold the lock)
         if force and main:
-            for name in (RESULT, CHECKPOINT, "metrics.jsonl", "log.txt"):
+            for name in (RESULT, CHECKPOINT, "metrics.jsonl", "metrics.csv", "log.txt"):
                 (run_dir / name).unlink(missing_ok=True)
         if main:
             atomic_write_json(run_dir / "config.json", config)
         wait_for_everyone()  # nobody reads a checkpoint that --force is deleting
-        ctx = RunContext(run_dir=run_dir, config=config, main_process=main, **ctx_kwargs)
-        ctx.log(f"start {experiment.name} {profile} {cell.row} | {cell.column} seed {seed} (config {config['config_id']})")
-        start = time.perf_counter()
-        metrics = experiment.run_cell(cell, profile, seed, ctx)
-        wall = time.perf_counter() - start + float(metrics.pop("_resumed_wall_s", 0.0))
-        if experiment.metric not in metrics:
-            raise RuntimeError(f"{experiment.name}.run_cell returned no {experiment.metric!r}")
-        record = {**{k: config[k] for k in RECORD_KEYS}, "config": config, "config_id": config["config_id"],
-                  "metrics": metrics, "wall_s": round(wall, 3), "env": environment()}
-        if main:
-            atomic_write_json(result_path, record)
-        wait_for_everyone()  # every process sees the result before the next cell's check
-        ctx.log(f"done in {wall:.1f}s: {metrics}")
-        return record, True
+        with RunContext(run_dir=run_dir, config=config, main_process=main, **ctx_kwargs) as ctx:
+            ctx.log(f"start {experiment.name} {profile} {cell.row} | {cell.column} seed {seed} "
+                    f"(config {config['config_id']})")
+            start = time.perf_counter()
+            metrics = experiment.run_cell(cell, profile, seed, ctx)
+            wall = time.perf_counter() - start + float(metrics.pop("_resumed_wall_s", 0.0))
+            if experiment.metric not in metrics:
+                raise RuntimeError(f"{experiment.name}.run_cell returned no {experiment.metric!r}")
+            record = {**{k: config[k] for k in RECORD_KEYS}, "config": config, "config_id": config["config_id"],
+                      "metrics": metrics, "wall_s": round(wall, 3), "env": environment()}
+            if main:
+                atomic_write_json(result_path, record)
+            wait_for_everyone()  # every process sees the result before the next cell's check
+            ctx.log(f"done in {wall:.1f}s: {metrics}")
+            return record, True

@@ -105,6 +105,31 @@ def process_accelerator(device: str | torch.device | None = None) -> Any:
     return _ACCELERATOR
 
 
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def launch_mixed_precision(requested: str | None) -> str:
+    """The run's mixed precision: ``--mixed-precision`` if given, else the one ``accelerate launch
+    --mixed_precision`` set (``ACCELERATE_MIXED_PRECISION``), else "no"; a conflict between the
+    two, or a launch setting this suite does not run (fp8), is refused in one line. Also refuses
+    ``accelerate launch --cpu --num_processes N``, which starts one process only (accelerate 1.x)."""
+    from lfm_core.errors import UsageError, check_choice
+
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and env.get("MASTER_ADDR") and "WORLD_SIZE" not in env:
+        raise UsageError("`accelerate launch --cpu --num_processes N` starts a single process; for several CPU "
+                         "processes use `accelerate launch --multi_gpu --num_processes N` (gloo) or "
+                         "`torchrun --nproc_per_node N`")
+    launched = env.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launched != "no":
+        check_choice("accelerate launch --mixed_precision", launched, MIXED_PRECISION)
+        if requested not in (None, launched):
+            raise UsageError(f"--mixed-precision {requested} conflicts with `accelerate launch --mixed_precision "
+                             f"{launched}`; give one of them")
+        return launched
+    return requested or "no"
+
+
 def wait_for_everyone() -> None:
     """A barrier across launched processes (no-op in a single process)."""
     if _ACCELERATOR is not None:

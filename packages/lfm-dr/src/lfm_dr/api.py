@@ -153,13 +153,13 @@ def fit(
         folder = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="lfm-fit-"))
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            with _progress_bar(progress, evaluated) as (on_step, on_epoch):
-                ctx = _FitContext(run_dir=folder, config={"method": method, "model": model, "seed": seed},
-                                  progress=on_step, on_epoch=on_epoch, evaluated=evaluated)
+            with _progress_bar(progress, evaluated) as (on_step, on_epoch), _FitContext(
+                    run_dir=folder, config={"method": method, "model": model, "seed": seed}, progress=on_step,
+                    on_epoch=on_epoch, evaluated=evaluated) as ctx:
                 metrics = train_dr(cfg, splits, seed, ctx)
+                state = ctx.load_checkpoint()
             # rebuild the method from the final checkpoint to hand its trained modules back
             built, _, _ = build_method(cfg, splits, seed, device_of(cfg))
-            state = ctx.load_checkpoint()
         finally:
             for reader in {id(r): r for r in (splits.train, splits.meta, splits.test)}.values():
                 reader.close()

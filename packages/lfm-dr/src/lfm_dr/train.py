@@ -185,7 +185,7 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
         if cfg.method not in MULTI_PROCESS_METHODS:
             raise UsageError(f"method {cfg.method!r} runs in one process; of the DR methods only "
                              f"{', '.join(MULTI_PROCESS_METHODS)} split their batches across the {world} "
-                             "launched processes (launch it without accelerate)")
+                             "launched processes (run it in one process: without torchrun or accelerate launch)")
         if device.type == "cuda":
             device = acc.device
     seed_everything(seed)
