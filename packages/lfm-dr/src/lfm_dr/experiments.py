@@ -22,6 +22,7 @@ from lfm_core.errors import DataNotFoundError, UsageError
 from lfm_core.experiments import Cell, Experiment, pv
 from lfm_core.runtime import cpu_threads
 from lfm_core.solver import ENGINES
+from lfm_dr.methods.lfm import check_dr_engine
 from lfm_dr.train import TrainConfig, device_of, train_dr
 
 # table row -> registered method (rows absent here are cited from the paper, not run)
@@ -35,7 +36,11 @@ METHOD_OF_ROW = {
     "GLC": "glc",
     "Meta-Net": "mwn",
     "LFM-DR": "lfm",
+    "LFM-DR+ (ours)": "lfm_plus",  # beyond the paper (no paper number): lfm_dr/methods/lfm_plus.py
 }
+PLUS_ROW = "LFM-DR+ (ours)"
+# the methods the LFM hypergradient engines apply to (the others ignore --engine)
+LFM_METHODS = ("lfm", "lfm_plus")
 
 PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": dict(image_size=16, epochs=2, batch_size=50, meta_per_class=5, max_train=300,
@@ -119,6 +124,8 @@ class DRExperiment(Experiment):
         return name if has_cifar(options.get("data_root"), name) and name == "cifar100" else "digits"
 
     def validate(self, profile, options):
+        if any(METHOD_OF_ROW.get(r) in LFM_METHODS for r in self.run_rows(profile, options)):
+            check_dr_engine(options.get("engine") or "exact")
         if profile == "paper":
             root = options.get("data_root")
             for column in self.run_columns(profile, options):
@@ -144,7 +151,10 @@ class DRExperiment(Experiment):
         if name == "digits":
             kwargs["image_size"] = self.image_size or s["image_size"]
         bundle = load_dataset(name, root=ctx.data_root, download=ctx.download, **kwargs)
-        meta_per_class = s["meta_per_class"] or (10 if bundle.num_classes > 10 else 100)
+        # paper protocol: 10 per class for CIFAR-100 and for every long-tail column (Meta-Weight-Net's
+        # imbalance code: n_max 4990 / 490), 100 per class for CIFAR-10 under label noise
+        long_tail = bool(params.get("imbalance")) and str(params.get("imbalance")).lower() != "none"
+        meta_per_class = s["meta_per_class"] or (10 if bundle.num_classes > 10 or long_tail else 100)
         return make_splits(
             bundle, meta_per_class=meta_per_class, seed=seed,
             noise=params.get("noise"), noise_rate=params.get("rate", 0.0),
@@ -165,7 +175,9 @@ class DRExperiment(Experiment):
             method=params["method"], model=params["model"], model_kwargs=model_kwargs,
             epochs=opts.get("epochs") or s["epochs"], batch_size=s["batch_size"], meta_batch_size=s["batch_size"],
             lr=s["lr"], device=ctx.device, augment=augment, mixed_precision=ctx.mixed_precision,
-            options={"encoder": s["encoder"], "pretrained": s["pretrained"],
+            # LFM-DR+ replaces the random cpu/smoke encoder by the label-free pixel features
+            options={"encoder": "pixels" if params["method"] == "lfm_plus" and profile != "paper" else s["encoder"],
+                     "pretrained": s["pretrained"],
                      "encoder_weights": opts.get("encoder_weights"), "engine": params.get("engine", "exact"),
                      "noise_rate": params.get("rate", 0.0)},
         )
@@ -183,7 +195,7 @@ NOISE_RATES = (0.0, 0.2, 0.4)
 
 
 T7_ROWS = ["Base Model", "Reed-Hard", "Self-paced", "Focal Loss", "Co-teaching", "D2L", "Fine-tuning",
-           "MentorNet", "L2RW", "GLC", "Meta-Net", "LFM-DR"]
+           "MentorNet", "L2RW", "GLC", "Meta-Net", "LFM-DR", PLUS_ROW]
 T7_COLS = [f"{d} {r}%" for d in ("CIFAR-10", "CIFAR-100") for r in (0, 20, 40)]
 
 
@@ -301,7 +313,7 @@ class Table8(NoiseTable):
         return cfg
 
 
-T6_ROWS = ["Base Model", "Focal Loss", "Class-Balance", "L2RW", "Meta-Net", "LFM-DR"]
+T6_ROWS = ["Base Model", "Focal Loss", "Class-Balance", "L2RW", "Meta-Net", "LFM-DR", PLUS_ROW]
 IFS = (200, 100, 50, 20, 10, 1)
 T6_COLS = [f"{d} IF {f}" for d in ("CIFAR-10", "CIFAR-100") for f in IFS]
 
@@ -365,6 +377,7 @@ class Table9(DRExperiment):
         return [Cell(r, "ANIMAL-10N", {**params, "method": self.row_method[r]}) for r in self.run_rows(profile, options)]
 
     def validate(self, profile, options):
+        check_dr_engine(options.get("engine") or "exact")
         if profile == "paper" and not options.get("data_root"):
             raise DataNotFoundError("table9's paper profile needs ANIMAL-10N: pass --data-root DIR holding "
                                     "training/ and testing/ (file names like 3_00012.jpg)")
