@@ -76,7 +76,7 @@ def fit(
     makes the run resumable (checkpoint every epoch); without one a temporary folder is used.
     """
     options.setdefault("pretrained", False)
-    options.setdefault("encoder", "smallcnn")
+    options.setdefault("encoder", "pixels" if method == "lfm_plus" else "smallcnn")
     tr, me = _WithLabels(train), _WithLabels(meta)
     te = _WithLabels(test) if test is not None else me
     splits = SimpleNamespace(train=tr, meta=me, test=te, num_classes=num_classes, info={})

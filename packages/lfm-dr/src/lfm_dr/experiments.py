@@ -65,6 +65,14 @@ def has_cifar(root: Any, name: str) -> bool:
     return (Path(root) / folder).exists()
 
 
+def paper_meta_per_class(num_classes: int, params: dict[str, Any]) -> int:
+    """Clean meta examples per class in the paper's protocol: 10 for CIFAR-100 and for every
+    long-tail column (Meta-Weight-Net's imbalance code: n_max 4990 / 490), 100 for CIFAR-10
+    under label noise (1,000 images)."""
+    long_tail = str(params.get("imbalance") or "none").lower() != "none"
+    return 10 if num_classes > 10 or long_tail else 100
+
+
 class DRExperiment(Experiment):
     package = "lfm-dr"
     model = "resnet32"
@@ -151,10 +159,7 @@ class DRExperiment(Experiment):
         if name == "digits":
             kwargs["image_size"] = self.image_size or s["image_size"]
         bundle = load_dataset(name, root=ctx.data_root, download=ctx.download, **kwargs)
-        # paper protocol: 10 per class for CIFAR-100 and for every long-tail column (Meta-Weight-Net's
-        # imbalance code: n_max 4990 / 490), 100 per class for CIFAR-10 under label noise
-        long_tail = bool(params.get("imbalance")) and str(params.get("imbalance")).lower() != "none"
-        meta_per_class = s["meta_per_class"] or (10 if bundle.num_classes > 10 or long_tail else 100)
+        meta_per_class = s["meta_per_class"] or paper_meta_per_class(bundle.num_classes, params)
         return make_splits(
             bundle, meta_per_class=meta_per_class, seed=seed,
             noise=params.get("noise"), noise_rate=params.get("rate", 0.0),

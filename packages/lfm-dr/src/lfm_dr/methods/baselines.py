@@ -399,8 +399,12 @@ class GLC(SingleModelMethod):
         self.silver_seen += len(y)
         if n_gold == 0:
             return glc_corrected_loss(self.model(x), y, self.C)
-        xm, ym, _ = self.ctx.meta_batch(x)
-        xm, ym = xm[:n_gold], ym[:n_gold]
+        xs, ys = [], []
+        while sum(len(t) for t in ys) < n_gold:  # one meta batch, unless the quota exceeds it
+            xm, ym, _ = self.ctx.meta_batch(x)
+            xs.append(xm)
+            ys.append(ym)
+        xm, ym = torch.cat(xs)[:n_gold], torch.cat(ys)[:n_gold]
         logits = self.model(torch.cat([x, xm]))
         silver = glc_corrected_loss(logits[: len(y)], y, self.C, reduction="none")
         gold = ce_per_example(logits[len(y):], ym)

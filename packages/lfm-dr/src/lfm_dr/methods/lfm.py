@@ -115,7 +115,8 @@ class LFMReweighting(DRMethod):
             upper[name] = tensor
             groups.append({"params": [tensor], "lr": lr})
         self.weight_log = WeightLog(ctx.n_train)
-        self.upper_opt = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=0.0, fused=torch.device(ctx.device).type in ("cpu", "cuda"))
+        self.upper_opt = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=0.0,
+                                          fused=torch.device(ctx.device).type in ("cpu", "cuda"))
         # fused: one kernel for the encoder's 11 M parameters instead of a loop over 62 tensors
         # (45 ms -> 6 ms per step on one CPU thread)
         self.opt1 = make_sgd(self.w1.parameters(), ctx)
