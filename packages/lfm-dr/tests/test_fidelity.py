@@ -83,8 +83,9 @@ def test_first_order_engine_is_refused_for_lfm_dr():
     with pytest.raises(UsageError, match="first-order"):
         exp.validate("smoke", {"engine": "first-order"})
     exp.validate("smoke", {"engine": "first-order", "methods": "Base Model,L2RW"})  # no LFM row: allowed
-    with pytest.raises(UsageError, match="first-order"):
-        get_experiment("table9").validate("smoke", {"engine": "first-order"})
+    for name in ("table9", "figure7", "ablation_dr"):
+        with pytest.raises(UsageError, match="first-order"):
+            get_experiment(name).validate("smoke", {"engine": "first-order"})
 
 
 # -- diagnostics --------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ class DRExperiment(Experiment):
         return name if has_cifar(options.get("data_root"), name) and name == "cifar100" else "digits"
 
     def validate(self, profile, options):
-        if any(METHOD_OF_ROW.get(r) in LFM_METHODS for r in self.run_rows(profile, options)):
+        if any(c.params["method"] in LFM_METHODS for c in self.cells(profile, options)):
             check_dr_engine(options.get("engine") or "exact")
         if profile == "paper":
             root = options.get("data_root")
