@@ -9,7 +9,9 @@ one factor is added at a time; starting from LFM-DR+ (ours), one is removed at a
 * the Adam learning rate of the upper variables (paper setting 0.01; 0.1);
 * normalising a in W2's loss (``sum a l / sum a`` instead of ``mean(a l)``: eq. 5 keeps
   a >= 0.5, so the paper's loss also shrinks W2's step by mean(a));
-* B fixed at 1 (its learning rate 0): how much the B-weighted W1 contributes;
+* B fixed at 1 (its learning rate 0): how much the B-weighted W1 contributes (B reaches the
+  meta loss only through W1's mistakes u, so with a high learning rate it learns to up-weight
+  corrupted examples and W1 degrades);
 * the learned offset c inside the sigmoid (lets a fall below 0.5).
 
 W1's accuracy (``test_acc_w1``) is recorded beside W2's in every run. The figure shows the
@@ -39,6 +41,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "LFM-DR+ w/o offset c": ("lfm_plus", {**PIXELS, "offset": False}),
     "LFM-DR+ w/o pixel encoder": ("lfm_plus", dict(SMALLCNN)),
     "LFM-DR+ w/o upper lr 0.1": ("lfm_plus", {**PIXELS, "lr_b": 0.01, "lr_r": 0.01, "lr_c": 0.01}),
+    "LFM-DR+ with B fixed at 1": ("lfm_plus", {**PIXELS, "lr_b": 0.0}),
 }
 OPTION_KEYS = ("encoder", "lr_b", "lr_r", "lr_v", "lr_c", "normalize_a", "offset")
 # per-epoch numbers a result keeps (the figure reads them; the full lines stay in metrics.jsonl)
