@@ -2,7 +2,18 @@
 
 import math
 
-from lfm_core.claims import FAILS, HOLDS, INCONCLUSIVE, CLAIMS, Group, combine, evaluate, verdict, write_claims
+from lfm_core.claims import (
+    CLAIMS,
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    NOT_RUN,
+    Group,
+    combine,
+    evaluate,
+    verdict,
+    write_claims,
+)
 
 
 def rec(experiment, row, column, seed, value, key="test_acc", profile="cpu", config_id=None, **params):
@@ -30,9 +41,9 @@ def test_verdict_uses_the_seeds_spread():
     assert verdict(a, close, True)[0] == INCONCLUSIVE  # 0.5 apart, std 1
     assert verdict(b, a, False)[0] == HOLDS  # lower is better (errors)
     one_seed = Group("t", "cpu", "D", "c", [99.0], [0], {})
-    assert verdict(one_seed, b, True)[0] == INCONCLUSIVE and verdict(None, b, True)[0] == INCONCLUSIVE
-    assert combine([HOLDS, HOLDS]) == HOLDS and combine([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE
-    assert combine([HOLDS, FAILS, INCONCLUSIVE]) == FAILS and combine([]) == INCONCLUSIVE
+    assert verdict(one_seed, b, True)[0] == INCONCLUSIVE and verdict(None, b, True)[0] == NOT_RUN
+    assert combine([HOLDS, HOLDS, NOT_RUN]) == HOLDS and combine([HOLDS, INCONCLUSIVE]) == INCONCLUSIVE
+    assert combine([HOLDS, FAILS, INCONCLUSIVE]) == FAILS and combine([NOT_RUN]) == combine([]) == NOT_RUN
 
 
 def test_flip_claim_compares_with_every_baseline_but_ours():
@@ -79,5 +90,5 @@ def test_write_claims_lists_every_claim(tmp_path):
     for c in CLAIMS:
         assert c.text in text
     assert "cuts search memory (Table X): holds" in text
-    assert "No runs of figure4" in text
+    assert "No runs of figure4" in text and "two networks >= one network (Table IV): not run" in text
     assert not math.isnan(evaluate(records, claim("parameter sharing"))[1][0]["diff"])

@@ -7,13 +7,13 @@ give mean ± std; the comparison
 * **holds** when A is better than B by more than the seeds' spread (the larger sample standard
   deviation of the two),
 * **fails** when A is worse by more than that spread,
-* is **inconclusive** otherwise, or with fewer than two seeds on either side, or when a row was
-  not run.
+* is **inconclusive** otherwise, or with fewer than two seeds on either side;
+* is **not run** when either row has no runs (it then does not count).
 
-A claim holds when all its comparisons hold, fails when any fails, and is inconclusive
-otherwise. At cpu scale (digits standing in for CIFAR, a few epochs) "inconclusive" often means
-the stand-in cannot separate the methods (e.g. NAS on digits, every cell at 1-2% error), not
-that the paper is wrong.
+A claim holds when all its comparisons that ran hold, fails when any fails, is inconclusive
+otherwise, and is not run when none of its comparisons ran. At cpu scale (digits standing in
+for CIFAR, a few epochs) "inconclusive" often means the stand-in cannot separate the methods
+(e.g. NAS on digits, every cell at 1-2% error), not that the paper is wrong.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from lfm_core.io import atomic_write_text
 
-HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive"
+HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive", "not run"
 PROFILE_ORDER = ("paper", "cpu", "smoke")  # the most faithful profile with runs is used
 OURS_ROWS = ("LFM-DR+ (ours)",)  # beyond the paper: never one of "the implemented baselines"
 
@@ -184,7 +184,7 @@ def groups_of(records: Iterable[dict[str, Any]], comparison: Comparison) -> dict
 def verdict(better: Group | None, worse: Group | None, higher_is_better: bool) -> tuple[str, float]:
     """(verdict, difference in the claim's favour) for "better beats worse"."""
     if better is None or worse is None:
-        return INCONCLUSIVE, math.nan
+        return NOT_RUN, math.nan
     diff = (better.mean - worse.mean) * (1 if higher_is_better else -1)
     if len(better.values) < 2 or len(worse.values) < 2:
         return INCONCLUSIVE, diff
@@ -197,7 +197,11 @@ def verdict(better: Group | None, worse: Group | None, higher_is_better: bool) -
 
 
 def combine(verdicts: list[str]) -> str:
-    """A claim fails if any comparison fails, holds if all hold, and is inconclusive otherwise."""
+    """A claim fails if any comparison fails, holds if all that ran hold, is inconclusive
+    otherwise, and not run when none ran."""
+    verdicts = [v for v in verdicts if v != NOT_RUN]
+    if not verdicts:
+        return NOT_RUN
     if FAILS in verdicts:
         return FAILS
     if verdicts and all(v == HOLDS for v in verdicts):
@@ -255,13 +259,14 @@ def write_claims(records: Iterable[dict[str, Any]], out_dir: str | Path) -> Path
             "sample std of the two), *fails* when it is behind by more than that, and is *inconclusive* otherwise "
             "(or with fewer than 2 seeds, or a row not run). At cpu scale, inconclusive often means the stand-in "
             "(digits, a few epochs) cannot separate the methods, not that the paper is wrong.", "",
-            "| claim | paper | verdict | comparisons (holds / fails / inconclusive) |", "|---|---|---|---|"]
+            "| claim | paper | verdict | comparisons (holds / fails / inconclusive / not run) |", "|---|---|---|---|"]
     details = []
     for claim in CLAIMS:
         overall, lines = evaluate(records, claim)
-        counts = " / ".join(str(sum(line["verdict"] == v for line in lines)) for v in (HOLDS, FAILS, INCONCLUSIVE))
-        text.append(f"| {claim.text} | {claim.source} | **{overall if lines else 'not run'}** | {counts} |")
-        details += [f"## {claim.text} ({claim.source}): {overall if lines else 'not run'}", ""]
+        counts = " / ".join(str(sum(line["verdict"] == v for line in lines))
+                            for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_RUN))
+        text.append(f"| {claim.text} | {claim.source} | **{overall}** | {counts} |")
+        details += [f"## {claim.text} ({claim.source}): {overall}", ""]
         if not lines:
             details += ["No runs of " + ", ".join(sorted({c.experiment for c in claim.comparisons})) + ".", ""]
             continue
