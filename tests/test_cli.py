@@ -36,7 +36,7 @@ def assert_one_line_error(proc, code: int, *words: str) -> None:
 def test_list_shows_dr_experiments():
     proc = run("list")
     assert proc.returncode == 0
-    for name in ("table6", "table7", "table8", "table9", "figure6", "figure7", "figure8"):
+    for name in ("table6", "table7", "table8", "table9", "figure6", "figure7", "figure8", "ablation_dr"):
         assert name in proc.stdout
 
 
@@ -83,6 +83,7 @@ def test_results_are_written_readable_by_others(tmp_path):
         (("run", "table7", "--rates", "0.3"), 2, ["0.3", "Valid choices: 0, 0.2, 0.4"]),
         (("run", "table7", "--profile", "paper", "--data-root", "/tmp"), 1, ["CIFAR10", "/tmp"]),
         (("run", "table7", "--engine", "magic"), 2, ["magic", "exact"]),
+        (("run", "table7", "--engine", "first-order"), 2, ["first-order", "zero", "Valid choices: exact"]),
         (("run", "table7", "--mixed-precision", "fp8"), 2, ["fp8", "bf16"]),
         (("report", "--results", "/no/such/results"), 2, ["/no/such/results"]),
     ],

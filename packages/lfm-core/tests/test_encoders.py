@@ -85,3 +85,19 @@ def test_pretrained_from_local_cache(tmp_path, monkeypatch):
     enc = create_encoder("resnet18", pretrained=True)
     assert torch.equal(enc.state_dict()["conv1.weight"], sd["conv1.weight"])
     assert enc(X).shape == (2, 512)
+
+
+def test_pixels_encoder_is_fixed_normalised_pixel_correlation():
+    enc = create_encoder("pixels")
+    assert list(enc.parameters()) == []
+    f = enc(X)
+    assert f.shape == (2, 3 * 32 * 32) and enc.num_features == 3 * 32 * 32
+    torch.testing.assert_close(f.norm(dim=1), torch.full((2,), 30.0))
+    # a brightness shift or a contrast change of an image does not change its features
+    torch.testing.assert_close(enc(2.0 * X + 0.5), f)
+    # dot products are 900 times the pixel correlation of the two images
+    flat = X.flatten(1)
+    corr = torch.corrcoef(flat)[0, 1]
+    torch.testing.assert_close((f[0] @ f[1]) / 900.0, corr, rtol=1e-4, atol=1e-5)
+    with pytest.raises(UsageError, match="pixels"):
+        create_encoder("pixels", pretrained=True)

@@ -7,7 +7,7 @@ import pytest
 
 from lfm_core.errors import UsageError
 from lfm_core.imbalance import longtail, longtail_counts, step, step_counts
-from lfm_core.noise import flip_noise, pair_noise, transition_matrix, uniform_noise
+from lfm_core.noise import FLIP_TARGET_SEED, flip_noise, pair_noise, transition_matrix, uniform_noise
 from lfm_core.registries import IMBALANCE, NOISE
 
 K = 10
@@ -26,7 +26,8 @@ def test_empirical_transition_matches(kind, rate):
     res = NOISE.create(kind, labels=CLEAN, num_classes=K, rate=rate, seed=3)
     assert res.labels.dtype == np.int64 and res.labels.shape == CLEAN.shape
     np.testing.assert_allclose(res.transition.sum(axis=1), 1.0)
-    np.testing.assert_allclose(res.transition, transition_matrix(kind, K, rate, seed=3))
+    targets = FLIP_TARGET_SEED if kind == "flip" else 3  # flip: the same two targets for every run seed
+    np.testing.assert_allclose(res.transition, transition_matrix(kind, K, rate, seed=targets))
     assert np.abs(empirical(CLEAN, res.labels, K) - res.transition).max() < 0.01
     np.testing.assert_array_equal(res.corrupted, res.labels != CLEAN)
     assert res.actual_rate == pytest.approx(1.0 - np.trace(res.transition) / K, abs=0.005)
@@ -53,6 +54,22 @@ def test_seeds():
     assert (a.labels != c.labels).any()
     assert (uniform_noise(CLEAN[:5000], K, 0.4, 0).labels != uniform_noise(CLEAN[:5000], K, 0.4, 1).labels).any()
     assert NOISE.get("pair") is pair_noise
+
+
+def test_flip_targets_fixed_across_run_seeds():
+    """Meta-Weight-Net's protocol: one seed fixes the two targets per class; the run seed picks
+    which labels flip. ``target_seed=None`` draws the targets from the run seed."""
+    runs = [flip_noise(CLEAN[:20_000], K, 0.4, seed=s) for s in (1, 2, 3)]
+    for res in runs:
+        np.testing.assert_array_equal(res.transition, transition_matrix("flip", K, 0.4, seed=FLIP_TARGET_SEED))
+        targets = empirical(CLEAN[:20_000], res.labels, K) > 0.05
+        np.testing.assert_array_equal(targets, res.transition > 0)  # the labels follow that matrix
+    assert (runs[0].labels != runs[1].labels).any()
+    per_seed = [flip_noise(CLEAN[:100], K, 0.4, seed=s, target_seed=None).transition for s in (1, 2)]
+    np.testing.assert_array_equal(per_seed[0], transition_matrix("flip", K, 0.4, seed=1))
+    assert not np.array_equal(per_seed[0], per_seed[1])
+    fixed7 = flip_noise(CLEAN[:100], K, 0.4, seed=1, target_seed=7).transition
+    np.testing.assert_array_equal(fixed7, transition_matrix("flip", K, 0.4, seed=7))
 
 
 @pytest.mark.parametrize("rate", [-0.1, 1.5, math.nan, math.inf, "abc", None])

@@ -22,6 +22,8 @@ def test_paper_numbers(name, row, column, value):
 
 
 def test_every_cell_of_the_tables_has_a_paper_number():
+    """Every row but our own LFM-DR+ (beyond the paper) carries the paper's numbers."""
     for name, n in (("table6", 6 * 12), ("table7", 12 * 6), ("table8", 12 * 6), ("table9", 6)):
         exp = get_experiment(name)
-        assert len(exp.paper) == n == len(exp.rows) * len(exp.columns)
+        paper_rows = [r for r in exp.rows if r != "LFM-DR+ (ours)"]
+        assert len(exp.paper) == n == len(paper_rows) * len(exp.columns)

@@ -51,6 +51,33 @@ def smallcnn(pretrained: bool = False) -> nn.Module:
     return SmallCNN()
 
 
+class PixelEncoder(nn.Module):
+    """Fixed features: each image's pixels, centred on their own mean, L2-normalised, times ``scale``.
+
+    No parameters, no download, no labels: the dot product of two images' features is ``scale**2``
+    times the correlation of their pixels, so the LFM attention ``softmax_j`` picks the meta
+    images that look most alike. On the cpu profile's digits this is the informative, label-free
+    stand-in for the paper's ImageNet-pretrained encoder (a random CNN's features are not).
+    """
+
+    def __init__(self, scale: float = 30.0):
+        super().__init__()
+        self.scale = float(scale)
+        self.num_features = 0  # set by the first call (depends on the image size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        self.num_features = flat.shape[1]
+        return self.scale * torch.nn.functional.normalize(flat - flat.mean(1, keepdim=True), dim=1)
+
+
+@ENCODERS.register("pixels")
+def pixels(pretrained: bool = False) -> nn.Module:
+    if pretrained:
+        raise UsageError("encoder 'pixels' is fixed (no weights to load); use pretrained=False")
+    return PixelEncoder()
+
+
 def hf_cache_dir() -> Path:
     """The Hugging Face hub cache, resolved from the environment now (not at import time)."""
     if os.environ.get("HF_HUB_CACHE"):

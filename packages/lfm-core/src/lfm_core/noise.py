@@ -17,6 +17,10 @@ from lfm_core.errors import check_choice, UsageError
 from lfm_core.registries import NOISE
 
 KINDS = ("uniform", "flip", "pair")
+# Flip noise's two target classes per class are drawn once with this seed, the same for every
+# run seed (as Meta-Weight-Net's code does); only which examples flip follows the run seed.
+# ``flip_noise(..., target_seed=None)`` draws the targets from the run seed instead.
+FLIP_TARGET_SEED = 0
 
 
 @dataclass
@@ -95,9 +99,13 @@ def uniform_noise(labels: Any, num_classes: int, rate: float, seed: int = 0) -> 
 
 
 @NOISE.register("flip")
-def flip_noise(labels: Any, num_classes: int, rate: float, seed: int = 0) -> NoiseResult:
-    """Each class sends rate/2 to each of two other (seeded random) classes; 1 - rate stays."""
-    return apply_transition(labels, transition_matrix("flip", num_classes, rate, seed), seed)
+def flip_noise(
+    labels: Any, num_classes: int, rate: float, seed: int = 0, target_seed: int | None = FLIP_TARGET_SEED
+) -> NoiseResult:
+    """Each class sends rate/2 to each of two other classes, drawn with ``target_seed`` (fixed
+    by default; None: the run ``seed``); 1 - rate stays. ``seed`` picks which labels flip."""
+    targets = seed if target_seed is None else target_seed
+    return apply_transition(labels, transition_matrix("flip", num_classes, rate, targets), seed)
 
 
 @NOISE.register("pair")

@@ -46,12 +46,14 @@ def lfm_weights(
     r: Tensor,
     similarity: str = "dot",
     drop: str = "none",
+    offset: Tensor | float = 0.0,
 ) -> Tensor:
     """Per-example weights ``a`` (shape ``[n_tr]``) for a training batch.
 
     ``f_tr``/``f_val`` are encoder features, ``u`` the per-example validation losses of W1',
     ``r`` the coefficients of the validation examples in the batch, ``drop`` one of
-    ``none``, ``x``, ``u``, ``z`` (the ablation: that term becomes ones).
+    ``none``, ``x``, ``u``, ``z`` (the ablation: that term becomes ones). ``offset`` is added
+    inside the sigmoid (0 in the paper; LFM-DR+ learns it, so that a can fall below 0.5).
     """
     check_choice("ablation", drop, ABLATIONS)
     n_tr, n_val = f_tr.shape[0], f_val.shape[0]
@@ -61,4 +63,4 @@ def lfm_weights(
         x = torch.softmax(SIMILARITIES.get(similarity)(f_tr, f_val), dim=1)
     z = (y_tr[:, None] == y_val[None, :]).to(x.dtype) if drop != "z" else x.new_ones(n_tr, n_val)
     uu = u.to(x.dtype) if drop != "u" else x.new_ones(n_val)
-    return torch.sigmoid((x * z * uu[None, :]) @ r.to(x.dtype))
+    return torch.sigmoid((x * z * uu[None, :]) @ r.to(x.dtype) + offset)

@@ -194,7 +194,7 @@ def _checked_inputs(train, meta, test, num_classes, model, model_kwargs, method,
     options = dict(options)
     if known is not None and "encoder" in known:  # the library's default: a small random encoder
         options.setdefault("pretrained", False)
-        options.setdefault("encoder", "smallcnn")
+        options.setdefault("encoder", "pixels" if method == "lfm_plus" else "smallcnn")
 
     sets = {"train": train, "meta": meta} | ({"test": test} if test is not None else {})
     wrapped = {}

@@ -32,6 +32,7 @@ from lfm_core.registries import METHODS
 from lfm_core.runtime import cpu_threads
 from lfm_core.solver import ENGINES
 from lfm_dr.methods.lfm import DEFAULTS as LFM_DEFAULTS
+from lfm_dr.methods.lfm import check_dr_engine
 from lfm_dr.train import TrainConfig, device_of, train_dr
 
 # table row -> registered method (rows absent here are cited from the paper, not run)
@@ -45,9 +46,12 @@ METHOD_OF_ROW = {
     "GLC": "glc",
     "Meta-Net": "mwn",
     "LFM-DR": "lfm",
+    "LFM-DR+ (ours)": "lfm_plus",  # beyond the paper (no paper number): lfm_dr/methods/lfm_plus.py
 }
-# methods whose runs depend on --engine (the others ignore it, so their runs are shared)
-ENGINE_METHODS = ("lfm",)
+PLUS_ROW = "LFM-DR+ (ours)"
+# the methods the LFM hypergradient engines apply to (the others ignore --engine, so their runs
+# are shared between engines)
+LFM_METHODS = ("lfm", "lfm_plus")
 PAPER_MODELS = {"resnet32": "ResNet-32", "wrn28_10": "WRN-28-10", "vgg19_bn": "VGG19-BN"}
 
 # Everything a profile sets, per model where the model matters. ``data`` None: the column's own
@@ -55,16 +59,19 @@ PAPER_MODELS = {"resnet32": "ResNet-32", "wrn28_10": "WRN-28-10", "vgg19_bn": "V
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(data="digits", image_size=16, epochs=2, batch_size=50, meta_per_class=5, max_train=300,
                   lr=0.05, encoder="smallcnn", pretrained=False, augment=None, max_columns=1,
+                  method_options={"lfm_plus": {"encoder": "pixels"}},
                   model_kwargs={"resnet32": {"width": 4, "blocks_per_stage": 1},
                                 "wrn28_10": {"depth": 10, "widen_factor": 1},
                                 "vgg19_bn": {"width_mult": 0.125}}),
     "cpu": dict(data="digits", image_size=16, epochs=12, batch_size=50, meta_per_class=10, max_train=None,
                 lr=0.05, encoder="smallcnn", pretrained=False, augment=None, max_columns=None,
+                method_options={"lfm_plus": {"encoder": "pixels"}},
                 model_kwargs={"resnet32": {"width": 8, "blocks_per_stage": 1},
                               "wrn28_10": {"depth": 10, "widen_factor": 1},
                               "vgg19_bn": {"width_mult": 0.125}}),
     "paper": dict(data=None, image_size=32, epochs=100, batch_size=100, meta_per_class=None, max_train=None,
                   lr=0.1, encoder="resnet18", pretrained=True, augment="cifar", max_columns=None,
+                  method_options={},
                   model_kwargs={"resnet32": {}, "wrn28_10": {}, "vgg19_bn": {}}),
 }
 PAPER_EPOCHS = PROFILES["paper"]["epochs"]
@@ -99,6 +106,14 @@ def model_label(name: str, kwargs: dict[str, Any]) -> str:
     if name == "vgg19_bn" and kwargs.get("width_mult", 1.0) != 1.0:
         return f"VGG19-BN at {kwargs['width_mult']:g}x width (paper: {paper})"
     return paper
+
+
+def paper_meta_per_class(num_classes: int, params: dict[str, Any]) -> int:
+    """Clean meta examples per class in the paper's protocol: 10 for CIFAR-100 and for every
+    long-tail column (Meta-Weight-Net's imbalance code: n_max 4990 / 490), 100 for CIFAR-10
+    under label noise (1,000 images)."""
+    long_tail = str(params.get("imbalance") or "none").lower() != "none"
+    return 10 if num_classes > 10 or long_tail else 100
 
 
 class DRExperiment(Experiment):
@@ -197,7 +212,7 @@ class DRExperiment(Experiment):
     def cell_params(self, row: str, params: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
         method = self.method_of(row)
         out = {**params, "method": method, "model": self.model}
-        if method in ENGINE_METHODS:
+        if method in LFM_METHODS:
             out["engine"] = options.get("engine") or LFM_DEFAULTS["engine"]
         return out
 
@@ -218,6 +233,8 @@ class DRExperiment(Experiment):
     def validate(self, profile, options):
         self.run_rows(profile, options)
         check_set(options.get("set") or {}, self.settable(profile, options))
+        if any(c.params["method"] in LFM_METHODS for c in self.cells(profile, options)):
+            check_dr_engine(options.get("engine") or LFM_DEFAULTS["engine"])
         if PROFILES[profile]["data"] is None:
             root = options.get("data_root")
             for column in self.run_columns(profile, options):
@@ -244,7 +261,7 @@ class DRExperiment(Experiment):
         fixed = PROFILES[profile]["meta_per_class"]
         if fixed is not None:
             return fixed
-        return 10 if params["dataset"] == "cifar100" or params.get("imbalance") else 100
+        return paper_meta_per_class(100 if params["dataset"] == "cifar100" else 10, params)
 
     def resolve(self, cell, profile, options):
         s = PROFILES[profile]
@@ -256,7 +273,8 @@ class DRExperiment(Experiment):
         if params["dataset"] == "digits":
             data["image_size"] = self.image_size or s["image_size"]
         augment = s["augment"] if params["dataset"].startswith("cifar") else None
-        given = {"encoder": s["encoder"], "pretrained": s["pretrained"], "noise_rate": params.get("rate", 0.0)}
+        given = {"encoder": s["encoder"], "pretrained": s["pretrained"], "noise_rate": params.get("rate", 0.0),
+                 **s["method_options"].get(params["method"], {})}  # e.g. LFM-DR+'s label-free pixel encoder
         if "engine" in params:
             given["engine"] = params["engine"]
         if options.get("encoder_weights"):
@@ -298,7 +316,7 @@ class DRExperiment(Experiment):
         if model:
             labels["model"] = model_label(model["name"], model.get("kwargs") or {})
         opts = (st.get("method") or {}).get("options") or {}
-        if "encoder" in opts and st.get("method", {}).get("name") in ENGINE_METHODS + ("lfm_plus",):
+        if "encoder" in opts and st.get("method", {}).get("name") in LFM_METHODS:
             kind = "pretrained" if opts.get("pretrained") else "random init"
             labels["encoder"] = f"{opts['encoder']}, {kind}" + (
                 "" if opts.get("pretrained") else " (paper: ImageNet-pretrained ResNet-18)")
@@ -357,7 +375,7 @@ NOISE_RATES = (0.0, 0.2, 0.4)
 
 
 T7_ROWS = ["Base Model", "Reed-Hard", "Self-paced", "Focal Loss", "Co-teaching", "D2L", "Fine-tuning",
-           "MentorNet", "L2RW", "GLC", "Meta-Net", "LFM-DR"]
+           "MentorNet", "L2RW", "GLC", "Meta-Net", "LFM-DR", PLUS_ROW]
 T7_COLS = [f"{d} {r}%" for d in ("CIFAR-10", "CIFAR-100") for r in (0, 20, 40)]
 
 
@@ -462,7 +480,7 @@ class Table8(NoiseTable):
 """)
 
 
-T6_ROWS = ["Base Model", "Focal Loss", "Class-Balance", "L2RW", "Meta-Net", "LFM-DR"]
+T6_ROWS = ["Base Model", "Focal Loss", "Class-Balance", "L2RW", "Meta-Net", "LFM-DR", PLUS_ROW]
 IFS = (200, 100, 50, 20, 10, 1)
 T6_COLS = [f"{d} IF {f}" for d in ("CIFAR-10", "CIFAR-100") for f in IFS]
 

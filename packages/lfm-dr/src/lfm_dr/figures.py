@@ -76,3 +76,58 @@ def plot_network_bars(frame, out_path, rows: list[str], columns: list[str], titl
     ax.legend(loc="lower left", fontsize=8)
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
+
+
+DIAGNOSTIC_PANELS = (
+    ("a_clean", "a_noisy", "mean weight a: clean (solid) vs corrupted (dashed)"),
+    ("a_auroc", None, "AUROC of a as a noise detector (0.5 = chance)"),
+    ("a_mean", None, "mean a (W2's effective step scale)"),
+    ("test_acc", None, "W2 test accuracy (%)"),
+)
+
+
+def _histories(frame, row: str, column: str) -> list[list[dict]]:
+    """Per-epoch diagnostic lines of each seed: the result's ``history``, else its run's metrics.jsonl."""
+    import json
+    from pathlib import Path
+
+    sub = frame[(frame["row"] == row) & (frame["column"] == column)]
+    out = []
+    for _, rec in sub.iterrows():
+        hist = rec.get("history")
+        if not isinstance(hist, list) and isinstance(rec.get("run_dir"), str):
+            path = Path(rec["run_dir"]) / "metrics.jsonl"
+            hist = [json.loads(t) for t in path.read_text().splitlines() if t.strip()] if path.exists() else None
+        if isinstance(hist, list) and hist:
+            out.append(hist)
+    return out
+
+
+def plot_diagnostics(frame, out_path, rows: list[str], column: str) -> None:
+    """Per-epoch weight diagnostics (mean over seeds) of each row in one column: how a treats
+    clean vs corrupted examples, how well it detects them, its mean, and W2's accuracy."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(DIAGNOSTIC_PANELS), figsize=(4.4 * len(DIAGNOSTIC_PANELS), 4.0),
+                             constrained_layout=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, row in enumerate(rows):
+        hists = _histories(frame, row, column)
+        if not hists:
+            continue
+        color = colors[i % len(colors)]
+        for ax, (key, second, title) in zip(axes, DIAGNOSTIC_PANELS):
+            for k, style in ((key, "-"), (second, "--")):
+                if k is None:
+                    continue
+                n = min(len(h) for h in hists)
+                vals = np.array([[h[e].get(k, np.nan) for e in range(n)] for h in hists], dtype=float)
+                if np.isnan(vals).all():
+                    continue
+                ax.plot(np.arange(1, n + 1), np.nanmean(vals, axis=0), style, color=color,
+                        label=f"{row} ({len(hists)} seeds)" if style == "-" and ax is axes[0] else None)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{column}; {_provenance(frame)}", fontsize=9)
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)

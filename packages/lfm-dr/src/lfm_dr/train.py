@@ -18,6 +18,7 @@ from lfm_core.errors import check_choice, CheckpointError, NonFiniteError, Usage
 from lfm_core.registries import METHODS, MODELS
 from lfm_core.runtime import all_reduce_mean, process_accelerator, rng_state, seed_everything, set_rng_state
 from lfm_core.stopping import inject_test_stop, stop_error, stop_on_signals, stop_requested
+from lfm_dr.diagnostics import clean_mask_of
 from lfm_dr.methods.base import DRContext, DRMethod
 
 MAX_BAD_STEPS = 5
@@ -283,6 +284,7 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": cfg.lr * factor, "skipped_steps": skipped}
             record.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
             inject_test_stop(f"dr:{epoch}:eval")
+            record.update(method.epoch_diagnostics(clean_mask_of(splits.train)))
             for name, model in method.eval_models().items():
                 acc, _ = evaluate(model, splits.test, splits.num_classes, device, cfg.eval_batch_size)
                 record["test_acc" if name == "main" else f"test_acc_{name}"] = acc

@@ -3,7 +3,8 @@
 The trainer builds a :class:`DRContext`, constructs a method as ``Cls(ctx)``, calls
 ``train_step`` once per training mini-batch and ``end_epoch`` after each epoch, scales the
 learning rate of the optimisers named in ``scheduled``, checkpoints ``modules()``,
-``optimizers()`` and ``extra_state()``, and evaluates ``eval_models()["main"]``.
+``optimizers()`` and ``extra_state()``, evaluates ``eval_models()["main"]`` and adds
+``epoch_diagnostics(clean_mask)`` to each epoch's metrics.
 
 Shared helpers (used by the baselines and available to other methods):
 
@@ -186,6 +187,11 @@ class DRMethod:
 
     def end_epoch(self, epoch: int) -> None:
         pass
+
+    def epoch_diagnostics(self, clean_mask: Tensor | None) -> dict[str, float]:
+        """Numbers for this epoch's metrics.jsonl line (e.g. how the weights treat corrupted
+        examples: ``clean_mask`` is True where a training label is the clean one)."""
+        return {}
 
 
 class SingleModelMethod(DRMethod):

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lfm_core.registries import METHODS
+from lfm_dr.diagnostics import WeightLog
 from lfm_dr.methods.base import (
     DRContext,
     DRMethod,
@@ -51,6 +52,7 @@ __all__ = [
     "coteaching_select",
     "estimate_corruption",
     "glc_corrected_loss",
+    "gold_quota",
     "WeightNet",
     "CrossEntropy",
     "FocalLoss",
@@ -132,6 +134,14 @@ def estimate_corruption(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor
     return torch.where(seen, sums / counts.clamp_min(1)[:, None], eye)
 
 
+def gold_quota(silver_seen: int, batch: int, n_gold: int, n_silver: int) -> int:
+    """Gold examples to add to the next silver batch so that the running gold count stays at
+    ``n_gold / n_silver`` of the silver count (the share each has in GLC's training union)."""
+    if n_silver <= 0:
+        return 0
+    return (silver_seen + batch) * n_gold // n_silver - silver_seen * n_gold // n_silver
+
+
 def glc_corrected_loss(logits: Tensor, y_noisy: Tensor, C: Tensor, reduction: str = "mean") -> Tensor:
     """``-log((softmax(f(x)) @ C_hat)[y_noisy])``: the probability of the noisy label."""
     p_noisy = (F.softmax(logits, dim=1) @ C.to(logits.dtype)).gather(1, y_noisy[:, None]).squeeze(1)
@@ -204,10 +214,18 @@ class L2RW(SingleModelMethod):
 
     name = "l2rw"
 
+    def __init__(self, ctx: DRContext):
+        super().__init__(ctx)
+        self.weight_log = WeightLog(ctx.n_train)
+
+    def epoch_diagnostics(self, clean_mask):
+        return self.weight_log.stats("w", clean_mask)
+
     def train_step(self, x, y, idx, epoch):
         self.model.train()
         xm, ym, _ = self.ctx.meta_batch(x)
         w, lm = l2rw_weights(self.model, x, y, xm, ym, self.lr)
+        self.weight_log.record(idx, w * len(w))  # times the batch size: mean 1 for uniform weights
         losses = ce_per_example(self.model(x), y)
         loss = weighted_sum(losses, w, "sum")
         sgd_step(self.opt, loss, self.ctx.grad_scaler)
@@ -248,6 +266,10 @@ class MetaWeightNet(SingleModelMethod):
             self.vnet.parameters(), lr=float(self.options.get("meta_lr", 1e-3)),
             weight_decay=float(self.options.get("meta_weight_decay", 1e-4)),
         )
+        self.weight_log = WeightLog(ctx.n_train)
+
+    def epoch_diagnostics(self, clean_mask):
+        return self.weight_log.stats("w", clean_mask)
 
     def modules(self):
         return {"model": self.model, "vnet": self.vnet}
@@ -278,6 +300,7 @@ class MetaWeightNet(SingleModelMethod):
         losses = ce_per_example(self.model(x), y)
         with torch.no_grad():
             w = self.vnet(losses.detach())
+        self.weight_log.record(idx, w)
         loss = self.weigh(losses, w)
         sgd_step(self.opt, loss, self.ctx.grad_scaler)
         return {"loss": float(loss.detach()), "ce": float(losses.detach().mean()),
@@ -322,18 +345,19 @@ class CoTeaching(DRMethod):
 
 @METHODS.register("glc")
 class GLC(SingleModelMethod):
-    """Gold Loss Correction, simplified.
+    """Gold Loss Correction (Hendrycks et al. 2018).
 
     Stage 1 (epochs < ``glc_warmup``, default half the epochs): CE on the noisy training set.
     At the switch, ``C_hat`` is estimated from the whole meta (gold) set
     (:func:`estimate_corruption`; ``options["meta_loader"]`` if given, else ``next_meta``
-    is drawn until every meta index was seen). Stage 2: the loss is
-    ``(sum_train -log((softmax f(x) @ C_hat)[y_noisy]) + sum_meta CE) / (n_train + n_meta)``
-    over one training and one meta batch.
+    is drawn until every meta index was seen). Stage 2 trains on the union of the silver
+    (training) set with the corrected loss ``-log((softmax f(x) @ C_hat)[y_noisy])`` and the gold
+    set with CE, each at its natural share: a step adds to its training batch the gold examples
+    that keep their running count at ``n_meta / n_train`` of the silver ones
+    (:func:`gold_quota`), so an epoch sees each gold example about once, as the union would.
 
-    Simplification: the original GLC trains a *fresh* model in stage 2 on the union of the
-    corrected silver set and the gold set; here the stage-1 model keeps training, and every
-    step sees one gold batch (so gold data is seen more often than in the union).
+    Simplification: the original GLC trains a *fresh* model in stage 2; here the stage-1 model
+    keeps training (the same lr schedule covers both stages).
     """
 
     name = "glc"
@@ -343,12 +367,15 @@ class GLC(SingleModelMethod):
         super().__init__(ctx)
         self.warmup = int(self.options.get("glc_warmup", ctx.epochs // 2))
         self.C: Tensor | None = None
+        self.silver_seen = 0  # silver examples of stage 2 so far (sets the gold quota)
 
     def extra_state(self):
-        return {} if self.C is None else {"C_hat": self.C}
+        state = {"silver_seen": torch.tensor(self.silver_seen)}
+        return state if self.C is None else {**state, "C_hat": self.C}
 
     def load_extra_state(self, state):
         self.C = state.get("C_hat")
+        self.silver_seen = int(state.get("silver_seen", 0))
 
     def _gold_batches(self, like: Tensor):
         loader = self.options.get("meta_loader")
@@ -374,7 +401,16 @@ class GLC(SingleModelMethod):
             return F.cross_entropy(self.model(x), y)
         if self.C is None:
             self.C = estimate_corruption(self.model, self._gold_batches(x), self.ctx.num_classes)
-        xm, ym, _ = self.ctx.meta_batch(x)
+        n_gold = gold_quota(self.silver_seen, len(y), self.ctx.n_meta, self.ctx.n_train)
+        self.silver_seen += len(y)
+        if n_gold == 0:
+            return glc_corrected_loss(self.model(x), y, self.C)
+        xs, ys = [], []
+        while sum(len(t) for t in ys) < n_gold:  # one meta batch, unless the quota exceeds it
+            xm, ym, _ = self.ctx.meta_batch(x)
+            xs.append(xm)
+            ys.append(ym)
+        xm, ym = torch.cat(xs)[:n_gold], torch.cat(ys)[:n_gold]
         logits = self.model(torch.cat([x, xm]))
         silver = glc_corrected_loss(logits[: len(y)], y, self.C, reduction="none")
         gold = ce_per_example(logits[len(y):], ym)

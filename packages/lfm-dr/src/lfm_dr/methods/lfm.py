@@ -16,9 +16,21 @@ from torch.func import functional_call
 from lfm_core.encoders import create_encoder
 from lfm_core.errors import UsageError
 from lfm_core.registries import METHODS
-from lfm_core.solver import Params, TriLevelSolver
+from lfm_core.solver import ENGINES, Params, TriLevelSolver
 from lfm_core.weighting import lfm_weights
+from lfm_dr.diagnostics import WeightLog, weight_stats
 from lfm_dr.methods.base import DRContext, DRMethod, make_sgd
+
+# loss3 (W2's meta loss) does not depend on B, r or V directly, so the first-order hypergradient
+# (which drops the terms through the unrolled steps) is exactly zero: the upper level never moves
+DR_ENGINES = tuple(e for e in ENGINES if e != "first-order")
+
+
+def check_dr_engine(engine: str) -> str:
+    if engine not in DR_ENGINES:
+        why = " (its hypergradient is exactly zero for data reweighting)" if engine == "first-order" else ""
+        raise UsageError(f"engine {engine!r} cannot train LFM-DR{why}. Valid choices: {', '.join(DR_ENGINES)}.")
+    return engine
 
 DEFAULTS = {
     "encoder": "resnet18",
@@ -35,17 +47,21 @@ DEFAULTS = {
     # the upper variables (b, r, V) descend their hypergradient every k-th step; W1 and W2 train
     # every step, in between with a from the current upper variables (no hypergradient)
     "meta_every": 1,
+    "normalize_a": False,  # W2's loss sum(a l)/sum(a) instead of the paper's mean(a l) (ablation only)
 }
 
 
 class DRProblem:
     """The four functions of one LFM-DR step with the step's batches bound."""
 
-    def __init__(self, w1, w2, encoder, x, y, idx, xm, ym, jm, similarity: str, drop: str):
+    def __init__(self, w1, w2, encoder, x, y, idx, xm, ym, jm, similarity: str, drop: str,
+                 normalize_a: bool = False):
         self.w1, self.w2, self.encoder = w1, w2, encoder
         self.x, self.y, self.idx = x, y, idx
         self.xm, self.ym, self.jm = xm, ym, jm
         self.similarity, self.drop = similarity, drop
+        self.normalize_a = normalize_a
+        self.last_a: Tensor | None = None  # the batch's weights, for the diagnostics
 
     def loss1(self, w1: Params, upper: Params) -> Tensor:
         losses = F.cross_entropy(functional_call(self.w1, w1, (self.x,)), self.y, reduction="none")
@@ -56,10 +72,15 @@ class DRProblem:
         enc = {k[2:]: v for k, v in upper.items() if k.startswith("V.")}
         feats = functional_call(self.encoder, enc, (torch.cat([self.x, self.xm]),))
         f_tr, f_val = feats[: len(self.x)], feats[len(self.x):]
-        return lfm_weights(f_tr, f_val, self.y, self.ym, u, upper["r"][self.jm], self.similarity, self.drop)
+        a = lfm_weights(f_tr, f_val, self.y, self.ym, u, upper["r"][self.jm], self.similarity, self.drop,
+                        offset=upper["c"] if "c" in upper else 0.0)
+        self.last_a = a.detach()
+        return a
 
     def loss2(self, w2: Params, a: Tensor, upper: Params) -> Tensor:
         losses = F.cross_entropy(functional_call(self.w2, w2, (self.x,)), self.y, reduction="none")
+        if self.normalize_a:  # sum a_i l_i / sum a_i: the step size no longer scales with mean(a)
+            return (a * losses).sum() / a.sum().clamp_min(1e-12)
         return (a * losses).mean()
 
     def loss3(self, w2: Params, upper: Params) -> Tensor:
@@ -75,7 +96,8 @@ class LFMReweighting(DRMethod):
 
     def __init__(self, ctx: DRContext):
         self.ctx = ctx
-        self.opt = {**DEFAULTS, **ctx.options}
+        self.opt = {**self.DEFAULTS, **ctx.options}
+        check_dr_engine(self.opt["engine"])
         self.meta_every = self.opt["meta_every"]
         if not isinstance(self.meta_every, int) or isinstance(self.meta_every, bool) or self.meta_every < 1:
             raise UsageError(f"meta_every must be a whole number of steps >= 1, got {self.meta_every!r}")
@@ -92,11 +114,17 @@ class LFMReweighting(DRMethod):
         self.r = torch.ones(ctx.n_meta, device=ctx.device, requires_grad=True)
         upper = {"b": self.b, "r": self.r}
         upper.update({f"V.{k}": p for k, p in self.encoder.named_parameters()})
-        self.upper_opt = torch.optim.Adam([
+        groups = [
             {"params": [self.b], "lr": self.opt["lr_b"]},
             {"params": [self.r], "lr": self.opt["lr_r"]},
             {"params": list(self.encoder.parameters()), "lr": self.opt["lr_v"]},
-        ], weight_decay=0.0, fused=torch.device(ctx.device).type in ("cpu", "cuda"))
+        ]
+        for name, (tensor, lr) in self.extra_upper().items():
+            upper[name] = tensor
+            groups.append({"params": [tensor], "lr": lr})
+        self.weight_log = WeightLog(ctx.n_train)
+        self.upper_opt = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=0.0,
+                                          fused=torch.device(ctx.device).type in ("cpu", "cuda"))
         # fused: one kernel for the encoder's 11 M parameters instead of a loop over 62 tensors
         # (45 ms -> 6 ms per step on one CPU thread)
         self.opt1 = make_sgd(self.w1.parameters(), ctx)
@@ -110,6 +138,10 @@ class LFMReweighting(DRMethod):
             upper_reaches_batch_norm=self.w2 is self.w1,
             grad_scaler=ctx.grad_scaler, reduce=ctx.reduce,
         )
+
+    def extra_upper(self) -> dict[str, tuple[Tensor, float]]:
+        """More upper variables (name -> (tensor, Adam lr)) for subclasses; none in the paper."""
+        return {}
 
     def modules(self):
         mods = {"w1": self.w1, "encoder": self.encoder}
@@ -135,7 +167,7 @@ class LFMReweighting(DRMethod):
     def train_step(self, x, y, idx, epoch):
         xm, ym, jm = self.ctx.next_meta()
         problem = DRProblem(self.w1, self.w2, self.encoder, x, y, idx, xm, ym, jm,
-                            self.opt["similarity"], self.opt["drop"])
+                            self.opt["similarity"], self.opt["drop"], bool(self.opt["normalize_a"]))
         meta_step = self.steps_done % self.meta_every == 0
         self.steps_done += 1
         if not meta_step:
@@ -146,6 +178,8 @@ class LFMReweighting(DRMethod):
                 self.last_meta_loss = stats.loss3
                 with torch.no_grad():
                     self.b.clamp_(min=self.opt["b_min"])
+        if problem.last_a is not None:
+            self.weight_log.record(idx, problem.last_a)
         # between meta-updates the meta loss reported is the last one computed
         return {"loss": stats.loss2, "loss_w1": stats.loss1, "meta_loss": self.last_meta_loss,
                 "a_mean": stats.a_mean, "finite": float(stats.finite)}
@@ -155,6 +189,13 @@ class LFMReweighting(DRMethod):
         if self.w2 is not self.w1:
             models["w1"] = self.w1
         return models
+
+    def epoch_diagnostics(self, clean_mask: Tensor | None) -> dict[str, float]:
+        """a (latest per example) and b on clean vs corrupted examples, as noise detectors, and r."""
+        r = self.r.detach().float().cpu()
+        out = {**self.weight_log.stats("a", clean_mask), **weight_stats("b", self.b, clean_mask),
+               "r_mean": float(r.mean()), "r_std": float(r.std()), "r_min": float(r.min()), "r_max": float(r.max())}
+        return out
 
     def summary(self, clean_mask: Tensor | None = None) -> dict[str, float]:
         """Mean b on clean and on corrupted training examples (what B learned)."""

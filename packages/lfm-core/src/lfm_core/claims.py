@@ -1,0 +1,283 @@
+"""The paper's claims, each checked against this suite's finished runs: ``claims.md``.
+
+A claim is a list of comparisons "row A beats row B" in one experiment and column. For each,
+the seeds of one configuration (same ``config_id``, or same params when records predate it)
+give mean ± std; the comparison
+
+* **holds** when A is better than B by more than the seeds' spread (the larger sample standard
+  deviation of the two),
+* **fails** when A is worse by more than that spread,
+* is **inconclusive** otherwise, or with fewer than two seeds on either side;
+* is **not run** when either row has no runs (it then does not count).
+
+A claim holds when all its comparisons that ran hold, fails when any fails, is inconclusive
+otherwise, and is not run when none of its comparisons ran. At cpu scale (digits standing in
+for CIFAR, a few epochs) "inconclusive" often means the stand-in cannot separate the methods
+(e.g. NAS on digits, every cell at 1-2% error), not that the paper is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lfm_core.io import atomic_write_text
+
+HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive", "not run"
+PROFILE_ORDER = ("paper", "cpu", "smoke")  # the most faithful profile with runs is used
+OURS_ROWS = ("LFM-DR+ (ours)",)  # beyond the paper: never one of "the implemented baselines"
+
+Value = Callable[[dict[str, Any]], "float | None"]
+
+
+def metric_value(key: str) -> Value:
+    def value(record: dict[str, Any]) -> float | None:
+        v = (record.get("metrics") or {}).get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    return value
+
+
+def rarest_class_recall(record: dict[str, Any]) -> float | None:
+    """Recall (%) of the last class, the rarest of a long-tailed training set (class i keeps
+    ``n_max * (1/IF) ** (i / (K-1))``), from the run's test confusion matrix."""
+    conf = (record.get("metrics") or {}).get("confusion")
+    if not conf:
+        return None
+    last = conf[-1]
+    total = sum(last)
+    return 100.0 * last[-1] / total if total else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    experiment: str
+    better: str  # the row the paper says wins
+    worse: str | None  # None: every other row with runs (baselines), except ``OURS_ROWS``
+    columns: tuple[str, ...]  # the columns that count (those without runs are skipped)
+    higher_is_better: bool = True
+    value: Value = metric_value("test_acc")
+    quantity: str = "test accuracy (%)"
+
+
+@dataclass(frozen=True)
+class Claim:
+    text: str
+    source: str  # where the paper makes it
+    comparisons: tuple[Comparison, ...]
+
+
+def _acc(experiment: str, better: str, columns: tuple[str, ...], worse: str | None = None) -> Comparison:
+    return Comparison(experiment, better, worse, columns)
+
+
+def _err(experiment: str, better: str, worse: str, columns: tuple[str, ...], metric: str = "test_err",
+         quantity: str = "test error (%)") -> Comparison:
+    return Comparison(experiment, better, worse, columns, False, metric_value(metric), quantity)
+
+
+NOISE_COLUMNS = ("CIFAR-10 20%", "CIFAR-10 40%", "CIFAR-100 20%", "CIFAR-100 40%")
+FIG_COLUMNS = ("LFM-DARTS-2nd", "LFM-PDARTS")
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("LFM-DR is above every implemented baseline under flip noise (20%, 40%)", "Table VII",
+          (_acc("table7", "LFM-DR", NOISE_COLUMNS),)),
+    Claim("LFM-DR is above every implemented baseline under uniform noise (20%, 40%)", "Table VIII",
+          (_acc("table8", "LFM-DR", NOISE_COLUMNS),)),
+    Claim("LFM-DR improves the rarest class at high imbalance", "Fig. 6 (class 9: 14.4% -> 47.3%)",
+          tuple(Comparison(exp, "LFM-DR", "Base Model", cols, True, rarest_class_recall, "rarest-class recall (%)")
+                for exp, cols in (("figure6", ("CIFAR-10 IF 200",)),
+                                  ("table6", ("CIFAR-10 IF 200", "CIFAR-100 IF 200", "CIFAR-10 IF 20"))))),
+    Claim("each ablation of a_i (w/o x, w/o u, w/o z) loses to the full LFM", "Fig. 4",
+          tuple(_err("figure4", "Full", w, FIG_COLUMNS) for w in ("w/o x", "w/o u", "w/o z"))),
+    Claim("dot-product similarity >= cosine and L2", "Fig. 5",
+          tuple(_err("figure5", "Dot product", w, FIG_COLUMNS) for w in ("Cosine similarity", "L2 distance"))),
+    Claim("two networks >= one network", "Table IV",
+          (_err("table4", "TN+DARTS", "SN+DARTS", ("CIFAR-100",)),
+           _err("table4", "TN+PDARTS", "SN+PDARTS", ("CIFAR-100",)))),
+    Claim("parameter sharing (PS) cuts search memory", "Table X",
+          (_err("table10", "LFM+DARTS+PS", "LFM+DARTS, no PS", ("Memory (MiB)",), "value", "peak search memory (MiB)"),
+           _err("table10", "LFM+PDARTS+PS", "LFM+PDARTS, no PS", ("Memory (MiB)",), "value",
+                "peak search memory (MiB)"))),
+    Claim("LFM-DARTS / LFM-PDARTS beat DARTS / P-DARTS", "Tables I-III",
+          (_err("table1", "LFM-DARTS-2nd-R18", "DARTS-2nd", ("CIFAR-100",)),
+           _err("table1", "LFM-PDARTS-R18", "PDARTS", ("CIFAR-100",)),
+           _err("table2", "LFM-DARTS-2nd-R18", "DARTS-2nd", ("CIFAR-10",)),
+           _err("table2", "LFM-PDARTS-R18", "PDARTS", ("CIFAR-10",)),
+           _err("table3", "LFM-DARTS-2nd-CIFAR10", "DARTS2nd-CIFAR10", ("Top-1 Error (%)",)),
+           _err("table3", "LFM-PDARTS-CIFAR10", "PDARTS (CIFAR10)", ("Top-1 Error (%)",)))),
+)
+
+
+@dataclass
+class Group:
+    """The seeds of one configuration of one (experiment, row, column)."""
+
+    experiment: str
+    profile: str
+    row: str
+    column: str
+    values: list[float]
+    seeds: list[int]
+    options: dict[str, Any]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+
+    def text(self) -> str:
+        std = "" if math.isnan(self.std) else f" ± {self.std:.2f}"
+        return f"{self.mean:.2f}{std} (n={len(self.values)})"
+
+
+def _included(record: dict[str, Any]) -> bool:
+    """The experiment's own filter (e.g. table7 shows flip noise only), where it can be loaded."""
+    try:
+        from lfm_core.experiments import get_experiment
+
+        return bool(get_experiment(record["experiment"]).includes(record))
+    except Exception:  # noqa: BLE001 - an experiment package that is not installed filters nothing
+        return True
+
+
+def _config_key(record: dict[str, Any]) -> str:
+    if record.get("config_id"):
+        return str(record["config_id"])
+    return json.dumps(record.get("params") or {}, sort_keys=True, default=str)
+
+
+def groups_of(records: Iterable[dict[str, Any]], comparison: Comparison) -> dict[tuple[str, str], Group]:
+    """(row, column) -> the group with the most seeds, in the most faithful profile with runs."""
+    by_key: dict[tuple[str, str, str, str], Group] = {}
+    for rec in records:
+        if rec.get("experiment") != comparison.experiment or not _included(rec):
+            continue
+        value = comparison.value(rec)
+        if value is None or not math.isfinite(value):
+            continue
+        profile = str(rec.get("profile", ""))
+        key = (profile, str(rec.get("row")), str(rec.get("column")), _config_key(rec))
+        group = by_key.setdefault(key, Group(comparison.experiment, profile, key[1], key[2], [], [],
+                                             dict(rec.get("options") or {})))
+        group.values.append(value)
+        group.seeds.append(int(rec.get("seed", 0)))
+    profiles = {k[0] for k in by_key}
+    chosen = next((p for p in PROFILE_ORDER if p in profiles), None)
+    best: dict[tuple[str, str], Group] = {}
+    for (profile, row, column, _), group in by_key.items():
+        if profile != chosen:
+            continue
+        if (row, column) not in best or len(group.values) > len(best[(row, column)].values):
+            best[(row, column)] = group
+    return best
+
+
+def verdict(better: Group | None, worse: Group | None, higher_is_better: bool) -> tuple[str, float]:
+    """(verdict, difference in the claim's favour) for "better beats worse"."""
+    if better is None or worse is None:
+        return NOT_RUN, math.nan
+    diff = (better.mean - worse.mean) * (1 if higher_is_better else -1)
+    if len(better.values) < 2 or len(worse.values) < 2:
+        return INCONCLUSIVE, diff
+    spread = max(better.std, worse.std)
+    if diff > spread:
+        return HOLDS, diff
+    if diff < -spread:
+        return FAILS, diff
+    return INCONCLUSIVE, diff
+
+
+def combine(verdicts: list[str]) -> str:
+    """A claim fails if any comparison fails, holds if all that ran hold, is inconclusive
+    otherwise, and not run when none ran."""
+    verdicts = [v for v in verdicts if v != NOT_RUN]
+    if not verdicts:
+        return NOT_RUN
+    if FAILS in verdicts:
+        return FAILS
+    if verdicts and all(v == HOLDS for v in verdicts):
+        return HOLDS
+    return INCONCLUSIVE
+
+
+def command_for(group: Group, rows: list[str]) -> str:
+    """The lfm-bench command that runs these rows and seeds (with the run's own options)."""
+    parts = [f"lfm-bench run {group.experiment} --profile {group.profile}"]
+    for key, value in sorted(group.options.items()):
+        if value in (None, False, "") or key in ("methods", "data_root"):
+            continue
+        parts.append(f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}"))
+    parts.append('--methods "' + ",".join(dict.fromkeys(rows)) + '"')
+    parts.append("--seeds " + ",".join(str(s) for s in sorted(set(group.seeds))))
+    return " ".join(parts)
+
+
+def evaluate(records: list[dict[str, Any]], claim: Claim) -> tuple[str, list[dict[str, Any]]]:
+    """The claim's verdict and one line per comparison that has runs."""
+    lines: list[dict[str, Any]] = []
+    for comp in claim.comparisons:
+        groups = groups_of(records, comp)
+        for column in comp.columns:
+            better = groups.get((comp.better, column))
+            if comp.worse is not None:
+                rivals = [comp.worse]
+            else:
+                rivals = [r for (r, c) in groups if c == column and r != comp.better and r not in OURS_ROWS]
+            for rival in rivals:
+                worse = groups.get((rival, column))
+                if better is None and worse is None:
+                    continue  # this column was not run at all
+                v, diff = verdict(better, worse, comp.higher_is_better)
+                ran = better or worse
+                lines.append({
+                    "experiment": comp.experiment, "column": column, "quantity": comp.quantity,
+                    "better": comp.better, "worse": rival, "verdict": v, "diff": diff,
+                    "better_text": better.text() if better else "not run",
+                    "worse_text": worse.text() if worse else "not run",
+                    "profile": ran.profile,
+                    "command": command_for(ran, [comp.better, rival]) if better and worse else "",
+                })
+    return combine([line["verdict"] for line in lines]), lines
+
+
+def write_claims(records: Iterable[dict[str, Any]], out_dir: str | Path) -> Path:
+    """Write ``claims.md`` (every claim, its verdict and the numbers behind it) into ``out_dir``."""
+    records = list(records)
+    out = Path(out_dir) / "claims.md"
+    text = ["# The paper's claims at this suite's scale", "",
+            "Each claim is checked on the finished runs (the most faithful profile that has them). "
+            "A comparison *holds* when the claimed winner is ahead by more than the seeds' spread (the larger "
+            "sample std of the two), *fails* when it is behind by more than that, and is *inconclusive* otherwise "
+            "(or with fewer than 2 seeds, or a row not run). At cpu scale, inconclusive often means the stand-in "
+            "(digits, a few epochs) cannot separate the methods, not that the paper is wrong.", "",
+            "| claim | paper | verdict | comparisons (holds / fails / inconclusive / not run) |", "|---|---|---|---|"]
+    details = []
+    for claim in CLAIMS:
+        overall, lines = evaluate(records, claim)
+        counts = " / ".join(str(sum(line["verdict"] == v for line in lines))
+                            for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_RUN))
+        text.append(f"| {claim.text} | {claim.source} | **{overall}** | {counts} |")
+        details += [f"## {claim.text} ({claim.source}): {overall}", ""]
+        if not lines:
+            details += ["No runs of " + ", ".join(sorted({c.experiment for c in claim.comparisons})) + ".", ""]
+            continue
+        details += ["| experiment | column | quantity | claimed better | vs | Δ (in the claim's favour) | verdict "
+                    "| profile | command |", "|---|---|---|---|---|---|---|---|---|"]
+        for line in lines:
+            diff = "" if math.isnan(line["diff"]) else f"{line['diff']:+.2f}"
+            command = f"`{line['command']}`" if line["command"] else ""
+            details.append(f"| {line['experiment']} | {line['column']} | {line['quantity']} | "
+                           f"{line['better']}: {line['better_text']} | {line['worse']}: {line['worse_text']} | "
+                           f"{diff} | {line['verdict']} | {line['profile']} | {command} |")
+        details.append("")
+    atomic_write_text(out, "\n".join(text + [""] + details) + "\n")
+    return out
