@@ -87,7 +87,7 @@ def test_stand_in_labels_and_no_delta(report):
     tex = (report / "table7.tex").read_text()
     assert r"83.00 $\pm$ 2.45" in tex and r"\bottomrule" in tex and r"CIFAR-10 40\%" in tex
     index = (report / "README.md").read_text()
-    assert "[Markdown](table7.md)" in index and "2 of 72 cells run" in index
+    assert "[Markdown](table7.md)" in index and "2 of 78 cells run" in index
 
 
 def test_delta_only_where_the_protocol_is_the_papers(tmp_path):

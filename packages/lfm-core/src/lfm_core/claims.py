@@ -155,6 +155,21 @@ def _config_key(record: dict[str, Any]) -> str:
     return json.dumps(record.get("params") or {}, sort_keys=True, default=str)
 
 
+def _command_options(record: dict[str, Any]) -> dict[str, Any]:
+    """The command-line options that reproduce a run: its engine (where it has one) and its
+    overrides as ``--set`` (older records keep their options as they were given)."""
+    if "config" not in record:
+        return dict(record.get("options") or {})
+    options: dict[str, Any] = {}
+    engine = (record.get("params") or {}).get("engine")
+    if engine:
+        options["engine"] = engine
+    overrides = (record.get("config") or {}).get("overrides") or {}
+    if overrides:
+        options["set"] = overrides
+    return options
+
+
 def groups_of(records: Iterable[dict[str, Any]], comparison: Comparison) -> dict[tuple[str, str], Group]:
     """(row, column) -> the group with the most seeds, in the most faithful profile with runs."""
     by_key: dict[tuple[str, str, str, str], Group] = {}
@@ -167,7 +182,7 @@ def groups_of(records: Iterable[dict[str, Any]], comparison: Comparison) -> dict
         profile = str(rec.get("profile", ""))
         key = (profile, str(rec.get("row")), str(rec.get("column")), _config_key(rec))
         group = by_key.setdefault(key, Group(comparison.experiment, profile, key[1], key[2], [], [],
-                                             dict(rec.get("options") or {})))
+                                             _command_options(rec)))
         group.values.append(value)
         group.seeds.append(int(rec.get("seed", 0)))
     profiles = {k[0] for k in by_key}
@@ -214,6 +229,9 @@ def command_for(group: Group, rows: list[str]) -> str:
     parts = [f"lfm-bench run {group.experiment} --profile {group.profile}"]
     for key, value in sorted(group.options.items()):
         if value in (None, False, "") or key in ("methods", "data_root"):
+            continue
+        if key == "set":
+            parts += [f"--set {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(value.items())]
             continue
         parts.append(f"--{key.replace('_', '-')}" + ("" if value is True else f" {value}"))
     parts.append('--methods "' + ",".join(dict.fromkeys(rows)) + '"')

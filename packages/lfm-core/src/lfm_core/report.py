@@ -374,6 +374,11 @@ def write_report(results: Path, out_dir: Path, names: list[str], profile: str | 
                 index.append("\nFigure not drawn: no runs.")
         index.append("")
         index.append(body)
+    from lfm_core.claims import write_claims
+
+    written.append(write_claims(records, out_dir))
+    index[4:4] = ["The paper's claims, each with its verdict at this scale and the numbers behind it: "
+                  "[claims.md](claims.md).", ""]
     atomic_write_text(out_dir / "README.md", "\n".join(index) + "\n")
     written.append(out_dir / "README.md")
     return written

@@ -58,6 +58,7 @@ class AblationDR(DRExperiment):
     columns = ["CIFAR-10 flip 40%", "CIFAR-10 IF 20"]
     seeds = {"smoke": [0], "cpu": [0, 1, 2, 3, 4], "paper": [0, 1, 2]}
     smoke_rows = ("LFM-DR (paper)", "LFM-DR+ (ours)")
+    base_row = "LFM-DR (paper)"  # each variant's gain is over the paper's method
 
     def options(self):
         return [
@@ -65,6 +66,9 @@ class AblationDR(DRExperiment):
                          help="Comma-separated variants (rows) to run, or 'all' (the default; smoke: two)."),
             click.Option(["--epochs"], type=click.IntRange(1), default=None, help="Override the profile's epochs."),
         ]
+
+    def method_of(self, row):
+        return VARIANTS[row][0]
 
     def run_rows(self, profile, options):
         text = options.get("methods")
@@ -104,10 +108,10 @@ class AblationDR(DRExperiment):
                                                 **variant}))
         return cells
 
-    def train_config(self, params, profile, ctx):
-        cfg = super().train_config(params, profile, ctx)
-        cfg.options.update({k: params[k] for k in OPTION_KEYS if k in params})
-        return cfg
+    def resolve(self, cell, profile, options):
+        settings = super().resolve(cell, profile, options)
+        settings["method"]["options"].update({k: cell.params[k] for k in OPTION_KEYS if k in cell.params})
+        return settings
 
     def run_cell(self, cell, profile, seed, ctx):
         metrics = super().run_cell(cell, profile, seed, ctx)
