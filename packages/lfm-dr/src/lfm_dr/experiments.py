@@ -89,9 +89,13 @@ def has_cifar(root: Any, name: str) -> bool:
 
 
 def method_options(method: str, given: dict[str, Any]) -> dict[str, Any]:
-    """A method's options with its defaults filled in (``DEFAULTS`` of the method's class)."""
-    defaults = getattr(METHODS.get(method), "DEFAULTS", {}) or {}
-    return {**defaults, **given}
+    """A method's options with its defaults filled in (``DEFAULTS`` of the method's class); of
+    the profile's options only those the method takes (a third-party method that declares no
+    DEFAULTS gets them all)."""
+    defaults = getattr(METHODS.get(method), "DEFAULTS", None)
+    if defaults is None:
+        return dict(given)
+    return {**defaults, **{k: v for k, v in given.items() if k in defaults}}
 
 
 def model_label(name: str, kwargs: dict[str, Any]) -> str:

@@ -156,16 +156,24 @@ class DRMethod:
 
     name: str = ""
     scheduled: tuple[str, ...] = ()
-    # the option names the method reads from ``ctx.options`` (``lfm_dr.fit`` rejects others);
-    # None: not declared, not checked
+    # every option the method reads and its default, in one place per method (a run's config
+    # records them all); None: not declared
+    DEFAULTS: dict[str, Any] | None = None
+    # the option names ``lfm_dr.fit`` accepts (the keys of DEFAULTS); None: not checked
     known_options: tuple[str, ...] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("DEFAULTS") is not None and "known_options" not in cls.__dict__:
+            cls.known_options = tuple(cls.DEFAULTS)
 
     def __init__(self, ctx: DRContext):
         self.ctx = ctx
 
     @property
     def options(self) -> dict[str, Any]:
-        return self.ctx.options
+        """The method's options: its DEFAULTS, then what the run gave."""
+        return {**(self.DEFAULTS or {}), **self.ctx.options}
 
     def modules(self) -> dict[str, nn.Module]:
         raise NotImplementedError
@@ -198,7 +206,7 @@ class SingleModelMethod(DRMethod):
     """One classifier under the trainer's SGD schedule; subclasses give :meth:`loss`."""
 
     scheduled = ("model",)
-    known_options: tuple[str, ...] | None = ()
+    DEFAULTS: dict[str, Any] | None = {}
 
     def __init__(self, ctx: DRContext):
         super().__init__(ctx)

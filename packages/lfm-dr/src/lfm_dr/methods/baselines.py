@@ -165,10 +165,10 @@ class CrossEntropy(SingleModelMethod):
 @METHODS.register("focal")
 class FocalLoss(SingleModelMethod):
     name = "focal"
-    known_options = ("gamma",)
+    DEFAULTS = {"gamma": 2.0}
 
     def loss(self, x, y, idx, epoch):
-        return focal_loss(self.model(x), y, float(self.options.get("gamma", 2.0)))
+        return focal_loss(self.model(x), y, float(self.options["gamma"]))
 
 
 @METHODS.register("class_balanced")
@@ -176,11 +176,11 @@ class ClassBalanced(SingleModelMethod):
     """CE weighted by ``class_balanced_weights[y]``, averaged over the batch."""
 
     name = "class_balanced"
-    known_options = ("beta",)
+    DEFAULTS = {"beta": 0.9999}
 
     def __init__(self, ctx: DRContext):
         super().__init__(ctx)
-        beta = float(self.options.get("beta", 0.9999))
+        beta = float(self.options["beta"])
         self.class_weights = class_balanced_weights(ctx.class_counts, beta).to(ctx.device)
 
     def loss(self, x, y, idx, epoch):
@@ -194,12 +194,12 @@ class FineTune(SingleModelMethod):
     each training step then draws one meta batch instead of using the training batch."""
 
     name = "finetune"
-    known_options = ("finetune_epochs",)
+    DEFAULTS = {"finetune_epochs": None}  # None: the last 10% of the epochs
 
     def __init__(self, ctx: DRContext):
         super().__init__(ctx)
         default = max(1, int(round(0.1 * ctx.epochs)))
-        self.start = ctx.epochs - int(self.options.get("finetune_epochs", default))
+        self.start = ctx.epochs - int(default if self.options["finetune_epochs"] is None else self.options["finetune_epochs"])
 
     def loss(self, x, y, idx, epoch):
         if epoch >= self.start:
@@ -255,16 +255,16 @@ class MetaWeightNet(SingleModelMethod):
     long-tail code)."""
 
     name = "mwn"
-    known_options = ("normalize", "meta_lr", "meta_weight_decay", "hidden")
+    DEFAULTS = {"normalize": True, "meta_lr": 1e-3, "meta_weight_decay": 1e-4, "hidden": 100}
 
     def __init__(self, ctx: DRContext):
         super().__init__(ctx)
-        self.normalize = bool(self.options.get("normalize", True))
+        self.normalize = bool(self.options["normalize"])
         device = next(self.model.parameters()).device
-        self.vnet = WeightNet(int(self.options.get("hidden", 100))).to(device)
+        self.vnet = WeightNet(int(self.options["hidden"])).to(device)
         self.vopt = torch.optim.Adam(
-            self.vnet.parameters(), lr=float(self.options.get("meta_lr", 1e-3)),
-            weight_decay=float(self.options.get("meta_weight_decay", 1e-4)),
+            self.vnet.parameters(), lr=float(self.options["meta_lr"]),
+            weight_decay=float(self.options["meta_weight_decay"]),
         )
         self.weight_log = WeightLog(ctx.n_train)
 
@@ -312,15 +312,15 @@ class CoTeaching(DRMethod):
     """Two networks; each trains on the small-loss fraction ``1 - R(T)`` selected by its peer."""
 
     name = "coteaching"
-    known_options = ("forget_rate", "noise_rate", "tk")
+    DEFAULTS = {"forget_rate": None, "noise_rate": 0.2, "tk": 10}  # forget_rate None: the noise rate
     scheduled = ("model", "peer")
 
     def __init__(self, ctx: DRContext):
         super().__init__(ctx)
         self.net1, self.net2 = ctx.model_fn(), ctx.model_fn()
         self.opt1, self.opt2 = make_sgd(self.net1.parameters(), ctx), make_sgd(self.net2.parameters(), ctx)
-        self.tau = float(self.options.get("forget_rate", self.options.get("noise_rate", 0.2)))
-        self.tk = int(self.options.get("tk", 10))
+        self.tau = float(self.options["noise_rate"] if self.options["forget_rate"] is None else self.options["forget_rate"])
+        self.tk = int(self.options["tk"])
 
     def modules(self):
         return {"model": self.net1, "peer": self.net2}
@@ -361,11 +361,11 @@ class GLC(SingleModelMethod):
     """
 
     name = "glc"
-    known_options = ("glc_warmup", "meta_loader")
+    DEFAULTS = {"glc_warmup": None, "meta_loader": None}  # glc_warmup None: half the epochs
 
     def __init__(self, ctx: DRContext):
         super().__init__(ctx)
-        self.warmup = int(self.options.get("glc_warmup", ctx.epochs // 2))
+        self.warmup = int(ctx.epochs // 2 if self.options["glc_warmup"] is None else self.options["glc_warmup"])
         self.C: Tensor | None = None
         self.silver_seen = 0  # silver examples of stage 2 so far (sets the gold quota)
 

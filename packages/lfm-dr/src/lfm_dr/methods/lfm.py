@@ -92,7 +92,6 @@ class LFMReweighting(DRMethod):
     name = "lfm"
     DEFAULTS = DEFAULTS  # every option and its default (a run's config records them all)
     scheduled = ("w1", "w2")
-    known_options = tuple(DEFAULTS)
 
     def __init__(self, ctx: DRContext):
         self.ctx = ctx

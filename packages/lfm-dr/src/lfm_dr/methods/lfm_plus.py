@@ -37,7 +37,6 @@ PLUS_DEFAULTS = {
 class LFMPlus(LFMReweighting):
     name = "lfm_plus"
     DEFAULTS = PLUS_DEFAULTS
-    known_options = tuple(PLUS_DEFAULTS)
 
     def extra_upper(self) -> dict[str, tuple[Tensor, float]]:
         self.c: Tensor | None = None
