@@ -50,6 +50,8 @@ class FitResult:
     metrics: dict[str, Any]
     weights: torch.Tensor | None
     run_dir: Path
+    encoder: nn.Module | None = None  # LFM's trained V (None for other methods)
+    r: torch.Tensor | None = None  # LFM's r_j per meta example
 
 
 def fit(
@@ -94,5 +96,7 @@ def fit(
     built.load_extra_state(state["extra"])
     models = built.eval_models()
     weights = getattr(built, "b", None)
-    return FitResult(models["main"], models, metrics, None if weights is None else weights.detach().cpu(), folder)
+    r = getattr(built, "r", None)
+    return FitResult(models["main"], models, metrics, None if weights is None else weights.detach().cpu(), folder,
+                     encoder=getattr(built, "encoder", None), r=None if r is None else r.detach().cpu())
 
