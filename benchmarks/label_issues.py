@@ -1,9 +1,10 @@
 """Finding label errors: LFM's suspicion score against cleanlab, side by side on digits.
 
-Data: scikit-learn digits (1,257 training images, 32x32 after upsampling... see --image-size),
-10 clean meta images per class taken out of the training pool, label noise injected into the
-rest with ``lfm_core.noise`` (flip, uniform, pair at 20% and 40%). Network: the same ResNet
-(``resnet32`` with ``--width`` and ``--blocks``) for both.
+Data: scikit-learn digits (the 1,257-image training pool, 8x8 upsampled to ``--image-size``,
+default 16), 10 clean meta images per class taken out of the pool (100), label noise injected
+into the other 1,157 with ``lfm_core.noise`` (flip, uniform, pair at 20% and 40%). Network: the
+same ResNet for both (``resnet32`` with ``--width`` 8 and ``--blocks`` 1 per stage by default).
+One thread (``torch.set_num_threads(1)``); seconds are wall time, ``cpu`` the process CPU time.
 
 * LFM: one ``lfm_dr.find_label_issues`` run of ``--epochs`` epochs (its default score).
 * cleanlab: ``--folds``-fold cross-validation of the same network trained with plain
@@ -114,10 +115,35 @@ def run_cleanlab(splits, args) -> dict:
             "cleanlab_s": seconds, "cleanlab_cpu_s": cpu}
 
 
+def markdown_table(result: dict) -> str:
+    """The README table: one row per setting, LFM beside cleanlab."""
+    lines = ["| noise | rate | AUROC LFM | AUROC cleanlab | P@k LFM | P@k cleanlab | flagged recall LFM | "
+             "flagged recall cleanlab | wall s LFM | wall s cleanlab | cpu s LFM | cpu s cleanlab |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["settings"]:
+        lines.append(
+            f"| {r['noise']} | {r['rate']:.0%} | **{r['lfm_auroc']:.3f}** | {r['cleanlab_auroc']:.3f} | "
+            f"{r['lfm_p_at_k']:.3f} | {r['cleanlab_p_at_k']:.3f} | {r['lfm_flag_recall']:.3f} | "
+            f"{r['cleanlab_flag_recall']:.3f} | {r['lfm_s']:.0f} | {r['cleanlab_s']:.0f} | "
+            f"{r['lfm_cpu_s']:.0f} | {r['cleanlab_cpu_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def candidates_table(result: dict) -> str:
+    """AUROC of every LFM candidate score, one row per setting."""
+    names = list(result["settings"][0]["lfm_candidates_auroc"])
+    lines = ["| noise | rate | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|---|" + "---|" * len(names)]
+    for r in result["settings"]:
+        c = r["lfm_candidates_auroc"]
+        lines.append(f"| {r['noise']} | {r['rate']:.0%} | " + " | ".join(f"{c[n]:.3f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help=f"only {QUICK_SETTINGS}")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--table", type=Path, default=None, help="only print the tables of a label_issues.json")
     p.add_argument("--write", type=Path, default=None, help="write DIR/label_issues.json")
     p.add_argument("--epochs", type=int, default=20, help="epochs of the LFM run and of every cleanlab fold")
     p.add_argument("--folds", type=int, default=5)
@@ -128,6 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if args.table is not None:
+        result = json.loads(args.table.read_text())
+        print(markdown_table(result) + "\n\n" + candidates_table(result))
+        return result
     torch.set_num_threads(1)
     bundle = load_dataset("digits", image_size=args.image_size)
     rows = []
@@ -151,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "torch": torch.__version__, "machine": platform.machine(),
                    "date": time.strftime("%Y-%m-%d", time.gmtime())},
     }
+    print(markdown_table(result) + "\n\n" + candidates_table(result), file=sys.stderr)
     if args.write is not None:
         args.write.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.write / "label_issues.json", result)

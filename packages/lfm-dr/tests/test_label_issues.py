@@ -47,7 +47,7 @@ def test_unknown_score_is_a_one_line_usage_error(digits_with_flips):
     from lfm_core.errors import UsageError
 
     sp = digits_with_flips
-    with pytest.raises(UsageError, match="unknown label-issue score 'nope'. Valid choices: .*combined"):
+    with pytest.raises(UsageError, match="unknown label-issue score 'nope'. Valid choices: combined, disagreement"):
         find_label_issues(sp.train.subset(np.arange(60)), sp.meta, 10, epochs=1, batch_size=30,
                           model_kwargs=TINY, score="nope")
 
