@@ -111,6 +111,7 @@ def test_cli_writes_a_ranked_csv(tmp_path, capsys):
     ("meta_extra_class", "class 'owl' of --meta .* is not a class of --train"),
     ("not_an_image", "notes.txt is not an image file; valid extensions: .png"),
     ("empty_class", "class folder .*fox is empty"),
+    ("bad_device", "unknown --device 'foo'; valid choices: cpu, cuda"),
 ])
 def test_cli_bad_folders_give_one_line_errors(tmp_path, capsys, breakage, message):
     import re
@@ -131,7 +132,8 @@ def test_cli_bad_folders_give_one_line_errors(tmp_path, capsys, breakage, messag
         for f in (train / "fox").iterdir():
             f.unlink()
     out = tmp_path / "issues.csv"
-    code, cap = _run(["find-issues", "--train", str(train), "--meta", str(meta), "--out", str(out)], capsys)
+    extra = ["--device", "foo"] if breakage == "bad_device" else []
+    code, cap = _run(["find-issues", "--train", str(train), "--meta", str(meta), "--out", str(out), *extra], capsys)
     assert code == 2
     lines = cap.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), cap.err

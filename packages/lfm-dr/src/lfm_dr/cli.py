@@ -62,6 +62,17 @@ def load_train_and_meta(train_dir, meta_dir, image_size: int):
     return classes, train, meta
 
 
+def check_device(device: str | None) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device) if device else None
+    except RuntimeError:
+        raise UsageError(f"unknown --device {device!r}; valid choices: cpu, cuda, cuda:N, mps") from None
+    if dev is not None and dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asked for, but torch sees no CUDA GPU here; use --device cpu")
+
+
 def issues_csv(classes: list[str], paths: list[str], issues) -> str:
     """CSV text, one row per training image, most suspicious first."""
     buf = io.StringIO()
@@ -99,6 +110,7 @@ def find_issues(train_dir, meta_dir, out, epochs, seed, device, image_size, batc
     from lfm_core.io import atomic_write_text
     from lfm_dr.label_issues import find_label_issues
 
+    check_device(device)
     classes, train, meta = load_train_and_meta(train_dir, meta_dir, image_size)
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total} steps"), TimeRemainingColumn())
