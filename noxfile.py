@@ -1,4 +1,4 @@
-"""Sessions: tests, install_alone, reproduce, bench, bench_betty, bench_peers, lint.
+"""Sessions: tests, install_alone, reproduce, bench, bench_betty, bench_peers, bench_label_issues, lint.
 
 ``tests``, ``reproduce`` and ``bench`` share one development environment (``.nox/dev``) because
 each fresh environment with torch costs minutes and gigabytes; ``install_alone`` builds one
@@ -93,6 +93,16 @@ def bench_peers(session: nox.Session) -> None:
     session.run(_bin(env, "python"), "-m", "pip", "install", "-q", "--ignore-requires-python", *CONSTRAINTS,
                 "betty-ml", "torchopt", "higher", external=True)
     session.run(_bin(env, "python"), str(ROOT / "benchmarks" / "peers.py"), "--json",
+                "--write", str(ROOT / "benchmarks" / "results"), *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def bench_label_issues(session: nox.Session) -> None:
+    """LFM's label-issue score against cleanlab's K-fold on digits with injected noise;
+    benchmarks/results/label_issues.json. ``nox -s bench_label_issues -- --quick`` for two settings."""
+    env = _dev_env(session)
+    session.run(_bin(env, "python"), "-m", "pip", "install", "-q", *CONSTRAINTS, "cleanlab", external=True)
+    session.run(_bin(env, "python"), str(ROOT / "benchmarks" / "label_issues.py"), "--json",
                 "--write", str(ROOT / "benchmarks" / "results"), *session.posargs, external=True)
 
 

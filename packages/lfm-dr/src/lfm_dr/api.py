@@ -51,6 +51,8 @@ class FitResult:
     metrics: dict[str, Any]
     weights: torch.Tensor | None
     run_dir: Path | None  # None: no run_dir was given, and the temporary one is gone
+    encoder: nn.Module | None = None  # LFM's trained V (None for other methods)
+    r: torch.Tensor | None = None  # LFM's r_j per meta example
 
 
 @dataclass
@@ -171,8 +173,10 @@ def fit(
     models = built.eval_models()
     weights = getattr(built, "b", None)
     metrics = {k: v for k, v in _named_for(metrics, evaluated).items() if not k.startswith("_")}
+    r = getattr(built, "r", None)
     return FitResult(models["main"], models, metrics, None if weights is None else weights.detach().cpu(),
-                     folder if run_dir else None)
+                     folder if run_dir else None, encoder=getattr(built, "encoder", None),
+                     r=None if r is None else r.detach().cpu())
 
 
 def _checked_inputs(train, meta, test, num_classes, model, model_kwargs, method, epochs, batch_size, lr,

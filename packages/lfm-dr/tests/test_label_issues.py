@@ -1,0 +1,140 @@
+"""Finding mislabelled examples: the API on digits with known flips, and the lfm-dr CLI."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from lfm_core.data import load_dataset, make_splits
+from lfm_dr import fit, find_label_issues
+from lfm_dr.cli import main
+from lfm_dr.label_issues import auroc
+
+TINY = {"width": 4, "blocks_per_stage": 1}
+
+
+@pytest.fixture(scope="module")
+def digits_with_flips():
+    bundle = load_dataset("digits", image_size=8)
+    return make_splits(bundle, 5, seed=0, noise="flip", noise_rate=0.3, max_train=300)
+
+
+def test_scores_rank_the_flipped_digits_first(digits_with_flips):
+    sp = digits_with_flips
+    noisy = sp.train.labels != sp.train.clean_labels
+    assert 40 < int(noisy.sum()) < 140
+    res = find_label_issues(sp.train, sp.meta, 10, epochs=2, batch_size=50, model_kwargs=TINY)
+    n = len(sp.train)
+    assert res.scores.shape == (n,) and torch.isfinite(res.scores).all()
+    assert sorted(res.ranked.tolist()) == list(range(n))
+    assert (res.scores[res.ranked][:-1] >= res.scores[res.ranked][1:]).all()  # decreasing suspicion
+    assert torch.equal(res.given_labels, sp.train.labels)
+    assert res.suggested_labels.shape == (n,) and 0 <= int(res.suggested_labels.min()) <= int(res.suggested_labels.max()) < 10
+    assert res.score_name == "combined" and torch.equal(res.scores, res.candidates["combined"])
+    assert auroc(res.scores, noisy) > 0.85
+    # the top-k suspects (k = number of flips) are mostly flips; chance would be ~30%
+    k = int(noisy.sum())
+    assert float(noisy[res.ranked[:k]].float().mean()) > 0.6
+    # every candidate is a per-example score; the fixed pixel encoder and r are handed back
+    assert all(v.shape == (n,) for v in res.candidates.values())
+    assert res.r.shape == (len(sp.meta),) and not torch.allclose(res.r, torch.ones(len(sp.meta)))
+    assert res.encoder(sp.train.images[:3]).shape[0] == 3
+
+
+def test_unknown_score_is_a_one_line_usage_error(digits_with_flips):
+    from lfm_core.errors import UsageError
+
+    sp = digits_with_flips
+    with pytest.raises(UsageError, match="unknown label-issue score 'nope'. Valid choices: combined, disagreement"):
+        find_label_issues(sp.train.subset(np.arange(60)), sp.meta, 10, epochs=1, batch_size=30,
+                          model_kwargs=TINY, score="nope")
+
+
+def test_fit_result_exposes_the_encoder_and_r(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 3, 8, 8, generator=g), torch.randint(0, 3, (60,), generator=g)
+    result = fit(TensorDataset(x[:45], y[:45]), TensorDataset(x[45:], y[45:]), num_classes=3, epochs=1,
+                 batch_size=15, model_kwargs=TINY, run_dir=tmp_path / "run")
+    assert result.r.shape == (15,) and result.encoder is not None
+    assert result.encoder(x[:2]).shape == (2, result.encoder.num_features)
+
+
+# -- the CLI on a generated image folder ----------------------------------------------------
+def _write_folder(root, counts: dict[str, int], seed: int = 0):
+    """Class c: a bright band at rows 2c..2c+2 of a 12x12 image, plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, (name, n) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 60, (12, 12, 3)).astype(np.uint8)
+            img[4 * c:4 * c + 4] = 230
+            Image.fromarray(img).save(root / name / f"{name}_{i}.png")
+    return root
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+        raise SystemExit(0)
+    return exc.value.code, capsys.readouterr()
+
+
+def test_cli_writes_a_ranked_csv(tmp_path, capsys):
+    train = _write_folder(tmp_path / "train", {"cat": 8, "dog": 8, "fox": 8})
+    meta = _write_folder(tmp_path / "meta", {"cat": 3, "dog": 3, "fox": 3}, seed=1)
+    # two mislabelled files: a fox band filed under cat, a cat band under dog
+    (train / "fox" / "fox_0.png").rename(train / "cat" / "wrong_fox.png")
+    (train / "cat" / "cat_0.png").rename(train / "dog" / "wrong_cat.png")
+    out = tmp_path / "issues.csv"
+    code, cap = _run(["find-issues", "--train", str(train), "--meta", str(meta), "--out", str(out),
+                      "--epochs", "2", "--image-size", "12", "--batch-size", "8", "--width", "4", "--blocks", "1"],
+                     capsys)
+    assert code == 0, cap.err
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["path", "given_label", "suggested_label", "score", "rank"]
+    assert len(rows) == 24 and [int(r["rank"]) for r in rows] == list(range(1, 25))
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert {r["given_label"] for r in rows} == {"cat", "dog", "fox"}
+    top2 = {r["path"].rsplit("/", 1)[-1] for r in rows[:2]}
+    assert top2 == {"wrong_fox.png", "wrong_cat.png"}
+    assert "wrote" in cap.out and str(out) in cap.out
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("missing", "--train folder .* does not exist"),
+    ("meta_lacks_class", "class 'fox' of --train .* has no folder in --meta"),
+    ("meta_extra_class", "class 'owl' of --meta .* is not a class of --train"),
+    ("not_an_image", "notes.txt is not an image file; valid extensions: .png"),
+    ("empty_class", "class folder .*fox is empty"),
+    ("bad_device", "unknown --device 'foo'; valid choices: cpu, cuda"),
+])
+def test_cli_bad_folders_give_one_line_errors(tmp_path, capsys, breakage, message):
+    import re
+
+    train = _write_folder(tmp_path / "train", {"cat": 2, "dog": 2, "fox": 2})
+    meta = _write_folder(tmp_path / "meta", {"cat": 1, "dog": 1, "fox": 1})
+    if breakage == "missing":
+        train = tmp_path / "nowhere"
+    elif breakage == "meta_lacks_class":
+        for f in (meta / "fox").iterdir():
+            f.unlink()
+        (meta / "fox").rmdir()
+    elif breakage == "meta_extra_class":
+        _write_folder(meta, {"owl": 1})
+    elif breakage == "not_an_image":
+        (train / "dog" / "notes.txt").write_text("hello")
+    elif breakage == "empty_class":
+        for f in (train / "fox").iterdir():
+            f.unlink()
+    out = tmp_path / "issues.csv"
+    extra = ["--device", "foo"] if breakage == "bad_device" else []
+    code, cap = _run(["find-issues", "--train", str(train), "--meta", str(meta), "--out", str(out), *extra], capsys)
+    assert code == 2
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), cap.err
+    assert "Traceback" not in cap.err and not out.exists()
