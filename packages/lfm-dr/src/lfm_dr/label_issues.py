@@ -70,43 +70,20 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.data import Dataset
 
-from lfm_core.errors import UsageError
-from lfm_core.registries import ENCODERS
+from lfm_core.encoders import PixelEncoder
+from lfm_core.errors import check_choice
 from lfm_core.runtime import seed_everything
 from lfm_core.weighting import SIMILARITIES
 from lfm_dr.api import _WithLabels
 from lfm_dr.methods.lfm import DRProblem
 from lfm_dr.train import TrainConfig, build_method, device_of, gather, lr_factor
 
-PIXEL_ENCODER = "label-issues-pixels"
+PIXEL_ENCODER = "pixels"  # lfm_core.encoders.PixelEncoder; its scale is set from the temperature
 DEFAULT_SCORE = "combined"
 SCORES = ("combined", "disagreement", "one_minus_a_avg", "one_minus_a_final", "w2_loss_avg", "w1_loss_avg",
           "w2_loss_final", "b")
 COMBINED = ("disagreement", "w2_loss_avg", "one_minus_a_avg")
 Progress = Callable[[int, int], None]
-
-
-class NormalisedPixels(nn.Module):
-    """Label-free fixed features: the flattened image minus its own mean, L2-normalised and
-    multiplied by ``sqrt(1 / temperature)``, so the dot-product attention of eq. 2 is a
-    softmax of cosine similarities at that temperature. No parameters: V stays fixed."""
-
-    def __init__(self, temperature: float = 0.1):
-        super().__init__()
-        self.scale = float(temperature) ** -0.5
-        self.num_features: int | None = None  # known once an image has been seen
-
-    def forward(self, x: Tensor) -> Tensor:
-        f = x.flatten(1)
-        self.num_features = f.shape[1]
-        return F.normalize(f - f.mean(1, keepdim=True), dim=1) * self.scale
-
-
-@ENCODERS.register(PIXEL_ENCODER)
-def normalised_pixels(pretrained: bool = False) -> nn.Module:
-    if pretrained:
-        raise UsageError(f"encoder {PIXEL_ENCODER!r} is fixed (no weights); use pretrained=False")
-    return NormalisedPixels()
 
 
 @dataclass
@@ -278,8 +255,7 @@ def find_label_issues(
     ``engine``, ``lr_b``, or ``encoder="resnet18"`` to use a learned encoder instead).
     ``progress(done, total)`` is called after every training step.
     """
-    if score not in SCORES:
-        raise UsageError(f"unknown label-issue score {score!r}. Valid choices: {', '.join(SCORES)}.")
+    check_choice("label-issue score", score, SCORES)
     options = {"encoder": PIXEL_ENCODER, "pretrained": False, "engine": "forward-difference", **options}
     tr, me = _WithLabels(train), _WithLabels(meta)
     splits = SimpleNamespace(train=tr, meta=me, test=me, num_classes=num_classes, info={})
@@ -288,7 +264,7 @@ def find_label_issues(
     tracker = _Tracker(len(tr), num_classes)
 
     def setup(method):
-        if isinstance(method.encoder, NormalisedPixels):
+        if isinstance(method.encoder, PixelEncoder):  # dot products / scale**2 = cosine / temperature
             method.encoder.scale = float(temperature) ** -0.5
 
     def step(method, x, y, idx, epoch):
