@@ -74,7 +74,7 @@ from lfm_core.encoders import PixelEncoder
 from lfm_core.errors import check_choice
 from lfm_core.runtime import seed_everything
 from lfm_core.weighting import SIMILARITIES
-from lfm_dr.api import _WithLabels
+from lfm_dr.user_data import UserData
 from lfm_dr.methods.lfm import DRProblem
 from lfm_dr.train import TrainConfig, build_method, device_of, gather, lr_factor
 
@@ -257,7 +257,7 @@ def find_label_issues(
     """
     check_choice("label-issue score", score, SCORES)
     options = {"encoder": PIXEL_ENCODER, "pretrained": False, "engine": "forward-difference", **options}
-    tr, me = _WithLabels(train), _WithLabels(meta)
+    tr, me = UserData(train), UserData(meta)
     splits = SimpleNamespace(train=tr, meta=me, test=me, num_classes=num_classes, info={})
     cfg = TrainConfig(method="lfm", model=model, model_kwargs=model_kwargs or {}, epochs=epochs,
                       batch_size=batch_size, meta_batch_size=meta_batch_size, lr=lr, device=device, options=options)
