@@ -42,6 +42,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "LFM-DR+ w/o pixel encoder": ("lfm_plus", dict(SMALLCNN)),
     "LFM-DR+ w/o upper lr 0.1": ("lfm_plus", {**PIXELS, "lr_b": 0.01, "lr_r": 0.01, "lr_c": 0.01}),
     "LFM-DR+ with B fixed at 1": ("lfm_plus", {**PIXELS, "lr_b": 0.0}),
+    "LFM-DR+ with a normalised": ("lfm_plus", {**PIXELS, "normalize_a": True}),
 }
 OPTION_KEYS = ("encoder", "lr_b", "lr_r", "lr_v", "lr_c", "normalize_a", "offset")
 # per-epoch numbers a result keeps (the figure reads them; the full lines stay in metrics.jsonl)
