@@ -34,7 +34,7 @@ LR_01 = {"lr_b": 0.1, "lr_r": 0.1}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "LFM-DR (paper)": ("lfm", dict(SMALLCNN)),
     "+ pixel encoder": ("lfm", dict(PIXELS)),
-    "+ upper lr 0.1 (b, r, V)": ("lfm", {**SMALLCNN, **LR_01, "lr_v": 0.1}),
+    "+ upper lr 0.1 for b/r/V": ("lfm", {**SMALLCNN, **LR_01, "lr_v": 0.1}),
     "+ a normalised in W2's loss": ("lfm", {**SMALLCNN, "normalize_a": True}),
     "B fixed at 1": ("lfm", {**SMALLCNN, "lr_b": 0.0}),
     "LFM-DR+ (ours)": ("lfm_plus", dict(PIXELS)),
