@@ -201,6 +201,7 @@ def test_ablation_cells_carry_their_variant_options():
     assert cfg.method == "lfm" and cfg.options["lr_b"] == 0.0 and cfg.options["encoder"] == "smallcnn"
     cfg = exp.train_config(by_row["LFM-DR+ w/o offset c"].params, "cpu", ctx)
     assert cfg.method == "lfm_plus" and cfg.options["offset"] is False and cfg.options["encoder"] == "pixels"
+    assert not any("," in row for row in exp.rows)  # --methods takes them comma-separated
     smoke = exp.cells("smoke", {})
     assert [c.row for c in smoke] == ["LFM-DR (paper)", "LFM-DR+ (ours)"]
     with pytest.raises(UsageError, match="unknown variant"):

@@ -275,7 +275,8 @@ def write_claims(records: Iterable[dict[str, Any]], out_dir: str | Path) -> Path
             "Each claim is checked on the finished runs (the most faithful profile that has them). "
             "A comparison *holds* when the claimed winner is ahead by more than the seeds' spread (the larger "
             "sample std of the two), *fails* when it is behind by more than that, and is *inconclusive* otherwise "
-            "(or with fewer than 2 seeds, or a row not run). At cpu scale, inconclusive often means the stand-in "
+            "(or with fewer than 2 seeds); a comparison with a row that has no runs is *not run* and does not count. "
+            "At cpu scale, inconclusive often means the stand-in "
             "(digits, a few epochs) cannot separate the methods, not that the paper is wrong.", "",
             "| claim | paper | verdict | comparisons (holds / fails / inconclusive / not run) |", "|---|---|---|---|"]
     details = []

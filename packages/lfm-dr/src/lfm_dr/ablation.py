@@ -34,7 +34,7 @@ LR_01 = {"lr_b": 0.1, "lr_r": 0.1}
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "LFM-DR (paper)": ("lfm", dict(SMALLCNN)),
     "+ pixel encoder": ("lfm", dict(PIXELS)),
-    "+ upper lr 0.1 (b, r, V)": ("lfm", {**SMALLCNN, **LR_01, "lr_v": 0.1}),
+    "+ upper lr 0.1 for b/r/V": ("lfm", {**SMALLCNN, **LR_01, "lr_v": 0.1}),
     "+ a normalised in W2's loss": ("lfm", {**SMALLCNN, "normalize_a": True}),
     "B fixed at 1": ("lfm", {**SMALLCNN, "lr_b": 0.0}),
     "LFM-DR+ (ours)": ("lfm_plus", dict(PIXELS)),
@@ -42,6 +42,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "LFM-DR+ w/o pixel encoder": ("lfm_plus", dict(SMALLCNN)),
     "LFM-DR+ w/o upper lr 0.1": ("lfm_plus", {**PIXELS, "lr_b": 0.01, "lr_r": 0.01, "lr_c": 0.01}),
     "LFM-DR+ with B fixed at 1": ("lfm_plus", {**PIXELS, "lr_b": 0.0}),
+    "LFM-DR+ with a normalised": ("lfm_plus", {**PIXELS, "normalize_a": True}),
 }
 OPTION_KEYS = ("encoder", "lr_b", "lr_r", "lr_v", "lr_c", "normalize_a", "offset")
 # per-epoch numbers a result keeps (the figure reads them; the full lines stay in metrics.jsonl)

@@ -107,9 +107,9 @@ def plot_diagnostics(frame, out_path, rows: list[str], column: str) -> None:
     """Per-epoch weight diagnostics (mean over seeds) of each row in one column: how a treats
     clean vs corrupted examples, how well it detects them, its mean, and W2's accuracy."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(DIAGNOSTIC_PANELS), figsize=(4.4 * len(DIAGNOSTIC_PANELS), 4.0),
-                             constrained_layout=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, len(DIAGNOSTIC_PANELS), figsize=(4.4 * len(DIAGNOSTIC_PANELS) + 3.0, 4.0),
+                             layout="constrained")
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: one per ablation row
     for i, row in enumerate(rows):
         hists = _histories(frame, row, column)
         if not hists:
@@ -127,7 +127,7 @@ def plot_diagnostics(frame, out_path, rows: list[str], column: str) -> None:
                         label=f"{row} ({len(hists)} seeds)" if style == "-" and ax is axes[0] else None)
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("epoch")
-    axes[0].legend(fontsize=7, loc="best")
+    fig.legend(fontsize=7, loc="outside right upper")
     fig.suptitle(f"{column}; {_provenance(frame)}", fontsize=9)
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
