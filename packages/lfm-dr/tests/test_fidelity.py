@@ -39,8 +39,10 @@ def test_paper_long_tail_split_has_cifar_counts(monkeypatch, k, per_class, n_max
     bundle = load_dataset("synthetic", num_classes=k, n_train=k * per_class, n_test=k, image_size=1)
     monkeypatch.setattr("lfm_dr.experiments.load_dataset", lambda *a, **kw: bundle)
     ctx = SimpleNamespace(data_root=None, download=False)
-    params = {"dataset": "cifar10" if k == 10 else "cifar100", "imbalance": "longtail", "factor": 200.0}
-    splits = get_experiment("table6").build_splits(params, "paper", 0, ctx)
+    exp = get_experiment("table6")
+    column = "CIFAR-10 IF 200" if k == 10 else "CIFAR-100 IF 200"
+    cell = next(c for c in exp.cells("paper", {}) if c.column == column and c.row == "Base Model")
+    splits = exp.build_splits(exp.resolve(cell, "paper", {}), 0, ctx)
     counts = splits.info["imbalance_counts"]
     assert splits.info["meta_per_class"] == 10 and len(splits.meta) == 10 * k
     assert counts[0] == n_max and counts[-1] == rarest
@@ -195,11 +197,11 @@ def test_ablation_cells_carry_their_variant_options():
     assert len(cells) == len(exp.rows) * 2 and exp.seeds["cpu"] == [0, 1, 2, 3, 4]
     identities = {json.dumps(c.params, sort_keys=True) for c in cells}
     assert len(identities) == len(cells)  # every variant is its own run
-    ctx = SimpleNamespace(config={"options": {}}, device="cpu", mixed_precision="no")
+    ctx = SimpleNamespace(device="cpu", mixed_precision="no")
     by_row = {c.row: c for c in cells if "flip" in c.column}
-    cfg = exp.train_config(by_row["B fixed at 1"].params, "cpu", ctx)
+    cfg = exp.train_config(exp.resolve(by_row["B fixed at 1"], "cpu", {}), ctx)
     assert cfg.method == "lfm" and cfg.options["lr_b"] == 0.0 and cfg.options["encoder"] == "smallcnn"
-    cfg = exp.train_config(by_row["LFM-DR+ w/o offset c"].params, "cpu", ctx)
+    cfg = exp.train_config(exp.resolve(by_row["LFM-DR+ w/o offset c"], "cpu", {}), ctx)
     assert cfg.method == "lfm_plus" and cfg.options["offset"] is False and cfg.options["encoder"] == "pixels"
     assert not any("," in row for row in exp.rows)  # --methods takes them comma-separated
     smoke = exp.cells("smoke", {})
