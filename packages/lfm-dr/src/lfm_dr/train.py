@@ -205,6 +205,8 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
             for name, opt in method.optimizers().items():
                 opt.load_state_dict(state["optimizers"][name])
             method.load_extra_state(state["extra"])
+            if getattr(method, "weight_log", None) is not None and state.get("weight_log") is not None:
+                method.weight_log.values.copy_(state["weight_log"])  # the diagnostics' latest weights
             if method.ctx.grad_scaler is not None and state.get("scaler"):
                 method.ctx.grad_scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
@@ -231,6 +233,7 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
             "modules": {n: m.state_dict() for n, m in method.modules().items()},
             "optimizers": {n: o.state_dict() for n, o in method.optimizers().items()},
             "extra": method.extra_state(), "rng": rng_state(),
+            "weight_log": getattr(getattr(method, "weight_log", None), "values", None),
             "scaler": method.ctx.grad_scaler.state_dict() if method.ctx.grad_scaler is not None else None,
         })
 
