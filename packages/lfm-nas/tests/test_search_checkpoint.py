@@ -139,7 +139,8 @@ def _search_outcome(root):
     metrics = json.loads(path.read_text())["metrics"]
     records = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()]
     # measured times and memory (the memory column's value is the peak memory) differ from run to run
-    timing = ("time_s", "search_s", "search_epoch_s", "search_wall_s", "peak_mem_mb", "search_gpu_days", "value")
+    timing = ("time_s", "search_s", "search_epoch_s", "search_wall_s", "peak_mem_mb", "search_gpu_days", "search_cpu_hours",
+              "value")
     return ({k: v for k, v in metrics.items() if k not in timing},
             [{k: v for k, v in r.items() if k != "time_s"} for r in records])
 
