@@ -271,6 +271,9 @@ def provenance(exp: Experiment, agg: pd.DataFrame, records: list[dict[str, Any]]
         shown = [f"{c}: {tau[c]:+.2f}" for c in stand_in if not math.isnan(tau[c])]
         if shown:
             lines.append("Rank agreement with the paper (Kendall τ over the rows run): " + ", ".join(shown) + ".")
+    if len(ran) and ran.seeds.nunique() > 1:
+        lines.append(f"Seeds per cell: {int(ran.seeds.min())} to {int(ran.seeds.max())} (every seed of the cell's "
+                     f"configuration; the CSV's seeds column gives each cell's count).")
     variants = sorted({v for v in ran.variant if v})
     if variants:
         lines.append("Rows in [brackets] are separate configurations of one cell, never averaged together.")

@@ -323,7 +323,8 @@ class DRExperiment(Experiment):
             labels["model"] = model_label(model["name"], model.get("kwargs") or {})
         opts = (st.get("method") or {}).get("options") or {}
         if "encoder" in opts and st.get("method", {}).get("name") in LFM_METHODS:
-            kind = "pretrained" if opts.get("pretrained") else "random init"
+            kind = ("fixed, label-free" if opts["encoder"] == "pixels" else
+                    "pretrained" if opts.get("pretrained") else "random init")
             labels["encoder"] = f"{opts['encoder']}, {kind}" + (
                 "" if opts.get("pretrained") else " (paper: ImageNet-pretrained ResNet-18)")
         if train:
