@@ -30,7 +30,7 @@ import torch
 
 from lfm_core.io import atomic_write_text
 from lfm_core.runner import RunContext
-from lfm_dr.experiments import Table7
+from lfm_dr.tables import Table7
 from lfm_dr.methods.lfm import DEFAULTS
 from lfm_dr.train import train_dr
 
@@ -40,11 +40,14 @@ COLUMN = "CIFAR-10 40%"  # digits on the cpu profile
 
 def run_one(method: str, options: dict, seed: int, engine: str, epochs: int | None) -> dict:
     exp = Table7()
-    params = {**exp.column_params(COLUMN, PROFILE, {}), "method": method, "model": exp.model, "engine": engine}
+    opts = {"engine": engine, "epochs": epochs}
+    row = {"ce": "Base Model", "lfm": "LFM-DR"}[method]
+    cell = next(c for c in exp.cells(PROFILE, opts) if c.row == row and c.column == COLUMN)
+    settings = exp.resolve(cell, PROFILE, opts)  # what `lfm-bench run table7` records and trains
     with tempfile.TemporaryDirectory(prefix="lfm-meta-interval-") as tmp:
-        ctx = RunContext(run_dir=Path(tmp), config={"options": {"epochs": epochs}}, device="cpu")
-        splits = exp.build_splits(params, PROFILE, seed, ctx)
-        cfg = exp.train_config(params, PROFILE, ctx)
+        ctx = RunContext(run_dir=Path(tmp), config={"settings": settings}, device="cpu")
+        splits = exp.build_splits(settings, seed, ctx)
+        cfg = exp.train_config(settings, ctx)
         cfg.options.update(options)
         t, cpu = time.perf_counter(), time.process_time()
         metrics = train_dr(cfg, splits, seed, ctx)
