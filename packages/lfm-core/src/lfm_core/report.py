@@ -401,6 +401,6 @@ def select(records: list[dict[str, Any]], where: dict[str, str]) -> list[dict[st
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value)) if not math.isnan(value) else "nan"
+    if isinstance(value, float) and value.is_integer():  # 12.0 (a column pandas made float) matches "12"
+        return str(int(value))
     return str(value)

@@ -10,6 +10,8 @@ one resumes from its checkpoint; a lock file stops two processes from running th
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import logging
 import os
@@ -114,8 +116,12 @@ class RunContext:
     def _write_metrics(self) -> None:
         write_jsonl(self.run_dir / "metrics.jsonl", self._metrics)
         columns = list(dict.fromkeys(k for r in self._metrics for k in r))
-        lines = [",".join(columns)] + [",".join(_csv_field(r.get(k)) for k in columns) for r in self._metrics]
-        atomic_write_text(self.run_dir / "metrics.csv", "\n".join(lines) + "\n")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, columns, lineterminator="\n")
+        writer.writeheader()
+        for record in self._metrics:  # nested values (lists, dicts) as JSON text in one field
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in record.items()})
+        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
 
     def _started_trackers(self) -> list[Any]:
         if self._trackers is None:
@@ -156,18 +162,6 @@ def check_trackers(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         if name == "tensorboard" and not is_tensorboard_available():
             raise UsageError("--tracker tensorboard needs TensorBoard: pip install tensorboard")
     return tuple(names)
-
-
-def _csv_field(value: Any) -> str:
-    import csv
-    import io
-
-    if value is None:
-        return ""
-    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow([text])
-    return buf.getvalue()
 
 
 def resolve_config(experiment: Experiment, cell: Cell, profile: str, seed: int, options: dict[str, Any],
