@@ -192,6 +192,30 @@ def test_accelerate_launch_mixed_precision_is_honoured_or_refused(tmp_path):
     assert_one_line_error(one, 2, "single process", "--multi_gpu", "torchrun")
 
 
+def test_compile_is_part_of_the_identity_and_refused_where_unsupported(tmp_path):
+    def configs(*extra, env=None):
+        proc = subprocess.run([*CLI, "run", "table7", "--profile", "smoke", "--results", str(tmp_path),
+                               "--print-config", *extra], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, **(env or {})})
+        assert proc.returncode == 0, proc.stderr
+        return {c["row"]: c for c in json.loads(proc.stdout)}
+
+    plain, compiled = configs(), configs("--compile")
+    assert "compile" not in plain["LFM-DR"]["runtime"]  # earlier runs keep their config_id
+    assert compiled["LFM-DR"]["runtime"]["compile"] is True
+    assert plain["LFM-DR"]["run_dir"] != compiled["LFM-DR"]["run_dir"]
+    launched = configs(env={"ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"})
+    assert launched["LFM-DR"]["config_id"] == compiled["LFM-DR"]["config_id"]
+    other = run("run", "table7", "--profile", "smoke", "--results", str(tmp_path), "--print-config")
+    env = {**os.environ, "ACCELERATE_DYNAMO_BACKEND": "AOT_EAGER"}
+    bad = subprocess.run([*CLI, "run", "table7", "--profile", "smoke", "--results", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert other.returncode == 0
+    assert_one_line_error(bad, 2, "aot_eager", "inductor")
+    nas = run("run", "table10", "--profile", "smoke", "--results", str(tmp_path), "--compile")
+    assert_one_line_error(nas, 2, "--compile", "table10")
+
+
 def test_piped_output_keeps_every_digit(tmp_path):
     proc = run("run", "table10", "--profile", "smoke", "--only", "Memory", "--results", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stderr

@@ -95,6 +95,10 @@ COMMON_OPTIONS = [
                  help="Autocast of the forward passes: bf16 (CPU or GPU), fp16 (for GPUs; DR training with a "
                       "loss scaler; NAS searches take bf16 only). Hypergradient products stay float32. "
                       "[default: no, or what `accelerate launch --mixed_precision` set]"),
+    click.Option(["--compile"], is_flag=True,
+                 help="torch.compile the networks (inductor; the first steps pay the compilation). Results equal "
+                      "the eager ones to rounding; part of the run's identity. Data-reweighting experiments only. "
+                      "Also set by `accelerate launch --dynamo_backend inductor`."),
     click.Option(["--only"], default=None, help="Run only cells whose row or column contains this text."),
     click.Option(["--set", "set_values"], multiple=True, metavar="KEY=VALUE",
                  help="Override a training or method setting (repeatable), e.g. --set lr=0.02 --set lr_r=1 "
@@ -151,14 +155,18 @@ def _parse_seeds(text: str | None, default: list[int]) -> list[int]:
 
 def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | None, download: bool,
          force: bool, device: str | None, mixed_precision: str | None, only: str | None, print_config: bool,
-         set_values: tuple[str, ...] = (), trackers: tuple[str, ...] = (), **options: Any) -> None:
+         compile: bool = False, set_values: tuple[str, ...] = (), trackers: tuple[str, ...] = (), **options: Any) -> None:
     from lfm_core.report import render_terminal
     from lfm_core.results import collect_results
     from lfm_core.runner import check_trackers, resolve_config, run_dir_for, run_one
-    from lfm_core.runtime import check_device, launch_mixed_precision
+    from lfm_core.runtime import check_device, launch_compile, launch_mixed_precision
 
     check_profile(profile)
     mixed_precision = launch_mixed_precision(mixed_precision)
+    compile = launch_compile(compile)
+    if compile and not exp.supports_compile:
+        raise UsageError(f"--compile is not supported by {exp.name}; it applies to the data-reweighting "
+                         "experiments (lfm-bench list)")
     check_trackers(trackers)
     if set_values:
         options["set"] = parse_set(set_values)
@@ -172,7 +180,8 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
         cells = [c for c in cells if only in c.row or only in c.column]
     if not cells:
         raise UsageError(f"no cell of {exp.name} matches --only {only!r}")
-    runtime = dict(data_root=str(data_root) if data_root else None, device=device, mixed_precision=mixed_precision)
+    runtime = dict(data_root=str(data_root) if data_root else None, device=device, mixed_precision=mixed_precision,
+                   compile=compile)
     if print_config:
         configs = []
         for cell in cells:

@@ -68,6 +68,8 @@ class Experiment:
     package: ClassVar[str] = ""
     # the row other rows are compared with when a stand-in makes raw numbers incomparable
     base_row: ClassVar[str | None] = None
+    # whether run_cell honours ``ctx.compile`` (``lfm-bench run --compile``); others refuse it
+    supports_compile: ClassVar[bool] = False
 
     # -- command-line options specific to this experiment ---------------------------------
     def options(self) -> list[click.Option]:

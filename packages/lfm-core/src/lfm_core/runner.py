@@ -58,6 +58,7 @@ class RunContext:
     download: bool = False
     device: str | None = None
     mixed_precision: str = "no"
+    compile: bool = False  # torch.compile the networks (lfm_core.runtime.compile_module)
     # in a multi-process launch only rank 0 writes the run directory; the others train in step
     main_process: bool = True
     trackers: tuple[str, ...] = ()
@@ -166,7 +167,7 @@ def check_trackers(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 def resolve_config(experiment: Experiment, cell: Cell, profile: str, seed: int, options: dict[str, Any],
                    device: str | None = None, mixed_precision: str = "no", data_root: str | None = None,
-                   **_: Any) -> dict[str, Any]:
+                   compile: bool = False, **_: Any) -> dict[str, Any]:
     """The whole resolved configuration of one run: what ``config.json`` records and the run
     directory's hash names. Equal configs (but the seed) give equal ``config_id``."""
     options = dict(options or {})
@@ -183,6 +184,8 @@ def resolve_config(experiment: Experiment, cell: Cell, profile: str, seed: int, 
         "runtime": {"device_type": _device_type(device), "mixed_precision": mixed_precision or "no"},
         "versions": package_versions(),
     }
+    if compile:  # recorded only when on, so that earlier runs keep their config_id
+        config["runtime"]["compile"] = True
     if data_root and cell.params.get("dataset") not in EMBEDDED:
         config["runtime"]["data_root"] = str(Path(data_root).expanduser().resolve())
     config = canonical(config)

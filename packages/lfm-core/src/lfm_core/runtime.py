@@ -130,6 +130,27 @@ def launch_mixed_precision(requested: str | None) -> str:
     return requested or "no"
 
 
+def launch_compile(requested: bool) -> bool:
+    """Whether the run compiles its networks: ``--compile``, or ``accelerate launch --dynamo_backend
+    inductor`` (``ACCELERATE_DYNAMO_BACKEND``); another dynamo backend is refused in one line."""
+    from lfm_core.errors import UsageError
+
+    launched = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "no").lower()
+    if launched not in ("no", "inductor"):
+        raise UsageError(f"`accelerate launch --dynamo_backend {launched}` is not supported; "
+                         "valid choices: no, inductor (or pass --compile)")
+    return bool(requested) or launched == "inductor"
+
+
+def compile_module(module: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` a network in place (inductor, default mode). In place, not wrapped: its
+    ``state_dict`` keys and so its checkpoints stay those of the plain module, and
+    ``functional_call`` still swaps its parameters. Passes under a forward-mode transform
+    (the exact engine's products) run eagerly."""
+    module.compile()
+    return module
+
+
 def wait_for_everyone() -> None:
     """A barrier across launched processes (no-op in a single process)."""
     if _ACCELERATOR is not None:

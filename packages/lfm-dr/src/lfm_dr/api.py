@@ -128,6 +128,7 @@ def fit(
     device: str | None = None,
     progress: bool = True,
     num_workers: int = 0,
+    compile: bool = False,
     **options: Any,
 ) -> FitResult:
     """Train ``model`` (a registered name, see ``lfm-bench list -r models``) with ``method``.
@@ -137,7 +138,9 @@ def fit(
     for LFM. Labels, image channels and ImageFolder classes are checked before training; a bad
     value raises ``lfm_core.errors.UsageError`` with a one-line message.
 
-    ``progress`` shows a progress bar on stderr; ``num_workers`` processes read the batches of
+    ``compile=True`` runs the networks through ``torch.compile`` (the first steps pay the
+    compilation; results equal the eager ones to rounding). ``progress`` shows a progress bar
+    on stderr; ``num_workers`` processes read the batches of
     datasets that are not in-memory tensors. A ``run_dir`` makes the run resumable (checkpoint
     every epoch); without one a temporary folder is used and removed. Without ``test`` the model
     is evaluated on the meta set and the metrics say ``meta_acc``, not ``test_acc``: the meta
@@ -148,7 +151,8 @@ def fit(
         splits, options = _checked_inputs(train, meta, test, num_classes, model, model_kwargs or {}, method,
                                           epochs, batch_size, lr, num_workers, options)
         cfg = TrainConfig(method=method, model=model, model_kwargs=model_kwargs or {}, epochs=epochs,
-                          batch_size=batch_size, meta_batch_size=batch_size, lr=lr, device=device, options=options)
+                          batch_size=batch_size, meta_batch_size=batch_size, lr=lr, device=device, options=options,
+                          compile=compile)
         evaluated = "test" if test is not None else "meta"
         order = training_order(cfg, splits.train, seed)  # the workers load the training batches ahead
         splits.train.plan = lambda idx: order.batches_from(idx, epochs)

@@ -124,6 +124,7 @@ class DRExperiment(Experiment):
     package = "lfm-dr"
     model = "resnet32"
     base_row = "Base Model"
+    supports_compile = True
     # the rows each profile runs by default ("all": every implemented row)
     profile_rows: dict[str, tuple[str, ...] | str] = {"smoke": ("Base Model", "LFM-DR"),
                                                       "cpu": tuple(METHOD_OF_ROW), "paper": "all"}
@@ -365,7 +366,7 @@ class DRExperiment(Experiment):
             epochs=train["epochs"], batch_size=train["batch_size"], meta_batch_size=train["meta_batch_size"],
             lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"],
             milestones=tuple(train["milestones"]), eval_batch_size=train["eval_batch_size"], device=ctx.device,
-            augment=augment, mixed_precision=ctx.mixed_precision, options=options,
+            augment=augment, mixed_precision=ctx.mixed_precision, compile=ctx.compile, options=options,
         )
 
     def run_cell(self, cell, profile, seed, ctx):

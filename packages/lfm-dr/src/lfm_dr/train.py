@@ -16,7 +16,9 @@ from torch.utils.data import Dataset
 
 from lfm_core.errors import check_choice, CheckpointError, NonFiniteError, UsageError
 from lfm_core.registries import METHODS, MODELS
-from lfm_core.runtime import all_reduce_mean, process_accelerator, rng_state, seed_everything, set_rng_state
+from lfm_core.runtime import (
+    all_reduce_mean, compile_module, process_accelerator, rng_state, seed_everything, set_rng_state,
+)
 from lfm_core.stopping import inject_test_stop, stop_error, stop_on_signals, stop_requested
 from lfm_dr.diagnostics import clean_mask_of
 from lfm_dr.methods.base import DRContext, DRMethod
@@ -43,6 +45,7 @@ class TrainConfig:
     augment: Callable[[Tensor], Tensor] | None = None
     eval_batch_size: int = 500
     mixed_precision: str = "no"  # "bf16" or "fp16" (with a loss scaler; meant for GPUs): autocast of the forward passes
+    compile: bool = False  # torch.compile the networks and the encoder (lfm_core.runtime.compile_module)
 
 
 class _Stream:
@@ -132,13 +135,14 @@ def build_method(cfg: TrainConfig, splits, seed: int, device, reduce=None) -> tu
         return gather(splits.meta, meta_stream.next(), device)
 
     def model_fn():
-        return MODELS.create(cfg.model, num_classes=num_classes, **cfg.model_kwargs).to(device)
+        model = MODELS.create(cfg.model, num_classes=num_classes, **cfg.model_kwargs).to(device)
+        return compile_module(model) if cfg.compile else model
 
     ctx = DRContext(
         model_fn=model_fn, num_classes=num_classes, class_counts=counts, n_train=len(splits.train),
         n_meta=len(splits.meta), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         epochs=cfg.epochs, next_meta=next_meta, device=device, options=dict(cfg.options),
-        grad_scaler=loss_scaler(cfg, device), reduce=reduce,
+        grad_scaler=loss_scaler(cfg, device), reduce=reduce, compile=cfg.compile,
     )
     method = METHODS.get(cfg.method)(ctx)
     return method, training_order(cfg, splits.train, seed), meta_stream

@@ -16,6 +16,7 @@ from torch.func import functional_call
 from lfm_core.encoders import create_encoder
 from lfm_core.errors import UsageError
 from lfm_core.registries import METHODS
+from lfm_core.runtime import compile_module
 from lfm_core.solver import ENGINES, Params, TriLevelSolver
 from lfm_core.weighting import lfm_weights
 from lfm_dr.diagnostics import WeightLog, weight_stats
@@ -109,6 +110,8 @@ class LFMReweighting(DRMethod):
         ).to(ctx.device)
         # a pretrained encoder keeps its ImageNet statistics; a random one normalises by batch
         self.encoder.train(not self.opt["pretrained"])
+        if ctx.compile:
+            compile_module(self.encoder)
         self.b = torch.ones(ctx.n_train, device=ctx.device, requires_grad=True)
         self.r = torch.ones(ctx.n_meta, device=ctx.device, requires_grad=True)
         upper = {"b": self.b, "r": self.r}
