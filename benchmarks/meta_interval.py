@@ -13,6 +13,8 @@ W2's after the last epoch.
     # last line: one JSON object; --write DIR writes DIR/meta_interval.json after every run
     python benchmarks/meta_interval.py --k 4,8 --scale-upper-lr --baseline benchmarks/results/meta_interval.json \
         --write benchmarks/results      # upper lr x k; DIR/meta_interval_lr_scaled.json
+    python benchmarks/meta_interval.py --meta-layers last --k 1,2,4 --baseline benchmarks/results/meta_interval.json \
+        --write benchmarks/results      # classifier-only hypergradient; DIR/meta_interval_last_layer.json
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def summarise(runs: list[dict], ks: list[int], baseline: list[dict] = ()) -> lis
     (of the same seed; from ``baseline``, an earlier run's list, where this run has no k = 1)."""
     by_seed = {r["seed"]: r for r in runs if r["method"] == "ce"}
     base = {r["seed"]: r["test_acc"] for r in [*baseline, *runs]
-            if r["method"] == "lfm" and r["meta_every"] == 1 and r.get("upper_lr_scale", 1) == 1}
+            if r["method"] == "lfm" and r["meta_every"] == 1 and r.get("upper_lr_scale", 1) == 1
+            and r.get("meta_layers") in (None, "all")}
     rows = []
     ce_accs = [r["test_acc"] for r in by_seed.values()]
     if ce_accs:
@@ -104,10 +107,15 @@ def main(argv=None) -> int:
                              "of movement per epoch as k = 1 (writes meta_interval_lr_scaled.json)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="an earlier meta_interval.json whose k = 1 runs give the accuracy change")
+    parser.add_argument("--meta-layers", choices=("all", "last"), default="all",
+                        help="LFM-DR's meta_layers: 'last' lets the hypergradient through the classifier only "
+                             "(writes meta_interval_last_layer.json)")
     parser.add_argument("--write", type=Path, default=None, help="folder for meta_interval.json")
     args = parser.parse_args(argv)
     baseline = json.loads(args.baseline.read_text())["runs"] if args.baseline else []
     out_name = "meta_interval_lr_scaled.json" if args.scale_upper_lr else "meta_interval.json"
+    if args.meta_layers != "all":
+        out_name = f"meta_interval_{args.meta_layers}_layer.json"
     torch.set_num_threads(1)
     runs: list[dict] = []
     result: dict = {}
@@ -116,11 +124,12 @@ def main(argv=None) -> int:
     run_one("lfm", {}, args.seeds[0], args.engine, 1)
     for seed in args.seeds:
         for method, k in [("ce", None)] + [("lfm", k) for k in args.k]:
-            options = {} if k is None else {"meta_every": k}
+            options = {} if k is None else {"meta_every": k, "meta_layers": args.meta_layers}
             scale = k if k is not None and args.scale_upper_lr else 1
             if scale != 1:
                 options.update({key: DEFAULTS[key] * scale for key in ("lr_b", "lr_r", "lr_v")})
             run = {"method": method, "meta_every": k, "upper_lr_scale": scale, "seed": seed,
+                   "meta_layers": args.meta_layers if k is not None else None,
                    **run_one(method, options, seed, args.engine, args.epochs)}
             runs.append(run)
             print(json.dumps(run), file=sys.stderr, flush=True)
@@ -128,7 +137,8 @@ def main(argv=None) -> int:
                 "setup": f"table7 {COLUMN} on the {PROFILE} profile: digits 16x16, flip noise 40%, ResNet-32 width 8 "
                          f"(1 block per stage), smallcnn encoder, batch 50, {run['epochs']} epochs, engine "
                          f"{args.engine}, 1 thread; runs interleaved per seed; wall time includes per-epoch "
-                         "evaluation" + ("; upper learning rates multiplied by k" if args.scale_upper_lr else ""),
+                         "evaluation" + ("; upper learning rates multiplied by k" if args.scale_upper_lr else "")
+                         + f"; meta_layers {args.meta_layers}",
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
                 "summary": summarise(runs, args.k, baseline), "runs": runs,
             }

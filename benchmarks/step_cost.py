@@ -75,7 +75,7 @@ def stage_seconds(step, repeat: int = 2) -> dict:
 
 
 def bench_dr(device, batch: int, width: int, encoder: str, warmup: int, repeat: int, profile: bool = False,
-             timing: bool = True, memory: bool = True) -> dict:
+             timing: bool = True, memory: bool = True, meta_layers: str = "all") -> dict:
     from lfm_core.registries import MODELS
     from lfm_dr.methods.base import DRContext
     from lfm_dr.methods.lfm import DRProblem, LFMReweighting
@@ -100,10 +100,10 @@ def bench_dr(device, batch: int, width: int, encoder: str, warmup: int, repeat: 
         F.cross_entropy(ce_model(x), y).backward()
         ce_opt.step()
 
-    def lfm(engine):
+    def lfm(engine, layers=meta_layers):
         torch.manual_seed(0)  # the same initial networks for every engine
         return LFMReweighting(DRContext(**ctx_kwargs, options={
-            "encoder": encoder, "pretrained": False, "engine": engine}))
+            "encoder": encoder, "pretrained": False, "engine": engine, "meta_layers": layers}))
 
     def rel_err(got, ref):
         num = sum(float((got[k] - ref[k]).double().norm() ** 2) for k in ref) ** 0.5
@@ -124,13 +124,20 @@ def bench_dr(device, batch: int, width: int, encoder: str, warmup: int, repeat: 
         out.update({f"{key}_step_s": median_time(step, device, warmup, repeat) for key, step in steps.items()})
         out["fd_rel_err"] = rel_err(grads["fd"], grads["lfm"])
         out["fwd_rel_err"] = rel_err(grads["fwd"], grads["lfm"])
+        if meta_layers != "all":  # how far the layer-wise approximation is from the full hypergradient
+            method = lfm("exact", "all")
+            problem = DRProblem(method.w1, method.w2, method.encoder, x, y, idx, xm, ym, jm, "dot", "none")
+            full = method.solver.step(problem, update_upper=True).grads
+            out["vs_full_rel_err"] = rel_err(grads["lfm"], full)
+            out["vs_full_cosine_b"] = float(F.cosine_similarity(grads["lfm"]["b"].double(), full["b"].double(), 0))
     if memory:
         out.update({f"{key}_mem_mb": peak_memory_mb(step, device) for key, step in steps.items()})
     if profile and timing:
         out["profile"] = {key: stage_seconds(steps[key]) for key in ENGINES}
     out.update(dr_ratios(out))
     out["engine"] = "exact"
-    out["setup"] = f"ResNet-32 (width {width}), batch {batch}, {encoder} encoder, 32x32"
+    out["setup"] = f"ResNet-32 (width {width}), batch {batch}, {encoder} encoder, 32x32" + (
+        f", meta_layers={meta_layers}" if meta_layers != "all" else "")
     return out
 
 
@@ -235,6 +242,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--skip-nas", action="store_true")
+    parser.add_argument("--meta-layers", choices=("all", "last"), default="all",
+                        help="LFM-DR's meta_layers (last: the hypergradient through the classifier only; "
+                             "results in <device>-last-layer.json)")
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true",
                         help="also time each stage of the LFM-DR step (torch.profiler ranges lfm.*)")
@@ -246,7 +256,8 @@ def main(argv=None) -> int:
     timing, memory = not args.memory_only, not apart
     nas_batch = 32 if device.type == "cuda" else 16
     result = {
-        "dr": bench_dr(device, args.batch, 16, args.encoder, warmup, repeat, args.profile and timing, timing, memory),
+        "dr": bench_dr(device, args.batch, 16, args.encoder, warmup, repeat, args.profile and timing, timing, memory,
+                       args.meta_layers),
         "nas": None if args.skip_nas else bench_nas(device, nas_batch, warmup, repeat, timing, memory),
         "device": (torch.cuda.get_device_name(0) if device.type == "cuda"
                    else f"cpu x{os.cpu_count()} ({platform.processor() or platform.machine()})"),
@@ -255,7 +266,7 @@ def main(argv=None) -> int:
     }
     if apart:
         passed = ["--batch", str(args.batch), "--encoder", args.encoder, "--device", str(device)]
-        passed += ["--quick"] * args.quick + ["--skip-nas"] * args.skip_nas
+        passed += ["--quick"] * args.quick + ["--skip-nas"] * args.skip_nas + ["--meta-layers", args.meta_layers]
         mem = memory_in_subprocess(passed)
         for part in ("dr", "nas"):
             if result[part] is not None and mem.get(part):
@@ -267,7 +278,8 @@ def main(argv=None) -> int:
             result["nas"].update(nas_ratios(result["nas"]))
             result["nas"]["setup"] += "; memory measured in a separate process with MALLOC_MMAP_THRESHOLD_=4096"
     if args.write:
-        write_results(result, args.write, "cuda" if device.type == "cuda" else "cpu")
+        suffix = "" if args.meta_layers == "all" else f"-{args.meta_layers}-layer"
+        write_results(result, args.write, ("cuda" if device.type == "cuda" else "cpu") + suffix)
     if args.json:
         print(json.dumps(result))
     else:

@@ -85,6 +85,8 @@ def test_results_are_written_readable_by_others(tmp_path):
         (("run", "table7", "--engine", "magic"), 2, ["magic", "exact"]),
         (("run", "table7", "--engine", "first-order"), 2, ["first-order", "zero", "Valid choices: exact"]),
         (("run", "table7", "--mixed-precision", "fp8"), 2, ["fp8", "bf16"]),
+        (("run", "table7", "--set", "meta_layers=lst"), 2, ["'lst'", "Did you mean 'last'", "all, last"]),
+        (("run", "table7", "--set", "meta_every=0"), 2, ["meta_every", "got 0"]),
         (("report", "--results", "/no/such/results"), 2, ["/no/such/results"]),
     ],
 )

@@ -87,3 +87,80 @@ def test_dr_hypergradient_matches_brute_force(single):
             assert abs(ref) > 1e-9, (name, i)
             tol = 1e-4 if engine == "exact" else 1e-3
             assert abs(ours - ref) <= tol * abs(ref) + 1e-10, (engine, name, i, ours, ref)
+
+
+def objective_through(w1, w2, enc, batch, upper, upper0, single, keep):
+    """The one-step objective when only the parameters in ``keep`` carry the dependence on the
+    upper variables: every other entry of W1' and W2' is held at its value for ``upper0``."""
+    def unrolled(up, held1=None, held2=None):
+        pr = problem(w1, w2, enc, batch)
+        with frozen_bn_stats(w1, w2, enc):
+            p1 = {k: v.detach().requires_grad_() for k, v in named_params(w1).items()}
+            g1 = torch.autograd.grad(pr.loss1(p1, up), list(p1.values()))
+            w1n = {k: p1[k].detach() - LR1 * g for k, g in zip(p1, g1)}
+            if held1 is not None:
+                w1n = {k: v if k in keep else held1[k] for k, v in w1n.items()}
+            a = pr.weights(w1n, up)
+            p2 = {k: v.detach().requires_grad_() for k, v in (w1n if single else named_params(w2)).items()}
+            g2 = torch.autograd.grad(pr.loss2(p2, a, up), list(p2.values()))
+            w2n = {k: p2[k].detach() - LR2 * g for k, g in zip(p2, g2)}
+            if held2 is not None:
+                w2n = {k: v if k in keep else held2[k] for k, v in w2n.items()}
+            return w1n, w2n, pr
+
+    held1, held2, _ = unrolled(upper0)
+    _, w2n, pr = unrolled(upper, held1, held2)
+    return float(pr.loss3(w2n, upper))
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_layerwise_hypergradient_matches_brute_force_of_the_approximation(single):
+    """``hyper_params`` (LFM-DR's ``meta_layers='last'``): the hypergradient of the objective in
+    which only the classifier's entries of W1' and W2' depend on the upper variables."""
+    from lfm_dr.methods.lfm import classifier_params
+
+    w1, w2, enc, batch, upper = setup(single)
+    keep = set(classifier_params(w1))
+    assert keep == {"linear.weight", "linear.bias"}
+    refs = {}
+    for name, i in COORDS:
+        if name == "b" and i == 1:
+            continue
+        vals = []
+        for sign in (1, -1):
+            pert = {k: v.clone() for k, v in upper.items()}
+            pert[name].view(-1)[i] += sign * 1e-6
+            vals.append(objective_through(w1, w2, enc, batch, pert, upper, single, keep))
+        refs[name, i] = (vals[0] - vals[1]) / 2e-6
+    for engine, tol in (("exact", 1e-4), ("finite-difference", 1e-3), ("forward-difference", 1e-2)):
+        w1c, enc_c = copy.deepcopy(w1), copy.deepcopy(enc)
+        w2c = w1c if single else copy.deepcopy(w2)
+        live = {k: v.clone().requires_grad_() for k, v in upper.items()}
+        solver = TriLevelSolver(w1c, w2c, live, torch.optim.SGD(w1c.parameters(), lr=LR1),
+                                torch.optim.SGD(w2c.parameters(), lr=LR2), torch.optim.SGD(live.values(), lr=0.0),
+                                engine=engine, fd_eps=1e-5, modules=[enc_c], upper_reaches_batch_norm=single,
+                                hyper_params=keep)
+        got = solver.step(problem(w1c, w2c, enc_c, batch)).grads
+        for (name, i), ref in refs.items():
+            ours = float(got[name].view(-1)[i])
+            assert abs(ref) > 1e-9, (name, i)
+            assert abs(ours - ref) <= tol * abs(ref) + 1e-10, (engine, name, i, ours, ref)
+    full = solver_grads("exact", w1, w2, enc, batch, upper, single)
+    # an approximation, not the full hypergradient
+    assert not torch.allclose(got["b"], full["b"], rtol=1e-3)
+
+
+def test_layerwise_hypergradient_with_every_parameter_is_the_full_one():
+    w1, w2, enc, batch, upper = setup(False)
+    every = [k for k, _ in w1.named_parameters()]
+    full = solver_grads("exact", w1, w2, enc, batch, upper, False)
+    w1c, w2c, enc_c = copy.deepcopy(w1), copy.deepcopy(w2), copy.deepcopy(enc)
+    live = {k: v.clone().requires_grad_() for k, v in upper.items()}
+    solver = TriLevelSolver(w1c, w2c, live, torch.optim.SGD(w1c.parameters(), lr=LR1),
+                            torch.optim.SGD(w2c.parameters(), lr=LR2), torch.optim.SGD(live.values(), lr=0.0),
+                            engine="exact", modules=[enc_c], upper_reaches_batch_norm=False, hyper_params=every)
+    got = solver.step(problem(w1c, w2c, enc_c, batch)).grads
+    for k in full:
+        assert torch.equal(got[k], full[k]), k
+    with pytest.raises(ValueError, match="nope"):
+        TriLevelSolver(w1c, w2c, live, solver.opt1, solver.opt2, solver.upper_optimizer, hyper_params=["nope"])

@@ -190,12 +190,16 @@ LossFn = Callable[[Params, Params], Tensor]
 
 
 def mvp_exact(loss: LossFn, w: Params, lam: Params, v: Params) -> Params:
+    """``v`` may cover only some of ``w``: the others are held as constants, outside the
+    transform, so the passes before the first moving layer carry no tangents."""
     # torch.func.jvp, not autograd's dual tensors: some of autograd's native forward-mode formulas
     # work in place (softmax-based losses), which breaks the reverse pass over the tangent
     lam_ = detached(lam, True)
     w_ = detached(w)
-    v_ = {k: v[k].detach() for k in w_}
-    _, tangent = jvp(lambda w_in: loss(w_in, lam_), (w_,), (v_,))
+    fixed = {k: t for k, t in w_.items() if k not in v}
+    moving = {k: w_[k] for k in v}
+    v_ = {k: v[k].detach() for k in moving}
+    _, tangent = jvp(lambda w_in: loss({**fixed, **w_in} if fixed else w_in, lam_), (moving,), (v_,))
     grads = torch.autograd.grad(tangent, list(lam_.values()), allow_unused=True)
     return {k: g for k, g in zip(lam_, grads) if g is not None}
 
@@ -210,7 +214,7 @@ def _fd_step(v: Params, eps: float) -> float | None:
 
 def _grad_lam(loss: LossFn, w: Params, lam: Params, v: Params, step: float) -> tuple[Tensor | None, ...]:
     """``grad_lam loss(W + step * v, lam)`` (no graph through W)."""
-    w_ = {k: (w[k].detach() + step * v[k].detach()) if step else w[k].detach() for k in w}
+    w_ = {k: (w[k].detach() + step * v[k].detach()) if step and k in v else w[k].detach() for k in w}
     lam_ = detached(lam, True)
     return torch.autograd.grad(loss(w_, lam_), list(lam_.values()), allow_unused=True)
 
@@ -264,6 +268,7 @@ class TriLevelSolver:
         upper_reaches_batch_norm: bool = True,
         recompute_weights: bool = False,
         grad_scaler: torch.amp.GradScaler | None = None,
+        hyper_params: Iterable[str] | None = None,
     ):
         self.w1, self.w2 = w1, w2
         self.upper = upper
@@ -295,6 +300,21 @@ class TriLevelSolver:
         # fp16 autocast: the real steps' losses and loss3 are scaled against underflow; a step
         # whose gradients overflow is skipped and the scale lowered (torch.amp.GradScaler)
         self.scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
+        # A layer-wise approximation: the hypergradient flows through these parameters of W1 and
+        # W2 only (e.g. the classifier); the others count as constants of the unrolled steps, so
+        # dL/dW2' and dL/dW1' stop at those layers and the products move only them. None: all.
+        self.hyper_params = None if hyper_params is None else set(hyper_params)
+        if self.hyper_params is not None:
+            for name, module in (("w1", w1), ("w2", w2)):
+                unknown = self.hyper_params - set(dict(module.named_parameters()))
+                if unknown or not self.hyper_params:
+                    raise ValueError(f"hyper_params {sorted(unknown) or '(empty)'} are not parameters of {name}")
+
+    def _through(self, params: Params) -> Params:
+        """The entries of ``params`` the hypergradient flows through."""
+        if self.hyper_params is None:
+            return params
+        return {k: t for k, t in params.items() if k in self.hyper_params}
 
     # -- the MVP of the selected engine -------------------------------------------------
     def mvp(self, loss: LossFn, w: Params, lam: Params, v: Params, base: Params | None = None) -> Params:
@@ -374,7 +394,9 @@ class TriLevelSolver:
 
         # Stage II: a from W1', then a real step of W2.
         with _stage("lfm.weights"):
-            w1_new = {k: v.requires_grad_() for k, v in snapshot(named_params(self.w1)).items()}
+            w1_new = snapshot(named_params(self.w1))
+            for t in self._through(w1_new).values():
+                t.requires_grad_()
             upper_live = detached(self.upper, True)
             with frozen_bn_stats(*self._bn_layers), torch.set_grad_enabled(not self.recompute_weights):
                 a = problem.weights(w1_new, upper_live)
@@ -399,7 +421,9 @@ class TriLevelSolver:
 
         # Stage III: validation loss of W2'.
         with _stage("lfm.loss3"):
-            w2_new = detached(named_params(self.w2), True)
+            w2_new = detached(named_params(self.w2))
+            for t in self._through(w2_new).values():
+                t.requires_grad_()
             upper3 = detached(self.upper, True)
             with frozen_bn_stats(*self._bn_layers):
                 loss3 = problem.loss3(w2_new, upper3)
@@ -433,8 +457,9 @@ class TriLevelSolver:
         # every term is linear in dL/dW2' and the direct gradients: with a loss scale the whole
         # chain runs scaled (no fp16 underflow in the backward passes) and is unscaled at the end
         loss_scale = self.scaler.get_scale() if self.scaler is not None else 1.0
+        w2_through, w1_through = self._through(w2_new), self._through(w1_new)
         with _stage("lfm.loss3_backward"):
-            inputs = list(upper3.values()) + (list(w2_new.values()) if need_second else [])
+            inputs = list(upper3.values()) + (list(w2_through.values()) if need_second else [])
             grads = torch.autograd.grad(loss3 * loss_scale, inputs, allow_unused=True)
         # terms are accumulated only for the upper variables they touch (an unused encoder
         # would otherwise cost several full-size zero tensors per step)
@@ -452,7 +477,7 @@ class TriLevelSolver:
                     total[k] = g if scale == 1.0 else g.mul_(scale)
 
         if need_second:
-            g2 = dict(zip(w2_new, _zeros_for_none(grads[len(names):], w2_new.values())))
+            g2 = dict(zip(w2_through, _zeros_for_none(grads[len(names):], w2_through.values())))
             # through W2' = W2 - lr2 grad loss2(W2, a, upper)
             with _stage("lfm.mvp_w2"):
                 lam2 = {"__a__": a.detach(), **upper3}
@@ -465,24 +490,26 @@ class TriLevelSolver:
                     # the problem rebuilds its networks' graphs one at a time (lowest peak memory)
                     with frozen_bn_stats(*self._bn_layers):
                         vjp = problem.weights_vjp(w1_new, upper_live, da)
-                    ga = [vjp.get(k) for k in (*w1_new, *upper_live)]
+                    ga = [vjp.get(k) for k in (*w1_through, *upper_live)]
                 else:
                     if self.recompute_weights:
                         with frozen_bn_stats(*self._bn_layers):
                             a = problem.weights(w1_new, upper_live)
-                    targets = list(w1_new.values()) + list(upper_live.values())
+                    targets = list(w1_through.values()) + list(upper_live.values())
                     ga = list(torch.autograd.grad(a, targets, grad_outputs=da, allow_unused=True))
-            ga[: len(w1_new)] = _zeros_for_none(ga[: len(w1_new)], w1_new.values())
-            h = dict(zip(w1_new, ga[: len(w1_new)]))
+            n1 = len(w1_through)
+            ga[:n1] = _zeros_for_none(ga[:n1], w1_through.values())
+            h = dict(zip(w1_through, ga[:n1]))
             if self.w2 is self.w1:
                 # single network: W2's step starts at W1', so W1' also reaches W2' directly:
                 # dW2'/dW1' = I - lr2 * Hessian(loss2); the Hessian-vector product is the MVP of
                 # loss2(W + delta) with respect to delta at delta = 0.
                 with _stage("lfm.hvp_single"):
-                    zero = {k: torch.zeros_like(t) for k, t in w2_old.items()}
+                    zero = {k: torch.zeros_like(w2_old[k]) for k in g2}
                     a_fixed = a.detach()
                     hv = self.mvp(
-                        lambda w, d: problem.loss2({k: w[k] + d[k] for k in w}, a_fixed, upper_fixed),
+                        lambda w, d: problem.loss2({k: w[k] + d[k] if k in d else w[k] for k in w}, a_fixed,
+                                                   upper_fixed),
                         w2_old, zero, g2,
                     )
                 h = {k: h[k] + g2[k] - scale2 * hv.get(k, torch.zeros_like(h[k])) for k in h}
@@ -491,7 +518,7 @@ class TriLevelSolver:
                 values = list(h.values())
                 self.reduce(values)
                 h = dict(zip(h, values))
-            add(dict(zip(names, ga[len(w1_new):])))
+            add(dict(zip(names, ga[n1:])))
             # through W1' = W1 - lr1 grad loss1(W1, upper)
             with _stage("lfm.mvp_w1"):
                 add(self.mvp(problem.loss1, w1_old, upper3, h, base1), -scale1)

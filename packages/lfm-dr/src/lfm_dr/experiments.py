@@ -32,7 +32,7 @@ from lfm_core.registries import METHODS
 from lfm_core.runtime import cpu_threads
 from lfm_core.solver import ENGINES
 from lfm_dr.methods.lfm import DEFAULTS as LFM_DEFAULTS
-from lfm_dr.methods.lfm import check_dr_engine
+from lfm_dr.methods.lfm import LFMReweighting
 from lfm_dr.train import TrainConfig, device_of, train_dr
 
 # table row -> registered method (rows absent here are cited from the paper, not run)
@@ -241,7 +241,8 @@ class DRExperiment(Experiment):
         self.run_rows(profile, options)
         check_set(options.get("set") or {}, self.settable(profile, options))
         if any(c.params["method"] in LFM_METHODS for c in self.cells(profile, options)):
-            check_dr_engine(options.get("engine") or LFM_DEFAULTS["engine"])
+            LFMReweighting.check_options({**(options.get("set") or {}),
+                                          "engine": options.get("engine") or LFM_DEFAULTS["engine"]})
         if PROFILES[profile]["data"] is None:
             root = options.get("data_root")
             for column in self.run_columns(profile, options):
