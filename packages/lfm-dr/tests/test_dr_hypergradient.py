@@ -36,8 +36,8 @@ def setup(single: bool):
     return w1, w2, enc, (x, y, idx, xm, ym, jm), upper
 
 
-def problem(w1, w2, enc, batch):
-    return DRProblem(w1, w2, enc, *batch, similarity="dot", drop="none")
+def problem(w1, w2, enc, batch, head=None):
+    return DRProblem(w1, w2, enc, *batch, similarity="dot", drop="none", head=head)
 
 
 def objective(w1, w2, enc, batch, upper, single):
@@ -132,7 +132,9 @@ def test_layerwise_hypergradient_matches_brute_force_of_the_approximation(single
             pert[name].view(-1)[i] += sign * 1e-6
             vals.append(objective_through(w1, w2, enc, batch, pert, upper, single, keep))
         refs[name, i] = (vals[0] - vals[1]) / 2e-6
-    for engine, tol in (("exact", 1e-4), ("finite-difference", 1e-3), ("forward-difference", 1e-2)):
+    runs = [(engine, tol, head) for engine, tol in (("exact", 1e-4), ("finite-difference", 1e-3),
+                                                    ("forward-difference", 1e-2)) for head in (None, "linear")]
+    for engine, tol, head in runs:  # head: the products reuse the real steps' classifier inputs
         w1c, enc_c = copy.deepcopy(w1), copy.deepcopy(enc)
         w2c = w1c if single else copy.deepcopy(w2)
         live = {k: v.clone().requires_grad_() for k, v in upper.items()}
@@ -140,11 +142,11 @@ def test_layerwise_hypergradient_matches_brute_force_of_the_approximation(single
                                 torch.optim.SGD(w2c.parameters(), lr=LR2), torch.optim.SGD(live.values(), lr=0.0),
                                 engine=engine, fd_eps=1e-5, modules=[enc_c], upper_reaches_batch_norm=single,
                                 hyper_params=keep)
-        got = solver.step(problem(w1c, w2c, enc_c, batch)).grads
+        got = solver.step(problem(w1c, w2c, enc_c, batch, head)).grads
         for (name, i), ref in refs.items():
             ours = float(got[name].view(-1)[i])
             assert abs(ref) > 1e-9, (name, i)
-            assert abs(ours - ref) <= tol * abs(ref) + 1e-10, (engine, name, i, ours, ref)
+            assert abs(ours - ref) <= tol * abs(ref) + 1e-10, (engine, head, name, i, ours, ref)
     full = solver_grads("exact", w1, w2, enc, batch, upper, single)
     # an approximation, not the full hypergradient
     assert not torch.allclose(got["b"], full["b"], rtol=1e-3)

@@ -73,6 +73,12 @@ class TriLevelProblem(Protocol):
     # time instead of holding all of them (see ``lfm_nas.problem.LFMNASProblem``).
     # def weights_vjp(self, w1: Params, upper: Params, da: Tensor) -> Params: ...
 
+    # Optional, used with ``hyper_params``: a context manager inside which the solver calls loss1
+    # and loss2 (its products) with every parameter outside ``hyper_params`` at the values of the
+    # step's real training step, so the problem may reuse that step's features (e.g. the input of
+    # the classifier) instead of running the rest of the network again.
+    # def fixed_trunk(self) -> ContextManager: ...
+
 
 @dataclass
 class StepStats:
@@ -310,6 +316,11 @@ class TriLevelSolver:
                 if unknown or not self.hyper_params:
                     raise ValueError(f"hyper_params {sorted(unknown) or '(empty)'} are not parameters of {name}")
 
+    def _fixed_trunk(self, problem: TriLevelProblem) -> contextlib.AbstractContextManager:
+        if self.hyper_params is None or not hasattr(problem, "fixed_trunk"):
+            return contextlib.nullcontext()
+        return problem.fixed_trunk()
+
     def _through(self, params: Params) -> Params:
         """The entries of ``params`` the hypergradient flows through."""
         if self.hyper_params is None:
@@ -479,7 +490,7 @@ class TriLevelSolver:
         if need_second:
             g2 = dict(zip(w2_through, _zeros_for_none(grads[len(names):], w2_through.values())))
             # through W2' = W2 - lr2 grad loss2(W2, a, upper)
-            with _stage("lfm.mvp_w2"):
+            with _stage("lfm.mvp_w2"), self._fixed_trunk(problem):
                 lam2 = {"__a__": a.detach(), **upper3}
                 m2 = self.mvp(lambda w, lam: problem.loss2(w, lam["__a__"], lam), w2_old, lam2, g2, base2)
             da = -scale2 * m2.pop("__a__", torch.zeros_like(a))
@@ -504,7 +515,7 @@ class TriLevelSolver:
                 # single network: W2's step starts at W1', so W1' also reaches W2' directly:
                 # dW2'/dW1' = I - lr2 * Hessian(loss2); the Hessian-vector product is the MVP of
                 # loss2(W + delta) with respect to delta at delta = 0.
-                with _stage("lfm.hvp_single"):
+                with _stage("lfm.hvp_single"), self._fixed_trunk(problem):
                     zero = {k: torch.zeros_like(w2_old[k]) for k in g2}
                     a_fixed = a.detach()
                     hv = self.mvp(
@@ -520,7 +531,7 @@ class TriLevelSolver:
                 h = dict(zip(h, values))
             add(dict(zip(names, ga[n1:])))
             # through W1' = W1 - lr1 grad loss1(W1, upper)
-            with _stage("lfm.mvp_w1"):
+            with _stage("lfm.mvp_w1"), self._fixed_trunk(problem):
                 add(self.mvp(problem.loss1, w1_old, upper3, h, base1), -scale1)
         total = {k: total[k] / loss_scale if k in total else torch.zeros_like(self.upper[k]) for k in names}
         if self.reduce is not None:

@@ -8,6 +8,8 @@ descend W2's meta loss through both unrolled steps.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,13 +32,18 @@ DR_ENGINES = tuple(e for e in ENGINES if e != "first-order")
 META_LAYERS = ("all", "last")
 
 
-def classifier_params(model: torch.nn.Module) -> list[str]:
-    """Names of the parameters of the model's last linear layer (its classifier)."""
-    linear = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+def classifier_name(model: torch.nn.Module) -> str:
+    """The name of the model's last linear layer (its classifier)."""
+    linear = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name]
     if not linear:
         raise UsageError(f"meta_layers='last' needs a final nn.Linear layer; {type(model).__name__} has none")
-    prefix = f"{linear[-1]}." if linear[-1] else ""
-    return [prefix + name for name, _ in model.get_submodule(linear[-1]).named_parameters()]
+    return linear[-1]
+
+
+def classifier_params(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters of the model's classifier (``classifier_name``)."""
+    head = classifier_name(model)
+    return [f"{head}.{name}" for name, _ in model.get_submodule(head).named_parameters()]
 
 
 def check_dr_engine(engine: str) -> str:
@@ -71,16 +78,49 @@ class DRProblem:
     """The four functions of one LFM-DR step with the step's batches bound."""
 
     def __init__(self, w1, w2, encoder, x, y, idx, xm, ym, jm, similarity: str, drop: str,
-                 normalize_a: bool = False):
+                 normalize_a: bool = False, head: str | None = None):
         self.w1, self.w2, self.encoder = w1, w2, encoder
         self.x, self.y, self.idx = x, y, idx
         self.xm, self.ym, self.jm = xm, ym, jm
         self.similarity, self.drop = similarity, drop
         self.normalize_a = normalize_a
         self.last_a: Tensor | None = None  # the batch's weights, for the diagnostics
+        # with meta_layers="last": the classifier's name; its input on the training batch is kept
+        # from each real step and reused by the products (inside fixed_trunk)
+        self.head = head
+        self._features: dict[str, Tensor] = {}
+        self._reuse = False
+
+    @contextlib.contextmanager
+    def fixed_trunk(self):
+        """The solver's products with only the classifier moving: reuse the real steps' features."""
+        self._reuse = True
+        try:
+            yield
+        finally:
+            self._reuse = False
+
+    def _train_logits(self, model: torch.nn.Module, params: Params, slot: str) -> Tensor:
+        if self.head is None:
+            return functional_call(model, params, (self.x,))
+        head = model.get_submodule(self.head)
+        if self._reuse and slot in self._features:
+            prefix = self.head + "."
+            head_params = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+            features = self._features[slot]  # (autocast's low precision is lifted for the products)
+            return functional_call(head, head_params, (features.to(next(iter(head_params.values())).dtype),))
+        seen: list[Tensor] = []
+        hook = head.register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0]))
+        try:
+            logits = functional_call(model, params, (self.x,))
+        finally:
+            hook.remove()
+        if not self._reuse and seen:  # the real step's features
+            self._features[slot] = seen[-1].detach()
+        return logits
 
     def loss1(self, w1: Params, upper: Params) -> Tensor:
-        losses = F.cross_entropy(functional_call(self.w1, w1, (self.x,)), self.y, reduction="none")
+        losses = F.cross_entropy(self._train_logits(self.w1, w1, "w1"), self.y, reduction="none")
         return (upper["b"][self.idx] * losses).mean()
 
     def weights(self, w1: Params, upper: Params) -> Tensor:
@@ -94,7 +134,7 @@ class DRProblem:
         return a
 
     def loss2(self, w2: Params, a: Tensor, upper: Params) -> Tensor:
-        losses = F.cross_entropy(functional_call(self.w2, w2, (self.x,)), self.y, reduction="none")
+        losses = F.cross_entropy(self._train_logits(self.w2, w2, "w2"), self.y, reduction="none")
         if self.normalize_a:  # sum a_i l_i / sum a_i: the step size no longer scales with mean(a)
             return (a * losses).sum() / a.sum().clamp_min(1e-12)
         return (a * losses).mean()
@@ -117,6 +157,7 @@ class LFMReweighting(DRMethod):
         self.last_meta_loss = float("nan")
         self.w1 = ctx.model_fn()
         self.w2 = self.w1 if self.opt["variant"] == "single" else ctx.model_fn()
+        self.head = classifier_name(self.w1) if self.opt["meta_layers"] == "last" else None
         self.encoder = create_encoder(
             self.opt["encoder"], pretrained=bool(self.opt["pretrained"]), weights=self.opt["encoder_weights"]
         ).to(ctx.device)
@@ -151,7 +192,7 @@ class LFMReweighting(DRMethod):
             # (the single-network variant's Hessian term perturbs the weights themselves)
             upper_reaches_batch_norm=self.w2 is self.w1,
             grad_scaler=ctx.grad_scaler, reduce=ctx.reduce,
-            hyper_params=classifier_params(self.w1) if self.opt["meta_layers"] == "last" else None,
+            hyper_params=classifier_params(self.w1) if self.head else None,
         )
 
     @classmethod
@@ -194,7 +235,8 @@ class LFMReweighting(DRMethod):
     def train_step(self, x, y, idx, epoch):
         xm, ym, jm = self.ctx.next_meta()
         problem = DRProblem(self.w1, self.w2, self.encoder, x, y, idx, xm, ym, jm,
-                            self.opt["similarity"], self.opt["drop"], bool(self.opt["normalize_a"]))
+                            self.opt["similarity"], self.opt["drop"], bool(self.opt["normalize_a"]),
+                            head=self.head)
         meta_step = self.steps_done % self.meta_every == 0
         self.steps_done += 1
         if not meta_step:
