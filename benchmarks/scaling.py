@@ -131,11 +131,13 @@ def measure(sweep: str, change: dict, warmup: int, repeat: int, memory: bool) ->
 
 
 def run(sweeps, quick, reps: dict, memory) -> list[dict]:
+    """Every point of the sweeps; ``reps``: (warmup, repeat) for "dr" and "nas" points."""
     points = []
     for sweep in sweeps:
+        warmup, repeat = reps["nas" if sweep.startswith("nas") else "dr"]
         for change in plan(quick)[sweep]:
             t = time.perf_counter()
-            point = {"sweep": sweep, **change, **measure(sweep, change, *reps["nas" if "nas" in sweep else "dr"], memory)}
+            point = {"sweep": sweep, **change, **measure(sweep, change, warmup, repeat, memory)}
             print(json.dumps(point | {"wall_s": round(time.perf_counter() - t, 1)}), file=sys.stderr, flush=True)
             points.append(point)
     return points
