@@ -367,7 +367,7 @@ class DRExperiment(Experiment):
             epochs=train["epochs"], batch_size=train["batch_size"], meta_batch_size=train["meta_batch_size"],
             lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"],
             milestones=tuple(train["milestones"]), eval_batch_size=train["eval_batch_size"], device=ctx.device,
-            augment=augment, mixed_precision=ctx.mixed_precision, compile=ctx.compile, options=options,
+            augment=augment, mixed_precision=ctx.mixed_precision, compile=getattr(ctx, "compile", False), options=options,
         )
 
     def run_cell(self, cell, profile, seed, ctx):
