@@ -50,3 +50,19 @@ def test_compiled_networks_give_the_eager_step(engine, tol):
         assert _rel(compiled.grads[name], eager.grads[name]) < tol, name
     for a, b in zip(w2_compiled, w2_eager):
         assert _rel(a, b) < 1e-5
+
+
+def test_fit_compile_trains_compiled_networks_with_the_last_layer_approximation():
+    from torch.utils.data import TensorDataset
+
+    from lfm_dr import fit
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 3, 8, 8, generator=g), torch.randint(0, K, (60,), generator=g)
+    result = fit(TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:]), num_classes=K, epochs=1,
+                 batch_size=12, lr=0.05, model_kwargs={"width": 2, "blocks_per_stage": 1}, encoder="smallcnn",
+                 pretrained=False, meta_layers="last", compile=True, progress=False)
+    assert result.model._compiled_call_impl is not None  # W2, compiled in place
+    assert not any(k.startswith("_orig_mod") for k in result.model.state_dict())
+    assert result.metrics["skipped_steps"] == 0 and 0 <= result.metrics["meta_acc"] <= 100
+    assert float(result.weights.std()) > 0  # b moved: the hypergradient reached it
