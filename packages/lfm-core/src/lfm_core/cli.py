@@ -96,8 +96,9 @@ COMMON_OPTIONS = [
                       "loss scaler; NAS searches take bf16 only). Hypergradient products stay float32. "
                       "[default: no, or what `accelerate launch --mixed_precision` set]"),
     click.Option(["--compile"], is_flag=True,
-                 help="torch.compile the networks (inductor; the first steps pay the compilation). Results equal "
-                      "the eager ones to rounding; part of the run's identity. Data-reweighting experiments only. "
+                 help="torch.compile the networks (inductor; the first steps pay the compilation). Each step equals "
+                      "the eager one to rounding, whole runs drift apart; part of the run's identity. "
+                      "Data-reweighting experiments only. "
                       "Also set by `accelerate launch --dynamo_backend inductor`."),
     click.Option(["--only"], default=None, help="Run only cells whose row or column contains this text."),
     click.Option(["--set", "set_values"], multiple=True, metavar="KEY=VALUE",
