@@ -85,9 +85,11 @@ def train_eval_imagenet(genotype, train_loader: Iterable, test_loader: Iterable,
                         weight_decay: float = 3e-5, label_smoothing: float = 0.1, gamma: float = 0.97,
                         grad_clip: float | None = 5.0, device: str | torch.device = "cpu", seed: int | None = None,
                         log: Callable[[dict], None] | None = None,
-                        progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+                        progress: Callable[[int, int], None] | None = None,
+                        checkpoint: Any = None) -> dict[str, float]:
     """DARTS' ImageNet protocol: ``NetworkImageNet(C, layers)`` trained with SGD (lr decayed by
-    ``gamma`` every epoch), label smoothing and the auxiliary head; top-1 and top-5 test error."""
+    ``gamma`` every epoch), label smoothing and the auxiliary head; top-1 and top-5 test error.
+    ``checkpoint``: see :func:`lfm_nas.search.train_epochs`."""
     from lfm_nas.eval_net import NetworkImageNet
     from lfm_nas.search import train_epochs
 
@@ -99,7 +101,7 @@ def train_eval_imagenet(genotype, train_loader: Iterable, test_loader: Iterable,
     sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=gamma)
     train_epochs(model, opt, sched, train_loader, epochs, device, drop_path=drop_path,
                  auxiliary_weight=auxiliary_weight, label_smoothing=label_smoothing, grad_clip=grad_clip,
-                 log=log, progress=progress)
+                 log=log, progress=progress, checkpoint=checkpoint)
     model.eval()
     k = min(5, num_classes)
     top1 = topk = n = 0

@@ -104,13 +104,23 @@ class _Cycle(Iterator):
         self.taken += 1
         return batch
 
+    def end_pass(self) -> None:
+        """The caller took the whole pass (an epoch): the next batch starts a new one, and a
+        position saved before it need not replay this one."""
+        self.it, self.pass_state, self.taken = None, None, 0
+
     def state(self) -> dict[str, Any]:
-        return {"started": self.it is not None, "pass_state": self.pass_state, "taken": self.taken}
+        """Between passes ``pass_state`` is the state the next pass will start from."""
+        started = self.it is not None
+        pass_state = self.pass_state if started else (self.generator or torch.default_generator).get_state()
+        return {"started": started, "pass_state": pass_state, "taken": self.taken}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Replay the current pass up to the saved batch (the caller restores the global RNG after)."""
         if not state["started"]:
-            self.it, self.taken = None, 0
+            if state["pass_state"] is not None:
+                (self.generator or torch.default_generator).set_state(state["pass_state"])
+            self.it, self.pass_state, self.taken = None, None, 0
             return
         (self.generator or torch.default_generator).set_state(state["pass_state"])
         self.pass_state, self.it, self.taken = state["pass_state"], iter(self.loader), 0
@@ -144,6 +154,18 @@ def _infer_num_classes(*loaders) -> int:
 
 def cosine_lr(epoch: int, epochs: int, lr_max: float, lr_min: float) -> float:
     return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+
+
+def _stopping(checkpoint: Any):
+    """SIGTERM/SIGINT ask a loop with a checkpoint to stop gracefully; without one there is
+    nothing to stop to, and signals keep their handlers."""
+    return stop_on_signals() if checkpoint is not None else contextlib.nullcontext()
+
+
+def _mismatch(what: str, exc: Exception) -> CheckpointError:
+    """The one-line error for a checkpoint that does not fit the run loading it."""
+    detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120]
+    return CheckpointError(f"{what} checkpoint does not match this {what} ({detail}); delete it or rerun with --force")
 
 
 class _Memory:
@@ -280,8 +302,7 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
                 "state": state, "switches": switches, "runner": runner.state_dict(),
                 "data": {"train": train_it.state(), "val": val_it.state()}, "rng": rng_state()}
 
-    # without a checkpoint there is nothing to stop gracefully to: signals keep their handlers
-    with stop_on_signals() if checkpoint is not None else contextlib.nullcontext():
+    with _stopping(checkpoint):
         for si, stage in enumerate(stages):
             if si < start[0]:
                 continue
@@ -304,9 +325,7 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
                     first_epoch, first_step = start[1], start[2]
                     losses, epoch_s = [float(v) for v in saved["losses"]], float(saved["epoch_s"])
                 except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-                    what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120]
-                    raise CheckpointError(f"search checkpoint does not match this search ({what}); "
-                                          "delete it or rerun with --force") from None
+                    raise _mismatch("search", exc) from None
             for epoch in range(first_epoch, epochs):
                 lr = cosine_lr(epoch, epochs, cfg["w_lr"], cfg["w_lr_min"])
                 arch_on = epoch >= cfg["lfm_start"]
@@ -513,34 +532,73 @@ class _LFMRunner:
 def train_epochs(model: nn.Module, opt: torch.optim.Optimizer, sched, train_loader: Iterable, epochs: int,
                  device: torch.device, *, drop_path: float, auxiliary_weight: float, label_smoothing: float = 0.0,
                  cutout: int = 0, grad_clip: float | None = 5.0, log: Callable[[dict], None] | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> list[float]:
+                 progress: Callable[[int, int], None] | None = None, checkpoint: Any = None) -> list[float]:
     """The evaluation networks' training loop (CIFAR and ImageNet): drop path rising linearly,
-    auxiliary loss, optional cutout and clipping, one scheduler step per epoch. Returns epoch times."""
-    total, done = epochs * len(train_loader), 0  # type: ignore[arg-type]
-    times = []
-    for epoch in range(epochs):
-        model.drop_path_prob = drop_path * epoch / max(1, epochs)
-        model.train()
-        t0, losses = time.perf_counter(), []
-        for batch in train_loader:
-            x, y = _to(batch[:2], device)
-            if cutout:
-                x = apply_cutout(x, cutout)
-            opt.zero_grad(set_to_none=True)
-            logits, logits_aux = model(x)
-            loss = eval_loss(logits, logits_aux, y, auxiliary_weight, label_smoothing)
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-            losses.append(float(loss.detach()))
-            done += 1
-            if progress:
-                progress(done, total)
-        sched.step()
-        times.append(time.perf_counter() - t0)
-        if log:
-            log({"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), "time_s": times[-1]})
+    auxiliary loss, optional cutout and clipping, one scheduler step per epoch. Returns epoch times.
+
+    ``checkpoint`` (``load()`` / ``save(state)``, as for :func:`search`): the loop saves its
+    position (model, optimiser, scheduler, global RNG, the loader's shuffling state) after every
+    epoch and, on SIGTERM/SIGINT, after the step in progress (then raises
+    :class:`lfm_core.errors.GracefulStop`), and resumes from ``load()``'s state to the result of an
+    uninterrupted run; a kill loses the epoch in progress only."""
+    steps = len(train_loader)  # type: ignore[arg-type]
+    total = epochs * steps
+    train_it = _Cycle(train_loader)
+    times: list[float] = []
+    first_epoch, first_step, losses, epoch_s = 0, 0, [], 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        try:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["opt"])
+            sched.load_state_dict(saved["sched"])
+            train_it.load_state(saved["data"])
+            set_rng_state(saved["rng"])  # last: a replayed pass may draw from the global RNG
+            first_epoch, first_step = int(saved["epoch"]), int(saved["step"])
+            times = [float(t) for t in saved["epoch_times"]]
+            losses, epoch_s = [float(v) for v in saved["losses"]], float(saved["epoch_s"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise _mismatch("evaluation", exc) from None
+
+    def position(epoch: int, step: int, losses: list[float], epoch_s: float) -> dict[str, Any]:
+        return {"epoch": epoch, "step": step, "losses": list(losses), "epoch_s": epoch_s, "epoch_times": list(times),
+                "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "data": train_it.state(), "rng": rng_state()}
+
+    with _stopping(checkpoint):
+        for epoch in range(first_epoch, epochs):
+            model.drop_path_prob = drop_path * epoch / max(1, epochs)
+            model.train()
+            if epoch != first_epoch:
+                first_step, losses, epoch_s = 0, [], 0.0
+            t0 = time.perf_counter()
+            for step in range(first_step, steps):
+                if checkpoint is not None and stop_requested() is not None:
+                    checkpoint.save(position(epoch, step, losses, epoch_s + time.perf_counter() - t0))
+                    raise stop_error(f"at evaluation epoch {epoch} step {step}")
+                x, y = _to(next(train_it)[:2], device)
+                inject_test_stop(f"eval:{epoch}:{step}:mid")
+                if cutout:
+                    x = apply_cutout(x, cutout)
+                opt.zero_grad(set_to_none=True)
+                logits, logits_aux = model(x)
+                loss = eval_loss(logits, logits_aux, y, auxiliary_weight, label_smoothing)
+                loss.backward()
+                if grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                opt.step()
+                losses.append(float(loss.detach()))
+                if progress:
+                    progress(epoch * steps + step + 1, total)
+            train_it.end_pass()
+            sched.step()
+            times.append(epoch_s + time.perf_counter() - t0)
+            if log:
+                log({"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), "time_s": times[-1]})
+            if checkpoint is not None:
+                checkpoint.save(position(epoch + 1, 0, [], 0.0))
+                if stop_requested() is not None:
+                    raise stop_error(f"at evaluation epoch {epoch + 1} step 0")
     return times
 
 
@@ -549,11 +607,12 @@ def train_eval(genotype: Genotype, train_loader: Iterable, test_loader: Iterable
                lr: float = 0.025, device: str | torch.device = "cpu", num_classes: int | None = None,
                momentum: float = 0.9, weight_decay: float = 3e-4, grad_clip: float | None = 5.0,
                seed: int | None = None, log: Callable[[dict], None] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> dict:
+               progress: Callable[[int, int], None] | None = None, checkpoint: Any = None) -> dict:
     """Train ``NetworkCIFAR(C, layers, genotype)`` from scratch (DARTS protocol: SGD momentum 0.9,
     wd 3e-4, cosine lr to 0, drop path rising linearly to ``drop_path``, auxiliary head with
     weight ``auxiliary_weight``, cutout ``cutout`` applied to each training batch here: pass
-    ``cutout=0`` if the loader already does it) and return its test accuracy and error (%)."""
+    ``cutout=0`` if the loader already does it) and return its test accuracy and error (%).
+    ``checkpoint``: see :func:`train_epochs` (the training resumes from its last saved position)."""
     device = torch.device(device)
     if seed is not None:
         torch.manual_seed(seed)
@@ -564,7 +623,7 @@ def train_eval(genotype: Genotype, train_loader: Iterable, test_loader: Iterable
     mem = _Memory(device)
     times = train_epochs(model, opt, sched, train_loader, epochs, device, drop_path=drop_path,
                          auxiliary_weight=auxiliary_weight, cutout=cutout, grad_clip=grad_clip,
-                         log=log, progress=progress)
+                         log=log, progress=progress, checkpoint=checkpoint)
     model.eval()
     correct = n = 0
     with torch.no_grad():
