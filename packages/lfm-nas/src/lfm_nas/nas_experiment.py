@@ -24,35 +24,73 @@ from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotyp
 from lfm_nas.profiles import ENGINES, PROFILE_SETTINGS, has_cifar, imagenet_root, settings
 
 
-class _SearchCheckpoint:
-    """A search's position in its run directory's checkpoint (``search(checkpoint=...)``), tagged
-    with the search's key; loading it truncates metrics.jsonl to the records it covers."""
-
-    def __init__(self, ctx, key: dict[str, Any]):
-        self.ctx, self.key = ctx, _key_hash(key)
-
-    def load(self) -> dict[str, Any] | None:
-        saved = self.ctx.load_checkpoint()
-        if saved is None:
-            return None
-        if not isinstance(saved.get("search"), dict) or saved.get("key") != self.key:
-            raise CheckpointError(f"checkpoint {self.ctx.checkpoint_path} is not this search's "
-                                  "(delete it or rerun with --force)")
-        self.ctx.truncate_metrics(int(saved.get("n_metrics", 0)))
-        self.ctx.log(f"resumed the search at stage {saved['search'].get('stage')} epoch "
-                     f"{saved['search'].get('epoch')} step {saved['search'].get('step')}")
-        return saved["search"]
-
-    def save(self, state: dict[str, Any]) -> None:
-        self.ctx.save_checkpoint({"search": state, "key": self.key, "n_metrics": len(self.ctx.metrics)})
-
-
 def _drop_eval_records(ctx) -> None:
-    """Before an evaluation (re)starts: metrics.jsonl keeps the search's records only."""
+    """Before an evaluation starts over: metrics.jsonl keeps the search's records only."""
     records = ctx.metrics
     keep = next((i for i, r in enumerate(records) if r.get("phase") == "eval"), len(records))
     if keep < len(records):
         ctx.truncate_metrics(keep)
+
+
+class _PhaseCheckpoint:
+    """A phase's position in its run directory's checkpoint (the ``checkpoint=`` of
+    :func:`~lfm_nas.search.search` or :func:`~lfm_nas.search.train_eval`), tagged with the phase
+    and its cache key; loading it truncates metrics.jsonl to the records it covers, and one
+    saved by another phase or run is refused."""
+
+    phase = label = ""
+
+    def __init__(self, ctx, key: dict[str, Any]):
+        self.ctx, self.key = ctx, _key_hash(key)
+
+    def where(self, state: dict[str, Any]) -> str:
+        return f"epoch {state.get('epoch')} step {state.get('step')}"
+
+    def done_with(self, saved: dict[str, Any]) -> bool:
+        """Whether ``saved`` is a finished phase's leftover, to be ignored."""
+        return False
+
+    def start(self) -> None:
+        """Nothing saved: the phase starts over."""
+
+    def load(self) -> dict[str, Any] | None:
+        saved = self.ctx.load_checkpoint()
+        if saved is None or self.done_with(saved):
+            self.start()
+            return None
+        if not isinstance(saved.get(self.phase), dict) or saved.get("key") != self.key:
+            raise CheckpointError(f"checkpoint {self.ctx.checkpoint_path} is not this {self.label}'s "
+                                  "(delete it or rerun with --force)")
+        self.ctx.truncate_metrics(int(saved.get("n_metrics", 0)))
+        self.ctx.log(f"resumed the {self.label} at {self.where(saved[self.phase])}")
+        return saved[self.phase]
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.ctx.save_checkpoint({self.phase: state, "key": self.key, "n_metrics": len(self.ctx.metrics)})
+
+
+class _SearchCheckpoint(_PhaseCheckpoint):
+    phase = label = "search"
+
+    def where(self, state: dict[str, Any]) -> str:
+        return f"stage {state.get('stage')} {super().where(state)}"
+
+
+class _EvalCheckpoint(_PhaseCheckpoint):
+    """The evaluation's position; the cell's search is cached by then, so that search's position
+    (left by a kill before ``_run_cell`` removed it) is ignored."""
+
+    phase, label = "eval", "evaluation"
+
+    def __init__(self, ctx, key: dict[str, Any], search_key: dict[str, Any]):
+        super().__init__(ctx, key)
+        self.search_key = _key_hash(search_key)
+
+    def done_with(self, saved: dict[str, Any]) -> bool:
+        return isinstance(saved.get("search"), dict) and saved.get("key") == self.search_key
+
+    def start(self) -> None:
+        _drop_eval_records(self.ctx)
 
 
 # what a row runs: method, LFM variant, encoder (None: no encoder), similarity, ablation
@@ -304,7 +342,7 @@ class NASExperiment(Experiment):
         out["nonfinite_steps"] = int(result.get("nonfinite_steps", 0))
         return out
 
-    def run_eval(self, genotype, params, profile, seed, ctx, s, device) -> dict[str, Any]:
+    def run_eval(self, genotype, params, profile, seed, ctx, s, device, checkpoint=None) -> dict[str, Any]:
         from lfm_nas.search import train_eval
 
         def log(record):
@@ -324,7 +362,8 @@ class NASExperiment(Experiment):
             res = train_eval_imagenet(genotype, train, test, s["imagenet_epochs"], C=s["imagenet_C"],
                                       layers=s["imagenet_layers"], num_classes=bundle.num_classes,
                                       lr=s["imagenet_lr"], device=device, seed=seed, log=log,
-                                      progress=lambda d, t: ctx.progress(d, t, "evaluate (ImageNet network)"))
+                                      progress=lambda d, t: ctx.progress(d, t, "evaluate (ImageNet network)"),
+                                      checkpoint=checkpoint)
             return {**res, "test_err": res["top1_err"], "eval_dataset": bundle.name,
                     "eval_network": f"NetworkImageNet(C={s['imagenet_C']}, layers={s['imagenet_layers']})"}
         name = params["dataset"]
@@ -334,7 +373,7 @@ class NASExperiment(Experiment):
         res = train_eval(genotype, train, test, s["eval_epochs"], C=s["eval_C"], layers=s["eval_layers"],
                          auxiliary_weight=s["auxiliary"], drop_path=s["drop_path"], cutout=s["cutout"],
                          lr=s["eval_lr"], device=device, num_classes=bundle.num_classes, seed=seed, log=log,
-                         progress=lambda d, t: ctx.progress(d, t, "evaluate"))
+                         progress=lambda d, t: ctx.progress(d, t, "evaluate"), checkpoint=checkpoint)
         return {"test_err": float(res["test_err"]), "test_acc": float(res["test_acc"]),
                 "eval_epoch_s": float(res["epoch_time_s"]), "eval_dataset": bundle.name,
                 "eval_network": f"NetworkCIFAR(C={s['eval_C']}, layers={s['eval_layers']})"}
@@ -380,8 +419,9 @@ class NASExperiment(Experiment):
                     "seed": int(seed), "device": device.type}
             ev = cache.get("eval", ekey)
             if ev is None:
-                _drop_eval_records(ctx)
-                ev = cache.put("eval", ekey, self.run_eval(genotype, params, profile, seed, ctx, s, device))
+                ev = cache.put("eval", ekey, self.run_eval(genotype, params, profile, seed, ctx, s, device,
+                                                           checkpoint=_EvalCheckpoint(ctx, ekey, skey)))
+            ctx.checkpoint_path.unlink(missing_ok=True)  # the evaluation's position is done with
             metrics.update({k: v for k, v in ev.items() if k not in ("key", "producer")})
             if ev["producer"] != str(ctx.run_dir):
                 metrics["eval_from"] = ev["producer"]
