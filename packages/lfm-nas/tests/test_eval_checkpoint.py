@@ -124,3 +124,97 @@ def test_a_checkpoint_of_another_network_is_refused(reference):
     _, ckpt, _ = reference[True]
     with pytest.raises(CheckpointError, match="evaluation checkpoint does not match this evaluation"):
         train_eval(DARTS_V2, *loaders(True), EPOCHS, **{**TINY, "C": 4}, checkpoint=ckpt)
+
+
+RUN_CELL = """
+import sys
+from pathlib import Path
+from lfm_core.runner import run_one
+from lfm_nas.experiments import Table1
+exp = Table1()
+cell = next(c for c in exp.cells("smoke", {}) if c.row == "DARTS-2nd")
+run_one(exp, cell, "smoke", 0, Path(sys.argv[1]),
+        options={"eval_epochs": 2, "set": {"drop_path": 0.2, "cutout": 2}})
+"""
+
+
+def _run_cell(root, **env):
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-c", RUN_CELL, str(root)], capture_output=True, text=True,
+                          timeout=600, env=full_env)
+
+
+def _outcome(root):
+    import json
+
+    (path,) = list(root.rglob("result.json"))
+    metrics = json.loads(path.read_text())["metrics"]
+    records = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()]
+    timing = ("time_s", "search_s", "search_epoch_s", "search_wall_s", "peak_mem_mb", "search_gpu_days",
+              "search_cpu_hours", "eval_epoch_s")
+    return ({k: v for k, v in metrics.items() if k not in timing},
+            [{k: v for k, v in r.items() if k != "time_s"} for r in records])
+
+
+def test_a_smoke_evaluation_stopped_then_killed_resumes_without_searching_again(tmp_path):
+    """Table 1's DARTS-2nd cell (smoke, 2 evaluation epochs): SIGTERM in the evaluation's epoch 0,
+    then SIGKILL in its epoch 1; the third start finishes with the uninterrupted test accuracy and
+    records (no epoch logged twice), and neither restart searches again (a stop planted in the
+    search's first step would end them)."""
+    ref = _run_cell(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    root = tmp_path / "stopped"
+    stopped = _run_cell(root, LFM_TEST_STOP_AT="eval:0:3:mid")
+    assert "GracefulStop" in stopped.stderr and "stopped at evaluation epoch 0 step 4" in stopped.stderr
+    (checkpoint,) = list(root.rglob("checkpoint.pt"))
+    from lfm_core.io import load_checkpoint
+
+    assert set(load_checkpoint(checkpoint)) == {"eval", "key", "n_metrics"}
+    killed = _run_cell(root, LFM_TEST_STOP_AT="eval:1:2:mid", LFM_TEST_STOP_SIGNAL="KILL")
+    assert killed.returncode == -9 and not list(root.rglob("result.json"))
+    done = _run_cell(root, LFM_TEST_STOP_AT="nas:0:0:0:mid")
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = _outcome(tmp_path / "ref")
+    assert _outcome(root) == reference
+    assert [r["phase"] for r in reference[1]].count("eval") == 2
+    log = next(root.rglob("log.txt")).read_text()
+    assert "resumed the evaluation at epoch 0 step 4" in log and "resumed the evaluation at epoch 1 step 0" in log
+    assert not list(root.rglob("checkpoint.pt"))  # dropped once the evaluation is in the cache
+
+
+class _Ctx:
+    """What _EvalCheckpoint reads of a run's context."""
+
+    def __init__(self, saved):
+        from pathlib import Path
+
+        self.saved, self.checkpoint_path, self.metrics = saved, Path("run/checkpoint.pt"), []
+
+    def load_checkpoint(self):
+        return self.saved
+
+    def truncate_metrics(self, n):
+        self.metrics = self.metrics[:n]
+
+    def log(self, line):
+        pass
+
+
+def test_a_foreign_or_stale_evaluation_checkpoint_is_one_line():
+    from lfm_nas.cache import _key_hash
+    from lfm_nas.nas_experiment import _EvalCheckpoint
+
+    ekey, skey = {"eval": "cifar", "seed": 0}, {"search": 1}
+    for saved in ({"eval": {}, "key": _key_hash({"eval": "cifar", "seed": 1})},  # another evaluation's
+                  {"search": {}, "key": _key_hash({"search": 2})},  # another search's
+                  {"dr": {}, "key": _key_hash(ekey)}):  # garbled
+        with pytest.raises(CheckpointError, match=r"checkpoint run/checkpoint.pt is not this evaluation's") as err:
+            _EvalCheckpoint(_Ctx(saved), ekey, skey).load()
+        assert "\n" not in str(err.value)
+    # this cell's own search, finished and cached (killed before its position was deleted): start over
+    assert _EvalCheckpoint(_Ctx({"search": {}, "key": _key_hash(skey)}), ekey, skey).load() is None
+    assert _EvalCheckpoint(_Ctx({"eval": {"epoch": 1}, "key": _key_hash(ekey)}), ekey, skey).load() == {"epoch": 1}
