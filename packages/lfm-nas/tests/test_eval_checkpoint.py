@@ -126,6 +126,18 @@ def test_a_checkpoint_of_another_network_is_refused(reference):
         train_eval(DARTS_V2, *loaders(True), EPOCHS, **{**TINY, "C": 4}, checkpoint=ckpt)
 
 
+def test_the_loader_is_drawn_from_as_by_a_for_loop():
+    """Each epoch runs its pass to the end, as the loop did before it had a checkpoint: an
+    exhausted shuffling sampler draws once more from the loader's generator."""
+    tr, te = loaders(True)
+    train_eval(DARTS_V2, tr, te, EPOCHS, **TINY)
+    plain, _ = loaders(True)
+    for _ in range(EPOCHS):
+        for _ in plain:
+            pass
+    assert torch.equal(tr.generator.get_state(), plain.generator.get_state())
+
+
 RUN_CELL = """
 import sys
 from pathlib import Path

@@ -106,7 +106,10 @@ class _Cycle(Iterator):
 
     def end_pass(self) -> None:
         """The caller took the whole pass (an epoch): the next batch starts a new one, and a
-        position saved before it need not replay this one."""
+        position saved before it need not replay this one. The pass is run to its end as a
+        ``for`` loop would (a shuffling sampler draws from its generator when it is exhausted)."""
+        for _ in self.it or ():
+            pass
         self.it, self.pass_state, self.taken = None, None, 0
 
     def state(self) -> dict[str, Any]:
