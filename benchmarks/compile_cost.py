@@ -1,11 +1,11 @@
 """What ``--compile`` (torch.compile of the networks, inductor) buys per step.
 
 The networks of the ``cpu`` profile (ResNet-32 width 8 with one block per stage, small CNN
-encoder, 16x16 images, batch = meta batch = 50, random data): a plain cross-entropy SGD step and
-one LFM-DR step (``LFMReweighting.train_step``) per engine, each with eager and with compiled
-networks (``lfm_core.runtime.compile_module``, what ``lfm-bench run --compile`` does), timed in
-turns in one process by the thread's CPU time. The first call of each compiled step is timed
-apart: that is the compilation a run pays once.
+encoder, 16x16 images, batch = meta batch = 50, random data; ``scaling.dr_steps``): a plain
+cross-entropy SGD step and one LFM-DR step (``LFMReweighting.train_step``) per engine, each with
+eager and with compiled networks (``lfm_core.runtime.compile_module``, what ``lfm-bench run
+--compile`` does), timed in turns in one process by the thread's CPU time. The first call of each
+compiled step is timed apart: that is the compilation a run pays once.
 
     python benchmarks/compile_cost.py [--engines exact,forward-difference] [--write benchmarks/results]
 """
@@ -20,56 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lfm_core.io import atomic_write_text
-from lfm_core.registries import MODELS
-from lfm_core.runtime import compile_module
-from lfm_dr.methods.base import DRContext
-from lfm_dr.methods.lfm import LFMReweighting
+from scaling import IMAGE, dr_steps
 from three_level import interleaved_times
 
-K, N_TRAIN, N_META, IMAGE, BATCH = 10, 2000, 500, 16, 50
-NET = {"width": 8, "blocks_per_stage": 1}
-
-
-def batches():
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(BATCH, 3, IMAGE, IMAGE, generator=g), torch.randint(0, K, (BATCH,), generator=g)
-    xm, ym = torch.randn(BATCH, 3, IMAGE, IMAGE, generator=g), torch.randint(0, K, (BATCH,), generator=g)
-    return x, y, xm, ym
-
-
-def ce_step(compiled: bool):
-    x, y, _, _ = batches()
-    torch.manual_seed(0)
-    net = MODELS.create("resnet32", num_classes=K, **NET)
-    if compiled:
-        compile_module(net)
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-
-    return step
-
-
-def lfm_step(engine: str, compiled: bool):
-    x, y, xm, ym = batches()
-    idx, jm = torch.arange(BATCH), torch.arange(BATCH)
-
-    def model_fn():
-        net = MODELS.create("resnet32", num_classes=K, **NET)
-        return compile_module(net) if compiled else net
-
-    torch.manual_seed(0)
-    method = LFMReweighting(DRContext(
-        model_fn=model_fn, num_classes=K, class_counts=[N_TRAIN // K] * K, n_train=N_TRAIN, n_meta=N_META, lr=0.05,
-        next_meta=lambda: (xm, ym, jm), compile=compiled,
-        options={"encoder": "smallcnn", "pretrained": False, "engine": engine}))
-    return lambda: method.train_step(x, y, idx, 0)
+N_TRAIN, N_META, BATCH = 2000, 500, 50
 
 
 def first_call(fn) -> float:
@@ -86,13 +42,16 @@ def main(argv=None) -> int:
     parser.add_argument("--write", type=Path, default=None, help="folder for compile.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    names = ["ce"] + [f"lfm_{e}" for e in args.engines.split(",")]
-    makers = [ce_step] + [lambda c, e=e: lfm_step(e, c) for e in args.engines.split(",")]
-    fns, compile_s = [], {}
-    for name, make in zip(names, makers):
-        fns.append(make(False))
-        fns.append(make(True))
-        compile_s[name] = round(first_call(fns[-1]), 2)
+    engines = args.engines.split(",")
+    made = {c: [dr_steps(BATCH, BATCH, "smallcnn", N_TRAIN, N_META, e, compiled=c) for e in engines]
+            for c in (False, True)}
+    # name -> (eager step, compiled step); the CE step is the one built beside the first engine
+    steps = {"ce": (made[False][0][0], made[True][0][0])}
+    steps.update({f"lfm_{e}": (made[False][i][1], made[True][i][1]) for i, e in enumerate(engines)})
+    names, fns, compile_s = list(steps), [], {}
+    for name, (eager, compiled) in steps.items():
+        fns += [eager, compiled]
+        compile_s[name] = round(first_call(compiled), 2)
     _, cpu = interleaved_times(fns, torch.device("cpu"), args.warmup, args.repeat)
     rows = {}
     for i, name in enumerate(names):

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from lfm_core.io import atomic_write_text
 from lfm_core.registries import MODELS
+from lfm_core.runtime import compile_module
 from lfm_dr.methods.base import DRContext
 from lfm_dr.methods.lfm import LFMReweighting
 from step_cost import MALLOC_ENV, peak_memory_mb
@@ -68,15 +69,17 @@ def plan(quick: bool) -> dict[str, list[dict]]:
     }
 
 
-def dr_steps(batch, meta_batch, encoder, n_train, n_meta, engine="exact"):
-    """(CE step, LFM-DR step, the LFM method) on fixed random batches."""
+def dr_steps(batch, meta_batch, encoder, n_train, n_meta, engine="exact", compiled=False):
+    """(CE step, LFM-DR step, the LFM method) on fixed random batches; ``compiled``: every network
+    through ``lfm_core.runtime.compile_module`` (what ``--compile`` does)."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(batch, 3, IMAGE, IMAGE, generator=g), torch.randint(0, K, (batch,), generator=g)
     xm, ym = torch.randn(meta_batch, 3, IMAGE, IMAGE, generator=g), torch.randint(0, K, (meta_batch,), generator=g)
     idx, jm = torch.randperm(n_train, generator=g)[:batch], torch.randperm(n_meta, generator=g)[:meta_batch]
 
     def model_fn():
-        return MODELS.create("resnet32", num_classes=K, **NET)
+        net = MODELS.create("resnet32", num_classes=K, **NET)
+        return compile_module(net) if compiled else net
 
     torch.manual_seed(0)
     ce_net = model_fn()
@@ -89,7 +92,7 @@ def dr_steps(batch, meta_batch, encoder, n_train, n_meta, engine="exact"):
 
     method = LFMReweighting(DRContext(
         model_fn=model_fn, num_classes=K, class_counts=[n_train // K] * K, n_train=n_train, n_meta=n_meta,
-        lr=0.05, next_meta=lambda: (xm, ym, jm),
+        lr=0.05, next_meta=lambda: (xm, ym, jm), compile=compiled,
         options={"encoder": encoder, "pretrained": False, "engine": engine}))
     return ce_step, lambda: method.train_step(x, y, idx, 0), method
 
