@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,7 +62,7 @@ def rel_err(a, b):
 
 
 def test_scaled_fp16_hypergradient_matches_float32():
-    for engine in ("exact", "finite-difference"):
+    for engine in ("exact", "exact-reverse", "finite-difference"):
         ref, _, _ = run(engine)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
         got, _, _ = run(engine, scaler, fp16=True)
@@ -69,9 +70,20 @@ def test_scaled_fp16_hypergradient_matches_float32():
         assert rel_err(got.grads, ref.grads) < 2e-2, engine  # fp16 forward passes, unscaled result
 
 
-def test_overflowing_step_is_skipped_and_the_scale_lowered():
+def test_exact_reverse_unscales_by_the_real_steps_scale():
+    """The held gradients carry the real steps' loss scale, which ``update`` may change before
+    the products: the hypergradient must not depend on it (float32, growth after one step)."""
+    ref, _, _ = run("exact-reverse")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+    got, _, _ = run("exact-reverse", scaler)
+    assert scaler.get_scale() == 2.0**11  # the scale grew between the real steps and the products
+    assert rel_err(got.grads, ref.grads) < 1e-6
+
+
+@pytest.mark.parametrize("engine", ["exact", "exact-reverse"])
+def test_overflowing_step_is_skipped_and_the_scale_lowered(engine):
     scaler = torch.amp.GradScaler("cpu", init_scale=1e38)  # float16 gradients overflow at once
-    stats, w1, before = run("exact", scaler, fp16=True)
+    stats, w1, before = run(engine, scaler, fp16=True)
     assert not stats.finite
     for k, v in w1.state_dict().items():  # the W1 step was skipped, not applied with inf
         torch.testing.assert_close(v, before[k])

@@ -134,22 +134,27 @@ def rel_err(a, b):
     return num / den
 
 
+EXACT = ["exact", "exact-reverse"]
+
+
+@pytest.mark.parametrize("engine", EXACT)
 @pytest.mark.parametrize("bn", [False, True])
-def test_exact_matches_brute_force(bn):
+def test_exact_matches_brute_force(bn, engine):
     w1, w2, enc, upper, data, drop, sim = make(bn=bn)
     ref = brute_force(w1, w2, enc, upper, data, drop, sim)
-    got, _ = solver_grads("exact", w1, w2, enc, upper, data, drop, sim)
+    got, _ = solver_grads(engine, w1, w2, enc, upper, data, drop, sim)
     assert rel_err(got, ref) < 1e-4
     for k in ("b", "r", "alpha", "V.weight"):
         assert float(ref[k].abs().max()) > 0, k  # every path is exercised
         assert float((got[k] - ref[k]).norm() / ref[k].norm()) < 1e-4, k
 
 
+@pytest.mark.parametrize("engine", EXACT)
 @pytest.mark.parametrize("bn", [False, True])
-def test_exact_matches_brute_force_single_network(bn):
+def test_exact_matches_brute_force_single_network(bn, engine):
     w1, _, enc, upper, data, drop, sim = make(bn=bn, single=True)
     ref = brute_force(w1, None, enc, upper, data, drop, sim)
-    got, _ = solver_grads("exact", w1, None, enc, upper, data, drop, sim)
+    got, _ = solver_grads(engine, w1, None, enc, upper, data, drop, sim)
     assert rel_err(got, ref) < 1e-4
     for k in ("b", "r", "alpha", "V.weight"):
         assert float(ref[k].abs().max()) > 0, k
@@ -162,6 +167,39 @@ def test_exact_matches_brute_force_variants(similarity, drop):
     ref = brute_force(w1, w2, enc, upper, data, drop, similarity)
     got, _ = solver_grads("exact", w1, w2, enc, upper, data, drop, similarity)
     assert rel_err(got, ref) < 1e-4
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_exact_reverse_equals_exact_over_consecutive_steps(single):
+    """The graph-reuse engine gives the JVP engine's hypergradients to rounding, step after step
+    (momentum, batch norm, Adam on the upper variables), and takes the same real steps."""
+    w1, w2, enc, upper, data, drop, sim = make(bn=True, single=single)
+    runs = {}
+    for engine in EXACT:
+        n1, n2, e = copy.deepcopy(w1), None, copy.deepcopy(enc)
+        n2 = n1 if single else copy.deepcopy(w2)
+        up = {k: v.clone().requires_grad_() for k, v in upper.items()}
+        opt1 = torch.optim.SGD(n1.parameters(), lr=0.3, momentum=0.9, weight_decay=5e-4)
+        opt2 = opt1 if single else torch.optim.SGD(n2.parameters(), lr=0.4, momentum=0.9, weight_decay=5e-4)
+        solver = TriLevelSolver(n1, n2, up, opt1, opt2, torch.optim.Adam(up.values(), lr=0.05), engine=engine,
+                                modules=[e])
+        problem = TinyProblem(n1, n2, e, data, drop, sim)
+        runs[engine] = ([solver.step(problem) for _ in range(3)], n2)
+    (ref, net_ref), (got, net_got) = runs["exact"], runs["exact-reverse"]
+    for s_ref, s_got in zip(ref, got):
+        assert rel_err(s_got.grads, s_ref.grads) < 1e-12
+        assert (s_got.loss1, s_got.loss2) == (s_ref.loss1, s_ref.loss2)  # the same real steps
+        assert abs(s_got.loss3 - s_ref.loss3) < 1e-12
+    for (k, a), b in zip(net_ref.state_dict().items(), net_got.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "l2"])
+def test_exact_reverse_equals_exact_variants(similarity):
+    w1, w2, enc, upper, data, _, _ = make(seed=1, bn=False, drop="z", similarity=similarity)
+    ref, _ = solver_grads("exact", w1, w2, enc, upper, data, "z", similarity)
+    got, _ = solver_grads("exact-reverse", w1, w2, enc, upper, data, "z", similarity)
+    assert rel_err(got, ref) < 1e-12
 
 
 def test_momentum_does_not_change_the_hypergradient_at_first_step():
@@ -212,12 +250,13 @@ def test_forward_difference_reuses_the_real_steps_gradient(monkeypatch):
     assert rel_err(reused, fresh) < 1e-10
 
 
+@pytest.mark.parametrize("engine", EXACT)
 @pytest.mark.parametrize("single", [False, True])
-def test_recomputed_weights_give_the_same_hypergradient(single):
+def test_recomputed_weights_give_the_same_hypergradient(single, engine):
     w1, w2, enc, upper, data, drop, sim = make(bn=True, single=single)
     w2 = None if single else w2
     kept, (w1a, w2a) = solver_grads("exact", w1, w2, enc, upper, data, drop, sim)
-    again, (w1b, w2b) = solver_grads("exact", w1, w2, enc, upper, data, drop, sim, recompute_weights=True)
+    again, (w1b, w2b) = solver_grads(engine, w1, w2, enc, upper, data, drop, sim, recompute_weights=True)
     assert rel_err(again, kept) < 1e-12
     for net_a, net_b in ((w1a, w1b), (w2a, w2b)):  # same real steps, batch-norm buffers included
         for (k, ta), tb in zip(net_a.state_dict().items(), net_b.state_dict().values()):
@@ -240,14 +279,15 @@ def test_first_order_keeps_only_direct_terms():
     assert float(fo["b"].abs().max()) == 0 and float(fo["r"].abs().max()) == 0
 
 
-def test_virtual_passes_leave_batchnorm_buffers_alone():
+@pytest.mark.parametrize("engine", EXACT)
+def test_virtual_passes_leave_batchnorm_buffers_alone(engine):
     w1, w2, enc, upper, data, drop, sim = make(bn=True)
     w1c, w2c = copy.deepcopy(w1), copy.deepcopy(w2)
     # reference: only the two real training steps touch the buffers
     for net in (w1c, w2c):
         net.train()
         net(data[0], upper["alpha"])
-    _, (w1n, w2n) = solver_grads("exact", w1, w2, enc, upper, data, drop, sim)
+    _, (w1n, w2n) = solver_grads(engine, w1, w2, enc, upper, data, drop, sim)
     for ref, got in ((w1c, w1n), (w2c, w2n)):
         torch.testing.assert_close(got.bn.running_mean, ref.bn.running_mean)
         torch.testing.assert_close(got.bn.running_var, ref.bn.running_var)

@@ -15,6 +15,11 @@ A one-step unroll ``W' = W - lr * grad_W loss(W, lam)`` contributes
 * ``exact``: reverse-over-forward autodiff: a forward-mode JVP of the loss along ``g``
   gives ``<grad_W loss, g>`` as a function of ``lam``, whose reverse gradient is exact.
   No double backward; for per-example weights ``lam`` the reverse pass is trivial.
+* ``exact-reverse``: the same exact hypergradient by reverse-over-reverse autodiff on the graphs
+  the real steps already build: each real step takes its gradient with ``create_graph=True`` on
+  cloned leaves (the optimiser applies the detached gradient), and the product is one backward
+  through that gradient's graph along ``g``. No re-run forwards and no forward mode, at the
+  memory of the held graphs; under autocast the products run in the real steps' precision.
 * ``finite-difference``: DARTS-style central differences
   ``(grad_lam loss(W + eps g) - grad_lam loss(W - eps g)) / 2 eps``; no graph through W.
 * ``forward-difference``: one-sided differences
@@ -46,8 +51,10 @@ from torch.profiler import record_function
 from lfm_core.errors import check_choice
 
 Params = dict[str, Tensor]
-ENGINES = ("exact", "finite-difference", "forward-difference", "first-order")
-Engine = Literal["exact", "finite-difference", "forward-difference", "first-order"]
+ENGINES = ("exact", "exact-reverse", "finite-difference", "forward-difference", "first-order")
+Engine = Literal["exact", "exact-reverse", "finite-difference", "forward-difference", "first-order"]
+# the engines whose hypergradients are equal to rounding (the others approximate it)
+EXACT_ENGINES = ("exact", "exact-reverse")
 
 
 class TriLevelProblem(Protocol):
@@ -173,11 +180,38 @@ def _stage(name: str) -> contextlib.AbstractContextManager:
     return record_function(name) if torch.autograd.profiler._is_profiler_enabled else contextlib.nullcontext()
 
 
-def _all_finite(tensors: list[Tensor]) -> bool:
-    """One reduction and one sync for a whole list (an inf and a -inf sum to nan, still caught)."""
+def _finite_flag(tensors: list[Tensor]) -> Tensor | bool:
+    """Whether every entry is finite, as one reduction left on the device (an inf and a -inf sum
+    to nan, still caught)."""
     if not tensors:
         return True
-    return bool(torch.isfinite(torch.stack([t.detach().float().sum() for t in tensors])).all())
+    return torch.isfinite(torch.stack([t.detach().float().sum() for t in tensors])).all()
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """One reduction and one sync for a whole list."""
+    return bool(_finite_flag(tensors))
+
+
+def _read_scalars(*values: Tensor | bool) -> list[float]:
+    """Several 0-d tensors as Python floats with one device sync (each float() is one); the
+    values are those float() would give (every float dtype converts exactly to float64)."""
+    device = next(v.device for v in values if isinstance(v, Tensor))
+    return torch.stack([v.detach().double() if isinstance(v, Tensor)
+                        else torch.tensor(float(v), dtype=torch.float64, device=device) for v in values]).tolist()
+
+
+@dataclass
+class _Held:
+    """exact-reverse: the real steps' gradients with their graphs, and the leaves they reach."""
+
+    upper1: Params = field(default_factory=dict)  # the upper variables of W1's real loss
+    g1: Params = field(default_factory=dict)  # W1's through-gradient, graph to upper1
+    upper2: Params = field(default_factory=dict)
+    a2: Tensor | None = None
+    leaves2: Params = field(default_factory=dict)  # W2's start (single network: W1')
+    g2: Params = field(default_factory=dict)  # W2's through-gradient, graph to a2, upper2, leaves2
+    loss_scale: float = 1.0  # the loss scale of both real steps' gradients
 
 
 def unroll_scale(optimizer: torch.optim.Optimizer) -> float:
@@ -345,13 +379,19 @@ class TriLevelSolver:
         device_type = next(iter(w.values())).device.type
         return self.engine == "forward-difference" and not torch.is_autocast_enabled(device_type)
 
-    def _real_step(self, module: nn.Module, opt: torch.optim.Optimizer, loss: Tensor) -> bool:
-        """Backward and optimiser step; False when a loss-scaled step overflowed (and was skipped)."""
+    def _real_step(self, module: nn.Module, opt: torch.optim.Optimizer, loss: Tensor,
+                   leaves: Params | None = None, held: Params | None = None) -> bool:
+        """Backward and optimiser step; False when a loss-scaled step overflowed (and was skipped).
+        With ``leaves`` (exact-reverse: the loss was evaluated at these clones of the module's
+        parameters) the gradient is taken from them, and ``held`` receives the through-gradients
+        with their graph (loss-scaled) for the products."""
         opt.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            loss.backward()
+        scaled = loss if self.scaler is None else self.scaler.scale(loss)
+        if leaves is None:
+            scaled.backward()
         else:
-            self.scaler.scale(loss).backward()
+            held.update(self._backward_keeping_graph(module, scaled, leaves))
+        if self.scaler is not None:
             self.scaler.unscale_(opt)
         params = [p for p in module.parameters() if p.grad is not None]
         if self.reduce is not None:
@@ -364,6 +404,40 @@ class TriLevelSolver:
         finite = _all_finite([p.grad for p in params])
         self.scaler.step(opt)  # skips the step itself when unscale_ found an inf or nan
         return finite
+
+    def _backward_keeping_graph(self, module: nn.Module, loss: Tensor, leaves: Params) -> Params:
+        """The real step's gradients from ``leaves`` into the module's ``.grad`` (detached copies,
+        which unscaling, averaging and clipping may change in place); returns the through-
+        parameters' gradients with their graph (``create_graph``; the others without one)."""
+        through = [k for k in leaves if self.hyper_params is None or k in self.hyper_params]
+        rest = [k for k in leaves if self.hyper_params is not None and k not in self.hyper_params]
+        g_through = torch.autograd.grad(loss, [leaves[k] for k in through], create_graph=True, allow_unused=True)
+        g_rest = torch.autograd.grad(loss, [leaves[k] for k in rest], retain_graph=True, allow_unused=True) if rest \
+            else ()
+        params = dict(module.named_parameters())
+        for k, g in zip(through, g_through):
+            params[k].grad = None if g is None else g.detach().clone()
+        for k, g in zip(rest, g_rest):
+            params[k].grad = g
+        return {k: g for k, g in zip(through, g_through) if g is not None and g.requires_grad}
+
+    @staticmethod
+    def _held_vjp(grads: Params, wrt: Params, v: Params, loss_scale: float) -> Params:
+        """exact-reverse's product ``grad_wrt <grads(wrt), v>``: one backward through a real step's
+        gradient graph (``grads`` carry the real step's loss scale, divided out of ``v`` first)."""
+        keys = [k for k in grads if k in v]
+        if not keys:
+            return {}
+        out = torch.autograd.grad([grads[k] for k in keys], list(wrt.values()),
+                                  grad_outputs=[v[k] / loss_scale if loss_scale != 1.0 else v[k] for k in keys],
+                                  allow_unused=True)
+        return {k: g for k, g in zip(wrt, out) if g is not None}
+
+    @staticmethod
+    def _clone_leaves(module: nn.Module) -> Params:
+        """exact-reverse: the real step's loss is taken at copies, so that the optimiser's in-place
+        step leaves the values saved in the graph alone."""
+        return {k: t.detach().clone().requires_grad_() for k, t in named_params(module).items()}
 
     def lower_step(self, problem: TriLevelProblem) -> StepStats:
         """The two real steps of Algorithm 1 with the upper variables held fixed: W1 on loss1,
@@ -384,21 +458,28 @@ class TriLevelSolver:
         stepped = self._real_step(self.w2, self.opt2, loss2)
         if self.scaler is not None:
             self.scaler.update()
-        return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, float(a.mean()), finite=stepped)
+        l1, l2, a_mean = _read_scalars(loss1, loss2, a.mean())
+        return StepStats(l1, l2, math.nan, a_mean, finite=stepped)
 
     def step(self, problem: TriLevelProblem, update_upper: bool = True) -> StepStats:
         upper_fixed = detached(self.upper)
+        # exact-reverse: the real steps keep their gradients' graphs, from which the products come
+        reverse = self.engine == "exact-reverse" and update_upper
+        held = _Held(upper1=detached(self.upper, True), upper2=detached(self.upper, True)) if reverse else None
 
         # Stage I: real step of W1 (its weights before the step are kept for the MVP).
         with _stage("lfm.w1_step"):
-            w1_old = snapshot(named_params(self.w1))
+            w1_old = None if reverse else snapshot(named_params(self.w1))
             scale1 = unroll_scale(self.opt1)
-            keep1 = self._keeps_base(w1_old)
-            upper1 = detached(self.upper, True) if keep1 else upper_fixed
-            loss1 = problem.loss1(named_params(self.w1), upper1)
+            keep1 = self._keeps_base(named_params(self.w1))
+            if reverse:
+                leaves1, upper1 = self._clone_leaves(self.w1), held.upper1
+            else:
+                leaves1, upper1 = named_params(self.w1), detached(self.upper, True) if keep1 else upper_fixed
+            loss1 = problem.loss1(leaves1, upper1)
             if not torch.isfinite(loss1):
                 return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
-            if not self._real_step(self.w1, self.opt1, loss1):
+            if not self._real_step(self.w1, self.opt1, loss1, *((leaves1, held.g1) if reverse else ())):
                 self.scaler.update()
                 return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
             base1 = {k: t.grad for k, t in upper1.items() if t.grad is not None} if keep1 else None
@@ -412,16 +493,24 @@ class TriLevelSolver:
             with frozen_bn_stats(*self._bn_layers), torch.set_grad_enabled(not self.recompute_weights):
                 a = problem.weights(w1_new, upper_live)
         with _stage("lfm.w2_step"):
-            w2_old = snapshot(named_params(self.w2))
+            w2_old = None if reverse else snapshot(named_params(self.w2))
             scale2 = unroll_scale(self.opt2)
-            keep2 = self._keeps_base(w2_old)
-            a2 = a.detach().requires_grad_(keep2)
-            upper2 = detached(self.upper, True) if keep2 else upper_fixed
-            loss2 = problem.loss2(named_params(self.w2), a2, upper2)
+            keep2 = self._keeps_base(named_params(self.w2))
+            if reverse:
+                leaves2 = held.leaves2 = self._clone_leaves(self.w2)
+                a2 = held.a2 = a.detach().requires_grad_()
+                upper2 = held.upper2
+            else:
+                leaves2 = named_params(self.w2)
+                a2 = a.detach().requires_grad_(keep2)
+                upper2 = detached(self.upper, True) if keep2 else upper_fixed
+            loss2 = problem.loss2(leaves2, a2, upper2)
             if not torch.isfinite(loss2):
                 return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, math.nan, finite=False)
-            stepped = self._real_step(self.w2, self.opt2, loss2)
+            stepped = self._real_step(self.w2, self.opt2, loss2, *((leaves2, held.g2) if reverse else ()))
             if self.scaler is not None:
+                if reverse:
+                    held.loss_scale = self.scaler.get_scale()  # the scale of both real steps' gradients
                 self.scaler.update()  # once for both real steps
             if not stepped:
                 return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, math.nan, finite=False)
@@ -438,16 +527,18 @@ class TriLevelSolver:
             upper3 = detached(self.upper, True)
             with frozen_bn_stats(*self._bn_layers):
                 loss3 = problem.loss3(w2_new, upper3)
-        stats = StepStats(float(loss1.detach()), float(loss2.detach()), float(loss3.detach()), float(a.detach().mean()))
         if not update_upper:
-            return stats
+            l1, l2, l3, a_mean = _read_scalars(loss1, loss2, loss3, a.detach().mean())
+            return StepStats(l1, l2, l3, a_mean)
         grads = self.hypergradient(
             problem, loss3, w2_new, upper3, upper_fixed, a, w1_new, upper_live, w1_old, w2_old, scale1, scale2,
-            base1, base2,
+            base1, base2, held,
         )
-        stats.grads = grads
-        # one reduction instead of a check per tensor (the encoder alone has 62)
-        stats.finite = _all_finite(list(grads.values()))
+        # the statistics and the finiteness of the whole hypergradient (one reduction instead of a
+        # check per tensor: the encoder alone has 62) with one device sync
+        l1, l2, l3, a_mean, finite = _read_scalars(loss1, loss2, loss3, a.detach().mean(),
+                                                   _finite_flag(list(grads.values())))
+        stats = StepStats(l1, l2, l3, a_mean, finite=bool(finite), grads=grads)
         if not stats.finite:
             if self.scaler is not None:  # the scaled hypergradient overflowed: lower the scale
                 self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
@@ -461,7 +552,7 @@ class TriLevelSolver:
 
     def hypergradient(
         self, problem, loss3, w2_new, upper3, upper_fixed, a, w1_new, upper_live, w1_old, w2_old, scale1, scale2,
-        base1: Params | None = None, base2: Params | None = None,
+        base1: Params | None = None, base2: Params | None = None, held: _Held | None = None,
     ) -> Params:
         names = list(self.upper)
         need_second = self.engine != "first-order"
@@ -490,9 +581,17 @@ class TriLevelSolver:
         if need_second:
             g2 = dict(zip(w2_through, _zeros_for_none(grads[len(names):], w2_through.values())))
             # through W2' = W2 - lr2 grad loss2(W2, a, upper)
+            single = self.w2 is self.w1
             with _stage("lfm.mvp_w2"), self._fixed_trunk(problem):
-                lam2 = {"__a__": a.detach(), **upper3}
-                m2 = self.mvp(lambda w, lam: problem.loss2(w, lam["__a__"], lam), w2_old, lam2, g2, base2)
+                if held is not None:
+                    # one backward through W2's real gradient: the a and upper terms and (single
+                    # network) the Hessian-vector product of the term through W2's start
+                    start = {f"__w__{k}": t for k, t in self._through(held.leaves2).items()} if single else {}
+                    m2 = self._held_vjp(held.g2, {"__a__": held.a2, **held.upper2, **start}, g2, held.loss_scale)
+                    hv_held = {k[len("__w__"):]: m2.pop(k) for k in list(m2) if k.startswith("__w__")}
+                else:
+                    lam2 = {"__a__": a.detach(), **upper3}
+                    m2 = self.mvp(lambda w, lam: problem.loss2(w, lam["__a__"], lam), w2_old, lam2, g2, base2)
             da = -scale2 * m2.pop("__a__", torch.zeros_like(a))
             add(m2, -scale2)
             # through a(W1', upper)
@@ -511,18 +610,21 @@ class TriLevelSolver:
             n1 = len(w1_through)
             ga[:n1] = _zeros_for_none(ga[:n1], w1_through.values())
             h = dict(zip(w1_through, ga[:n1]))
-            if self.w2 is self.w1:
+            if single:
                 # single network: W2's step starts at W1', so W1' also reaches W2' directly:
                 # dW2'/dW1' = I - lr2 * Hessian(loss2); the Hessian-vector product is the MVP of
                 # loss2(W + delta) with respect to delta at delta = 0.
-                with _stage("lfm.hvp_single"), self._fixed_trunk(problem):
-                    zero = {k: torch.zeros_like(w2_old[k]) for k in g2}
-                    a_fixed = a.detach()
-                    hv = self.mvp(
-                        lambda w, d: problem.loss2({k: w[k] + d[k] if k in d else w[k] for k in w}, a_fixed,
-                                                   upper_fixed),
-                        w2_old, zero, g2,
-                    )
+                if held is not None:
+                    hv = hv_held  # from the backward through W2's real gradient above
+                else:
+                    with _stage("lfm.hvp_single"), self._fixed_trunk(problem):
+                        zero = {k: torch.zeros_like(w2_old[k]) for k in g2}
+                        a_fixed = a.detach()
+                        hv = self.mvp(
+                            lambda w, d: problem.loss2({k: w[k] + d[k] if k in d else w[k] for k in w}, a_fixed,
+                                                       upper_fixed),
+                            w2_old, zero, g2,
+                        )
                 h = {k: h[k] + g2[k] - scale2 * hv.get(k, torch.zeros_like(h[k])) for k in h}
             if self.reduce is not None:
                 # dL/dW1' sums over every process's training examples before it meets loss1's MVP
@@ -532,7 +634,10 @@ class TriLevelSolver:
             add(dict(zip(names, ga[n1:])))
             # through W1' = W1 - lr1 grad loss1(W1, upper)
             with _stage("lfm.mvp_w1"), self._fixed_trunk(problem):
-                add(self.mvp(problem.loss1, w1_old, upper3, h, base1), -scale1)
+                if held is not None:
+                    add(self._held_vjp(held.g1, held.upper1, h, held.loss_scale), -scale1)
+                else:
+                    add(self.mvp(problem.loss1, w1_old, upper3, h, base1), -scale1)
         total = {k: total[k] / loss_scale if k in total else torch.zeros_like(self.upper[k]) for k in names}
         if self.reduce is not None:
             values = [total[k] for k in names]
