@@ -79,7 +79,8 @@ def test_glc_stage_two_adds_only_the_gold_quota():
 
 # -- (c) first-order is refused for DR ----------------------------------------------------------
 def test_first_order_engine_is_refused_for_lfm_dr():
-    with pytest.raises(UsageError, match=r"first-order.*Valid choices: exact, finite-difference, forward-difference"):
+    valid = "exact, exact-reverse, finite-difference, forward-difference, auto"
+    with pytest.raises(UsageError, match=rf"first-order.*Valid choices: {valid}"):
         LFMReweighting(tiny_ctx(engine="first-order", encoder="smallcnn", pretrained=False))
     exp = get_experiment("table7")
     with pytest.raises(UsageError, match="first-order"):

@@ -142,8 +142,11 @@ class DRExperiment(Experiment):
             click.Option(["--methods"], default=None,
                          help="Comma-separated table rows to run (e.g. 'Base Model,LFM-DR'), or 'all'. "
                               "Default: a cpu/smoke subset, every implemented row for paper."),
-            click.Option(["--engine"], type=click.Choice(ENGINES), default=LFM_DEFAULTS["engine"], show_default=True,
-                         help="LFM hypergradient engine (forward-difference: cheapest, O(eps) error)."),
+            click.Option(["--engine"], type=click.Choice((*ENGINES, "auto")), default=LFM_DEFAULTS["engine"],
+                         show_default=True,
+                         help="LFM hypergradient engine (forward-difference: cheapest, O(eps) error; exact-reverse: "
+                              "exact, from the real steps' graphs; auto: the faster exact one, timed on the first "
+                              "step and reported as engine_used)."),
             click.Option(["--encoder-weights"], type=click.Path(dir_okay=False), default=None,
                          help="Local ImageNet weights file for the ResNet-18 encoder (paper profile)."),
             click.Option(["--epochs"], type=click.IntRange(1), default=None, help="Override the profile's epochs."),

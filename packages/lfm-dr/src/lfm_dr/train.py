@@ -126,7 +126,8 @@ def device_of(cfg: TrainConfig) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_method(cfg: TrainConfig, splits, seed: int, device, reduce=None) -> tuple[DRMethod, _Stream, _Stream]:
+def build_method(cfg: TrainConfig, splits, seed: int, device, reduce=None,
+                 log=None) -> tuple[DRMethod, _Stream, _Stream]:
     num_classes = splits.num_classes
     counts = torch.bincount(splits.train.labels, minlength=num_classes).tolist()
     meta_stream = _Stream(splits.meta, min(cfg.meta_batch_size, len(splits.meta)), seed + 7919)
@@ -142,7 +143,7 @@ def build_method(cfg: TrainConfig, splits, seed: int, device, reduce=None) -> tu
         model_fn=model_fn, num_classes=num_classes, class_counts=counts, n_train=len(splits.train),
         n_meta=len(splits.meta), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         epochs=cfg.epochs, next_meta=next_meta, device=device, options=dict(cfg.options),
-        grad_scaler=loss_scaler(cfg, device), reduce=reduce, compile=cfg.compile,
+        grad_scaler=loss_scaler(cfg, device), reduce=reduce, compile=cfg.compile, log=log,
     )
     method = METHODS.get(cfg.method)(ctx)
     return method, training_order(cfg, splits.train, seed), meta_stream
@@ -195,7 +196,7 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
             device = acc.device
     seed_everything(seed)
     reduce = all_reduce_mean(acc)
-    method, train_stream, meta_stream = build_method(cfg, splits, seed, device, reduce)
+    method, train_stream, meta_stream = build_method(cfg, splits, seed, device, reduce, log=ctx.log)
     scheduled = {name: opt for name, opt in method.optimizers().items() if name in method.scheduled}
     base_lr = {name: [g["lr"] for g in opt.param_groups] for name, opt in scheduled.items()}
     start_epoch, start_step, bad_in_row, skipped, wall_before = 0, 0, 0, 0, 0.0

@@ -61,6 +61,7 @@ class DRContext:
     grad_scaler: torch.amp.GradScaler | None = None  # fp16 autocast: loss scaling for the real steps
     reduce: Callable[[list[Tensor]], None] | None = None  # several processes: averages gradients in place
     compile: bool = False  # torch.compile the method's own networks too (model_fn's are compiled already)
+    log: Callable[[str], None] | None = None  # a line for the run's log (None: not logged)
 
     def meta_batch(self, like: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The next clean meta batch, moved to ``like``'s device (or ``device``)."""

@@ -9,6 +9,8 @@ descend W2's meta loss through both unrolled steps.
 from __future__ import annotations
 
 import contextlib
+import copy
+import time
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ from lfm_core.encoders import create_encoder
 from lfm_core.errors import UsageError, check_choice
 from lfm_core.registries import METHODS
 from lfm_core.runtime import compile_module
-from lfm_core.solver import ENGINES, Params, TriLevelSolver
+from lfm_core.solver import ENGINES, EXACT_ENGINES, Params, TriLevelSolver
 from lfm_core.weighting import lfm_weights
 from lfm_dr.diagnostics import WeightLog, weight_stats
 from lfm_dr.methods.base import DRContext, DRMethod, make_sgd
@@ -27,6 +29,8 @@ from lfm_dr.methods.base import DRContext, DRMethod, make_sgd
 # loss3 (W2's meta loss) does not depend on B, r or V directly, so the first-order hypergradient
 # (which drops the terms through the unrolled steps) is exactly zero: the upper level never moves
 DR_ENGINES = tuple(e for e in ENGINES if e != "first-order")
+# "auto": the faster of the exact engines, timed on the run's first meta step (see pick_engine)
+AUTO = "auto"
 
 
 META_LAYERS = ("all", "last")
@@ -47,9 +51,10 @@ def classifier_params(model: torch.nn.Module) -> list[str]:
 
 
 def check_dr_engine(engine: str) -> str:
-    if engine not in DR_ENGINES:
+    if engine not in (*DR_ENGINES, AUTO):
         why = " (its hypergradient is exactly zero for data reweighting)" if engine == "first-order" else ""
-        raise UsageError(f"engine {engine!r} cannot train LFM-DR{why}. Valid choices: {', '.join(DR_ENGINES)}.")
+        raise UsageError(f"engine {engine!r} cannot train LFM-DR{why}. "
+                         f"Valid choices: {', '.join((*DR_ENGINES, AUTO))}.")
     return engine
 
 DEFAULTS = {
@@ -184,9 +189,12 @@ class LFMReweighting(DRMethod):
         # (45 ms -> 6 ms per step on one CPU thread)
         self.opt1 = make_sgd(self.w1.parameters(), ctx)
         self.opt2 = self.opt1 if self.w2 is self.w1 else make_sgd(self.w2.parameters(), ctx)
+        # engine "auto": resolved on the first meta step (pick_engine) and kept in the checkpoint
+        self.engine_used: str | None = None if self.opt["engine"] == AUTO else self.opt["engine"]
+        self.engine_seconds: dict[str, float] = {}
         self.solver = TriLevelSolver(
             self.w1, self.w2, upper, self.opt1, self.opt2, self.upper_opt,
-            engine=self.opt["engine"], modules=[self.encoder],
+            engine=self.engine_used or "exact", modules=[self.encoder],
             # b, a (hence r and V) only weight per-example losses: no upper variable enters a
             # batch-norm input inside the forward-mode products, so the fused kernel is exact
             # (the single-network variant's Hessian term perturbs the weights themselves)
@@ -224,13 +232,77 @@ class LFMReweighting(DRMethod):
         return opts
 
     def extra_state(self):
-        return {"b": self.b.detach().clone(), "r": self.r.detach().clone(), "steps_done": self.steps_done}
+        state = {"b": self.b.detach().clone(), "r": self.r.detach().clone(), "steps_done": self.steps_done}
+        if self.opt["engine"] == AUTO:  # a resumed run goes on with the engine it picked
+            state["engine_used"] = self.engine_used
+        return state
 
     def load_extra_state(self, state):
         with torch.no_grad():
             self.b.copy_(state["b"])
             self.r.copy_(state["r"])
         self.steps_done = int(state.get("steps_done", 0))
+        if self.opt["engine"] == AUTO and state.get("engine_used"):
+            self.engine_used = self.solver.engine = check_dr_engine(state["engine_used"])
+
+    def pick_engine(self, batch: tuple) -> str:
+        """engine="auto": the faster exact engine for this problem and machine. Both are exact to
+        rounding, so the choice is not part of the run's identity; it is logged, kept in the
+        checkpoint and reported in the result (``engine_used``). Each engine takes two timed
+        steps (interleaved, the faster of each counts) on throwaway copies of the networks, the
+        encoder, the upper variables and the optimisers' state, so the run itself is untouched.
+        Under autocast the JVP engine is kept: the graph-reuse products would run in the real
+        steps' low precision, no longer equal to rounding."""
+        device = torch.device(self.ctx.device)
+        if torch.is_autocast_enabled(device.type):
+            self.engine_used = "exact"
+            self._log("engine auto: exact (autocast: its products stay float32)")
+            return self.engine_used
+        times: dict[str, float] = {e: float("inf") for e in EXACT_ENGINES}
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for _ in range(2):
+                for engine in EXACT_ENGINES:
+                    times[engine] = min(times[engine], self._trial_seconds(engine, batch))
+        if self.ctx.reduce is not None:  # several processes decide together
+            both = torch.tensor([times[e] for e in EXACT_ENGINES], device=device, dtype=torch.float64)
+            self.ctx.reduce([both])
+            times = dict(zip(EXACT_ENGINES, both.tolist()))
+        self.engine_seconds = times
+        self.engine_used = self.solver.engine = min(EXACT_ENGINES, key=times.get)
+        self._log("engine auto: " + self.engine_used + " (" + ", ".join(
+            f"{e} {t:.3g} s" for e, t in times.items()) + " per step, timed on the first meta step)")
+        return self.engine_used
+
+    def _trial_seconds(self, engine: str, batch: tuple) -> float:
+        """Seconds of one LFM step with ``engine`` on copies of the current state."""
+        memo: dict = {}
+        w1, w2, enc, upper = copy.deepcopy((self.w1, self.w2, self.encoder, self.solver.upper), memo)
+
+        def optimizer(opt):
+            groups = [{**g, "params": [memo[id(p)] for p in g["params"]]} for g in opt.param_groups]
+            clone = type(opt)(groups)
+            clone.load_state_dict(opt.state_dict())
+            return clone
+
+        opt1 = optimizer(self.opt1)
+        opt2 = opt1 if self.opt2 is self.opt1 else optimizer(self.opt2)
+        solver = TriLevelSolver(w1, w2, upper, opt1, opt2, torch.optim.SGD(list(upper.values()), lr=0.0),
+                                engine=engine, modules=[enc], upper_reaches_batch_norm=w2 is w1,
+                                reduce=self.ctx.reduce, hyper_params=self.solver.hyper_params)
+        problem = DRProblem(w1, w2, enc, *batch, self.opt["similarity"], self.opt["drop"],
+                            bool(self.opt["normalize_a"]), head=self.head)
+        device = torch.device(self.ctx.device)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        clock = time.perf_counter if device.type == "cuda" else time.process_time  # CPU: all threads' time
+        sync()
+        start = clock()
+        solver.step(problem)
+        sync()
+        return clock() - start
+
+    def _log(self, line: str) -> None:
+        if self.ctx.log is not None:
+            self.ctx.log(line)
 
     def train_step(self, x, y, idx, epoch):
         xm, ym, jm = self.ctx.next_meta()
@@ -239,6 +311,8 @@ class LFMReweighting(DRMethod):
                             head=self.head)
         meta_step = self.steps_done % self.meta_every == 0
         self.steps_done += 1
+        if meta_step and self.engine_used is None:
+            self.pick_engine((x, y, idx, xm, ym, jm))
         if not meta_step:
             stats = self.solver.lower_step(problem)
         else:
@@ -269,6 +343,8 @@ class LFMReweighting(DRMethod):
     def summary(self, clean_mask: Tensor | None = None) -> dict[str, float]:
         """Mean b on clean and on corrupted training examples (what B learned)."""
         out = {"b_mean": float(self.b.detach().mean()), "r_mean": float(self.r.detach().mean())}
+        if self.opt["engine"] == AUTO:
+            out["engine_used"] = self.engine_used
         if clean_mask is not None and clean_mask.any() and (~clean_mask).any():
             b = self.b.detach().cpu()
             out["b_clean"] = float(b[clean_mask].mean())
