@@ -34,7 +34,7 @@ from three_level import SETUP, betty_step_fn, build, compare, core_step_fn, high
     plain_step_fn, torchopt_step_fn
 
 PEERS = {"betty": "betty-ml", "torchopt": "torchopt", "higher": "higher"}
-ENGINES = {"exact": "exact", "fd": "finite-difference", "fwd": "forward-difference"}
+ENGINES = {"exact": "exact", "rev": "exact-reverse", "fd": "finite-difference", "fwd": "forward-difference"}
 
 
 def _version(dist: str) -> str | None:

@@ -201,17 +201,18 @@ def _read_scalars(*values: Tensor | bool) -> list[float]:
                         else torch.tensor(float(v), dtype=torch.float64, device=device) for v in values]).tolist()
 
 
-@dataclass
-class _Held:
-    """exact-reverse: the real steps' gradients with their graphs, and the leaves they reach."""
-
-    upper1: Params = field(default_factory=dict)  # the upper variables of W1's real loss
-    g1: Params = field(default_factory=dict)  # W1's through-gradient, graph to upper1
-    upper2: Params = field(default_factory=dict)
-    a2: Tensor | None = None
-    leaves2: Params = field(default_factory=dict)  # W2's start (single network: W1')
-    g2: Params = field(default_factory=dict)  # W2's through-gradient, graph to a2, upper2, leaves2
-    loss_scale: float = 1.0  # the loss scale of both real steps' gradients
+def _unrolled(w_real: Params, grads: Params, scale: float, start: Params | None = None) -> Params:
+    """``W' = W'_real - scale * (g - g.detach())`` (+ ``start - start.detach()``) for the entries of
+    ``grads``: the real step's value exactly, with the derivative of the unrolled step."""
+    keys = list(grads)
+    if not keys:
+        return {}
+    g = [grads[k] for k in keys]
+    out = torch._foreach_add([w_real[k] for k in keys], torch._foreach_sub(g, [t.detach() for t in g]), alpha=-scale)
+    if start is not None:  # W2' = W1' - lr2 * grad(W1'): the start's own term
+        w0 = [start[k] for k in keys]
+        out = torch._foreach_add(out, torch._foreach_sub(w0, [t.detach() for t in w0]))
+    return dict(zip(keys, out))
 
 
 def unroll_scale(optimizer: torch.optim.Optimizer) -> float:
@@ -221,6 +222,8 @@ def unroll_scale(optimizer: torch.optim.Optimizer) -> float:
     if isinstance(optimizer, torch.optim.SGD) and group.get("nesterov"):
         lr *= 1.0 + float(group.get("momentum", 0.0))
     return lr
+
+
 
 
 # ------------------------------------------------------------------------------------
@@ -390,7 +393,7 @@ class TriLevelSolver:
         if leaves is None:
             scaled.backward()
         else:
-            held.update(self._backward_keeping_graph(module, scaled, leaves))
+            held.update(self._backward_keeping_graph(scaled, leaves, named_params(module)))
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         params = [p for p in module.parameters() if p.grad is not None]
@@ -405,8 +408,8 @@ class TriLevelSolver:
         self.scaler.step(opt)  # skips the step itself when unscale_ found an inf or nan
         return finite
 
-    def _backward_keeping_graph(self, module: nn.Module, loss: Tensor, leaves: Params) -> Params:
-        """The real step's gradients from ``leaves`` into the module's ``.grad`` (detached copies,
+    def _backward_keeping_graph(self, loss: Tensor, leaves: Params, params: Params) -> Params:
+        """The real step's gradients from ``leaves`` into ``params``' ``.grad`` (detached copies,
         which unscaling, averaging and clipping may change in place); returns the through-
         parameters' gradients with their graph (``create_graph``; the others without one)."""
         through = [k for k in leaves if self.hyper_params is None or k in self.hyper_params]
@@ -414,7 +417,6 @@ class TriLevelSolver:
         g_through = torch.autograd.grad(loss, [leaves[k] for k in through], create_graph=True, allow_unused=True)
         g_rest = torch.autograd.grad(loss, [leaves[k] for k in rest], retain_graph=True, allow_unused=True) if rest \
             else ()
-        params = dict(module.named_parameters())
         for k, g in zip(through, g_through):
             params[k].grad = None if g is None else g.detach().clone()
         for k, g in zip(rest, g_rest):
@@ -422,22 +424,10 @@ class TriLevelSolver:
         return {k: g for k, g in zip(through, g_through) if g is not None and g.requires_grad}
 
     @staticmethod
-    def _held_vjp(grads: Params, wrt: Params, v: Params, loss_scale: float) -> Params:
-        """exact-reverse's product ``grad_wrt <grads(wrt), v>``: one backward through a real step's
-        gradient graph (``grads`` carry the real step's loss scale, divided out of ``v`` first)."""
-        keys = [k for k in grads if k in v]
-        if not keys:
-            return {}
-        out = torch.autograd.grad([grads[k] for k in keys], list(wrt.values()),
-                                  grad_outputs=[v[k] / loss_scale if loss_scale != 1.0 else v[k] for k in keys],
-                                  allow_unused=True)
-        return {k: g for k, g in zip(wrt, out) if g is not None}
-
-    @staticmethod
-    def _clone_leaves(module: nn.Module) -> Params:
+    def _clone_leaves(params: Params) -> Params:
         """exact-reverse: the real step's loss is taken at copies, so that the optimiser's in-place
         step leaves the values saved in the graph alone."""
-        return {k: t.detach().clone().requires_grad_() for k, t in named_params(module).items()}
+        return {k: t.detach().clone().requires_grad_() for k, t in params.items()}
 
     def lower_step(self, problem: TriLevelProblem) -> StepStats:
         """The two real steps of Algorithm 1 with the upper variables held fixed: W1 on loss1,
@@ -462,24 +452,20 @@ class TriLevelSolver:
         return StepStats(l1, l2, math.nan, a_mean, finite=stepped)
 
     def step(self, problem: TriLevelProblem, update_upper: bool = True) -> StepStats:
+        if self.engine == "exact-reverse" and update_upper:
+            return self._step_reverse(problem)
         upper_fixed = detached(self.upper)
-        # exact-reverse: the real steps keep their gradients' graphs, from which the products come
-        reverse = self.engine == "exact-reverse" and update_upper
-        held = _Held(upper1=detached(self.upper, True), upper2=detached(self.upper, True)) if reverse else None
 
         # Stage I: real step of W1 (its weights before the step are kept for the MVP).
         with _stage("lfm.w1_step"):
-            w1_old = None if reverse else snapshot(named_params(self.w1))
+            w1_old = snapshot(named_params(self.w1))
             scale1 = unroll_scale(self.opt1)
-            keep1 = self._keeps_base(named_params(self.w1))
-            if reverse:
-                leaves1, upper1 = self._clone_leaves(self.w1), held.upper1
-            else:
-                leaves1, upper1 = named_params(self.w1), detached(self.upper, True) if keep1 else upper_fixed
-            loss1 = problem.loss1(leaves1, upper1)
+            keep1 = self._keeps_base(w1_old)
+            upper1 = detached(self.upper, True) if keep1 else upper_fixed
+            loss1 = problem.loss1(named_params(self.w1), upper1)
             if not torch.isfinite(loss1):
                 return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
-            if not self._real_step(self.w1, self.opt1, loss1, *((leaves1, held.g1) if reverse else ())):
+            if not self._real_step(self.w1, self.opt1, loss1):
                 self.scaler.update()
                 return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
             base1 = {k: t.grad for k, t in upper1.items() if t.grad is not None} if keep1 else None
@@ -493,24 +479,16 @@ class TriLevelSolver:
             with frozen_bn_stats(*self._bn_layers), torch.set_grad_enabled(not self.recompute_weights):
                 a = problem.weights(w1_new, upper_live)
         with _stage("lfm.w2_step"):
-            w2_old = None if reverse else snapshot(named_params(self.w2))
+            w2_old = snapshot(named_params(self.w2))
             scale2 = unroll_scale(self.opt2)
-            keep2 = self._keeps_base(named_params(self.w2))
-            if reverse:
-                leaves2 = held.leaves2 = self._clone_leaves(self.w2)
-                a2 = held.a2 = a.detach().requires_grad_()
-                upper2 = held.upper2
-            else:
-                leaves2 = named_params(self.w2)
-                a2 = a.detach().requires_grad_(keep2)
-                upper2 = detached(self.upper, True) if keep2 else upper_fixed
-            loss2 = problem.loss2(leaves2, a2, upper2)
+            keep2 = self._keeps_base(w2_old)
+            a2 = a.detach().requires_grad_(keep2)
+            upper2 = detached(self.upper, True) if keep2 else upper_fixed
+            loss2 = problem.loss2(named_params(self.w2), a2, upper2)
             if not torch.isfinite(loss2):
                 return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, math.nan, finite=False)
-            stepped = self._real_step(self.w2, self.opt2, loss2, *((leaves2, held.g2) if reverse else ()))
+            stepped = self._real_step(self.w2, self.opt2, loss2)
             if self.scaler is not None:
-                if reverse:
-                    held.loss_scale = self.scaler.get_scale()  # the scale of both real steps' gradients
                 self.scaler.update()  # once for both real steps
             if not stepped:
                 return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, math.nan, finite=False)
@@ -528,14 +506,120 @@ class TriLevelSolver:
             with frozen_bn_stats(*self._bn_layers):
                 loss3 = problem.loss3(w2_new, upper3)
         if not update_upper:
-            l1, l2, l3, a_mean = _read_scalars(loss1, loss2, loss3, a.detach().mean())
-            return StepStats(l1, l2, l3, a_mean)
+            return StepStats(*_read_scalars(loss1, loss2, loss3, a.detach().mean()))
         grads = self.hypergradient(
             problem, loss3, w2_new, upper3, upper_fixed, a, w1_new, upper_live, w1_old, w2_old, scale1, scale2,
-            base1, base2, held,
+            base1, base2,
         )
-        # the statistics and the finiteness of the whole hypergradient (one reduction instead of a
-        # check per tensor: the encoder alone has 62) with one device sync
+        return self._apply(grads, loss1, loss2, loss3, a)
+
+    def _step_reverse(self, problem: TriLevelProblem) -> StepStats:
+        """One step of the ``exact-reverse`` engine. The real steps take their gradients with
+        ``create_graph`` from cloned leaves and the optimiser applies the detached gradient; then
+        ``W' = W'_real - s * (g - g.detach())`` (s = d W'/d g) has the real step's value exactly and
+        the unrolled step's derivative, so one backward of the meta loss gives the hypergradient.
+        That backward is split at W1' when dL/dW1' must be averaged across processes first, and at
+        ``a`` when its graph is rebuilt (``recompute_weights``)."""
+        single = self.w2 is self.w1
+        split = self.reduce is not None or self.recompute_weights
+        up = detached(self.upper, True)  # one copy: every term lands on it
+        # the loss scale of both real steps' gradients (the scaler updates only after them)
+        real_scale = self.scaler.get_scale() if self.scaler is not None else 1.0
+
+        with _stage("lfm.w1_step"):
+            s1 = unroll_scale(self.opt1) / real_scale
+            leaves1 = self._clone_leaves(named_params(self.w1))
+            loss1 = problem.loss1(leaves1, up)
+            if not torch.isfinite(loss1):
+                return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
+            g1: Params = {}
+            if not self._real_step(self.w1, self.opt1, loss1, leaves1, g1):
+                self.scaler.update()
+                return StepStats(float(loss1.detach()), math.nan, math.nan, math.nan, finite=False)
+            # W1' (a snapshot where the single network's W2 step changes it in place)
+            w1_real = (snapshot if single else detached)(named_params(self.w1))
+            w1_graph = _unrolled(w1_real, g1, s1)
+            # split: W1' enters as a leaf whose gradient is collected (and averaged) first
+            w1_in = {k: t.detach().requires_grad_() for k, t in w1_graph.items()} if split else w1_graph
+            w1_new = {**w1_real, **w1_in}
+
+        with _stage("lfm.weights"):
+            with frozen_bn_stats(*self._bn_layers), torch.set_grad_enabled(not self.recompute_weights):
+                a = problem.weights(w1_new, up)
+            a_in = a.detach().requires_grad_() if self.recompute_weights else a
+        with _stage("lfm.w2_step"):
+            s2 = unroll_scale(self.opt2) / real_scale
+            if single:  # W2's step starts at W1': the graph goes on through it (a view of its own, so
+                # the real gradient is loss2's through W2's start only, not through a as well)
+                leaves2 = {k: w1_in[k].view_as(w1_in[k]) if k in w1_in else w1_real[k].detach().requires_grad_()
+                           for k in w1_real}
+            else:
+                leaves2 = self._clone_leaves(named_params(self.w2))
+            loss2 = problem.loss2(leaves2, a_in, up)
+            if not torch.isfinite(loss2):
+                return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, math.nan, finite=False)
+            g2: Params = {}
+            stepped = self._real_step(self.w2, self.opt2, loss2, leaves2, g2)
+            if self.scaler is not None:
+                self.scaler.update()  # once for both real steps
+            if not stepped:
+                return StepStats(float(loss1.detach()), float(loss2.detach()), math.nan, math.nan, finite=False)
+            w2_real = detached(named_params(self.w2))
+            # single network: dW2'/dW1' = I - s2 * Hessian(loss2); the identity is the start term
+            w2_new = {**w2_real, **_unrolled(w2_real, g2, s2, start=leaves2 if single else None)}
+
+        with _stage("lfm.loss3"), frozen_bn_stats(*self._bn_layers):
+            loss3 = problem.loss3(w2_new, up)
+        # the whole chain runs scaled (no fp16 underflow in the backward passes), unscaled at the end
+        loss_scale = self.scaler.get_scale() if self.scaler is not None else 1.0
+        names = list(self.upper)
+        with _stage("lfm.meta_backward"):
+            inputs = [*up.values(), *([a_in] if self.recompute_weights else []), *(w1_in.values() if split else [])]
+            grads = list(torch.autograd.grad(loss3 * loss_scale, inputs, allow_unused=True))
+            total = dict(zip(names, grads[: len(names)]))
+            if split:
+                h = dict(zip(w1_in, _zeros_for_none(grads[len(inputs) - len(w1_in):], w1_in.values())))
+                if self.recompute_weights:  # through a(W1', upper), rebuilt now
+                    da = grads[len(names)]
+                    da = torch.zeros_like(a_in) if da is None else da
+                    w1_live = {**w1_real, **{k: t.detach().requires_grad_() for k, t in w1_in.items()}}
+                    with frozen_bn_stats(*self._bn_layers):
+                        if hasattr(problem, "weights_vjp"):
+                            vjp = problem.weights_vjp(w1_live, up, da)
+                            ga = [vjp.get(k) for k in (*w1_in, *up)]
+                        else:
+                            targets = [w1_live[k] for k in w1_in] + list(up.values())
+                            ga = torch.autograd.grad(problem.weights(w1_live, up), targets, grad_outputs=da,
+                                                     allow_unused=True)
+                    for k, g in zip(w1_in, ga):
+                        if g is not None:
+                            h[k] = h[k] + g
+                    for k, g in zip(names, ga[len(w1_in):]):
+                        if g is not None:
+                            total[k] = g if total[k] is None else total[k] + g
+                if self.reduce is not None:
+                    # dL/dW1' sums over every process's training examples before it meets loss1's product
+                    values = list(h.values())
+                    self.reduce(values)
+                    h = dict(zip(h, values))
+                keys = [k for k in h if w1_graph[k].requires_grad]
+                if keys:
+                    more = torch.autograd.grad([w1_graph[k] for k in keys], list(up.values()),
+                                               grad_outputs=[h[k] for k in keys], allow_unused=True)
+                    for k, g in zip(names, more):
+                        if g is not None:
+                            total[k] = g if total[k] is None else total[k] + g
+        total = {k: total[k] / loss_scale if total[k] is not None else torch.zeros_like(self.upper[k]) for k in names}
+        if self.reduce is not None:
+            values = [total[k] for k in names]
+            self.reduce(values)
+            total = dict(zip(names, values))
+        return self._apply(total, loss1, loss2, loss3, a)
+
+    def _apply(self, grads: Params, loss1: Tensor, loss2: Tensor, loss3: Tensor, a: Tensor) -> StepStats:
+        """The upper step with a finite hypergradient; the statistics and the finiteness of the whole
+        hypergradient (one reduction instead of a check per tensor: the encoder alone has 62) are
+        read with one device sync."""
         l1, l2, l3, a_mean, finite = _read_scalars(loss1, loss2, loss3, a.detach().mean(),
                                                    _finite_flag(list(grads.values())))
         stats = StepStats(l1, l2, l3, a_mean, finite=bool(finite), grads=grads)
@@ -552,7 +636,7 @@ class TriLevelSolver:
 
     def hypergradient(
         self, problem, loss3, w2_new, upper3, upper_fixed, a, w1_new, upper_live, w1_old, w2_old, scale1, scale2,
-        base1: Params | None = None, base2: Params | None = None, held: _Held | None = None,
+        base1: Params | None = None, base2: Params | None = None,
     ) -> Params:
         names = list(self.upper)
         need_second = self.engine != "first-order"
@@ -581,17 +665,9 @@ class TriLevelSolver:
         if need_second:
             g2 = dict(zip(w2_through, _zeros_for_none(grads[len(names):], w2_through.values())))
             # through W2' = W2 - lr2 grad loss2(W2, a, upper)
-            single = self.w2 is self.w1
             with _stage("lfm.mvp_w2"), self._fixed_trunk(problem):
-                if held is not None:
-                    # one backward through W2's real gradient: the a and upper terms and (single
-                    # network) the Hessian-vector product of the term through W2's start
-                    start = {f"__w__{k}": t for k, t in self._through(held.leaves2).items()} if single else {}
-                    m2 = self._held_vjp(held.g2, {"__a__": held.a2, **held.upper2, **start}, g2, held.loss_scale)
-                    hv_held = {k[len("__w__"):]: m2.pop(k) for k in list(m2) if k.startswith("__w__")}
-                else:
-                    lam2 = {"__a__": a.detach(), **upper3}
-                    m2 = self.mvp(lambda w, lam: problem.loss2(w, lam["__a__"], lam), w2_old, lam2, g2, base2)
+                lam2 = {"__a__": a.detach(), **upper3}
+                m2 = self.mvp(lambda w, lam: problem.loss2(w, lam["__a__"], lam), w2_old, lam2, g2, base2)
             da = -scale2 * m2.pop("__a__", torch.zeros_like(a))
             add(m2, -scale2)
             # through a(W1', upper)
@@ -610,21 +686,18 @@ class TriLevelSolver:
             n1 = len(w1_through)
             ga[:n1] = _zeros_for_none(ga[:n1], w1_through.values())
             h = dict(zip(w1_through, ga[:n1]))
-            if single:
+            if self.w2 is self.w1:
                 # single network: W2's step starts at W1', so W1' also reaches W2' directly:
                 # dW2'/dW1' = I - lr2 * Hessian(loss2); the Hessian-vector product is the MVP of
                 # loss2(W + delta) with respect to delta at delta = 0.
-                if held is not None:
-                    hv = hv_held  # from the backward through W2's real gradient above
-                else:
-                    with _stage("lfm.hvp_single"), self._fixed_trunk(problem):
-                        zero = {k: torch.zeros_like(w2_old[k]) for k in g2}
-                        a_fixed = a.detach()
-                        hv = self.mvp(
-                            lambda w, d: problem.loss2({k: w[k] + d[k] if k in d else w[k] for k in w}, a_fixed,
-                                                       upper_fixed),
-                            w2_old, zero, g2,
-                        )
+                with _stage("lfm.hvp_single"), self._fixed_trunk(problem):
+                    zero = {k: torch.zeros_like(w2_old[k]) for k in g2}
+                    a_fixed = a.detach()
+                    hv = self.mvp(
+                        lambda w, d: problem.loss2({k: w[k] + d[k] if k in d else w[k] for k in w}, a_fixed,
+                                                   upper_fixed),
+                        w2_old, zero, g2,
+                    )
                 h = {k: h[k] + g2[k] - scale2 * hv.get(k, torch.zeros_like(h[k])) for k in h}
             if self.reduce is not None:
                 # dL/dW1' sums over every process's training examples before it meets loss1's MVP
@@ -634,10 +707,7 @@ class TriLevelSolver:
             add(dict(zip(names, ga[n1:])))
             # through W1' = W1 - lr1 grad loss1(W1, upper)
             with _stage("lfm.mvp_w1"), self._fixed_trunk(problem):
-                if held is not None:
-                    add(self._held_vjp(held.g1, held.upper1, h, held.loss_scale), -scale1)
-                else:
-                    add(self.mvp(problem.loss1, w1_old, upper3, h, base1), -scale1)
+                add(self.mvp(problem.loss1, w1_old, upper3, h, base1), -scale1)
         total = {k: total[k] / loss_scale if k in total else torch.zeros_like(self.upper[k]) for k in names}
         if self.reduce is not None:
             values = [total[k] for k in names]
