@@ -80,18 +80,20 @@ def bench_betty(session: nox.Session) -> None:
     env = _dev_env(session)
     # betty-ml declares an old Python range; the constraints keep it from touching torch
     session.run(_bin(env, "python"), "-m", "pip", "install", "-q", "--ignore-requires-python", *CONSTRAINTS,
-                "betty-ml", external=True)
+                "betty-ml==0.2.1", external=True)
     session.run(_bin(env, "python"), str(ROOT / "benchmarks" / "betty_compare.py"),
                 "--write", str(ROOT / "benchmarks" / "results"), *session.posargs, external=True)
 
 
 @nox.session(venv_backend="none")
 def bench_peers(session: nox.Session) -> None:
-    """lfm_core's engines against Betty, TorchOpt and higher on one 3-level problem; benchmarks/results/peers.json."""
+    """lfm_core's engines against Betty, TorchOpt and higher on one 3-level problem (MLP and ResNet-32 /
+    ResNet-18 encoder); benchmarks/results/peers.json and the README block."""
     env = _dev_env(session)
-    # betty-ml declares an old Python range; the constraints keep the peers from touching torch
+    # the versions measured in benchmarks/README.md (plain `pip install betty-ml` resolves to 0.1.1:
+    # 0.2.1 declares an old Python range); the constraints keep the peers from touching torch
     session.run(_bin(env, "python"), "-m", "pip", "install", "-q", "--ignore-requires-python", *CONSTRAINTS,
-                "betty-ml", "torchopt", "higher", external=True)
+                "betty-ml==0.2.1", "torchopt==0.7.3", "higher==0.2.1", external=True)
     session.run(_bin(env, "python"), str(ROOT / "benchmarks" / "peers.py"), "--json",
                 "--write", str(ROOT / "benchmarks" / "results"), *session.posargs, external=True)
 

@@ -4,7 +4,7 @@ The problem (small MLPs, b-weighted W1, a-weighted W2, Adam on (b, V, r)) is def
 ``three_level.py``; ``peers.py`` adds TorchOpt and higher. Reported: median seconds per step
 after warm-up, and a plain SGD step of the MLP as the unit.
 
-    pip install --ignore-requires-python -c constraints.txt betty-ml
+    pip install --ignore-requires-python -c constraints.txt betty-ml==0.2.1
     python benchmarks/betty_compare.py [--write benchmarks/results]   # last line: one JSON object
 """
 
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     try:
         import betty
     except ImportError:
-        print("betty is not installed: pip install --ignore-requires-python -c constraints.txt betty-ml",
+        print("betty is not installed: pip install --ignore-requires-python -c constraints.txt betty-ml==0.2.1",
               file=sys.stderr)
         return 2
     device = torch.device(args.device)

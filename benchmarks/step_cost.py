@@ -59,7 +59,7 @@ def peak_memory_mb(fn, device) -> float:
     return float("nan") if mem.peak_mb is None else mem.peak_mb
 
 
-ENGINES = {"lfm": "exact", "fd": "finite-difference", "fwd": "forward-difference"}
+ENGINES = {"lfm": "exact", "rev": "exact-reverse", "fd": "finite-difference", "fwd": "forward-difference"}
 
 
 def stage_seconds(step, repeat: int = 2) -> dict:
@@ -122,6 +122,7 @@ def bench_dr(device, batch: int, width: int, encoder: str, warmup: int, repeat: 
             problem = DRProblem(method.w1, method.w2, method.encoder, x, y, idx, xm, ym, jm, "dot", "none")
             grads[key] = method.solver.step(problem, update_upper=True).grads
         out.update({f"{key}_step_s": median_time(step, device, warmup, repeat) for key, step in steps.items()})
+        out["rev_rel_err"] = rel_err(grads["rev"], grads["lfm"])  # exact to rounding
         out["fd_rel_err"] = rel_err(grads["fd"], grads["lfm"])
         out["fwd_rel_err"] = rel_err(grads["fwd"], grads["lfm"])
         if meta_layers != "all":  # how far the layer-wise approximation is from the full hypergradient
@@ -148,7 +149,7 @@ def _mem_ratios_dr(out: dict) -> dict:
 
 def dr_ratios(out: dict) -> dict:
     return {name: out[f"{key}_step_s"] / out["ce_step_s"]
-            for name, key in (("ratio", "lfm"), ("fd_ratio", "fd"), ("fwd_ratio", "fwd"))
+            for name, key in (("ratio", "lfm"), ("rev_ratio", "rev"), ("fd_ratio", "fd"), ("fwd_ratio", "fwd"))
             if f"{key}_step_s" in out and "ce_step_s" in out}
 
 
@@ -186,13 +187,15 @@ def summary_markdown(result: dict) -> str:
         f"Measured {time.strftime('%Y-%m-%d')} on {result['device']}, {result['threads']} thread(s), "
         f"torch {result['torch']}; {dr['setup']}.",
         "",
-        "| CE step | LFM exact | ratio | finite-difference | ratio | forward-difference | ratio | "
-        "rel. error fd / fwd vs exact | peak memory CE / exact / fd / fwd |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {ms('ce_step_s')} | {ms('lfm_step_s')} | **{dr['ratio']:.2f}x** | {ms('fd_step_s')} | "
+        "| CE step | LFM exact | ratio | exact-reverse | ratio | finite-difference | ratio | forward-difference | "
+        "ratio | rel. error rev / fd / fwd vs exact | peak memory CE / exact / rev / fd / fwd |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {ms('ce_step_s')} | {ms('lfm_step_s')} | **{dr['ratio']:.2f}x** | {ms('rev_step_s')} | "
+        f"**{dr['rev_ratio']:.2f}x** | {ms('fd_step_s')} | "
         f"**{dr['fd_ratio']:.2f}x** | {ms('fwd_step_s')} | **{dr['fwd_ratio']:.2f}x** | "
-        f"{dr['fd_rel_err']:.2%} / {dr['fwd_rel_err']:.2%} | "
-        f"{dr['ce_mem_mb']:.0f} / {dr['lfm_mem_mb']:.0f} / {dr['fd_mem_mb']:.0f} / {dr['fwd_mem_mb']:.0f} MB |",
+        f"{dr['rev_rel_err']:.1e} / {dr['fd_rel_err']:.2%} / {dr['fwd_rel_err']:.2%} | "
+        f"{dr['ce_mem_mb']:.0f} / {dr['lfm_mem_mb']:.0f} / {dr['rev_mem_mb']:.0f} / {dr['fd_mem_mb']:.0f} / "
+        f"{dr['fwd_mem_mb']:.0f} MB |",
     ]
     if dr.get("profile"):
         stages = list(next(iter(dr["profile"].values())))
@@ -218,16 +221,22 @@ def write_results(result: dict, folder: Path, name: str) -> None:
     tmp = folder / f".{name}.json.tmp"
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(folder / f"{name}.json")
-    readme = folder.parent / "README.md"
+    replace_readme_block(folder.parent / "README.md", f"step_cost:{name}", summary_markdown(result),
+                         f"### Latest `nox -s bench` ({name})")
+
+
+def replace_readme_block(readme: Path, tag: str, body: str, heading: str) -> None:
+    """Put ``body`` between ``<!-- tag -->`` and ``<!-- /tag -->`` of ``readme`` (appended under
+    ``heading`` when the markers are missing), written atomically; nothing when there is no README."""
     if not readme.is_file():
         return
-    start, end = f"<!-- step_cost:{name} -->", f"<!-- /step_cost:{name} -->"
+    start, end = f"<!-- {tag} -->", f"<!-- /{tag} -->"
     text = readme.read_text()
-    block = f"{start}\n{summary_markdown(result)}\n{end}"
+    block = f"{start}\n{body}\n{end}"
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:
-        text = text.rstrip("\n") + f"\n\n### Latest `nox -s bench` ({name})\n\n{block}\n"
+        text = text.rstrip("\n") + f"\n\n{heading}\n\n{block}\n"
     tmp = readme.with_name(".README.md.tmp")
     tmp.write_text(text)
     tmp.replace(readme)

@@ -64,10 +64,10 @@ def mlp(i, h, o):
 
 
 class UpperVars(nn.Module):
-    def __init__(self):
+    def __init__(self, encoder: nn.Module | None = None, n_tr: int = N_TR, n_val: int = N_VAL):
         super().__init__()
-        self.b, self.r = nn.Parameter(torch.ones(N_TR)), nn.Parameter(torch.ones(N_VAL))
-        self.V = mlp(D, 128, 32)
+        self.b, self.r = nn.Parameter(torch.ones(n_tr)), nn.Parameter(torch.ones(n_val))
+        self.V = mlp(D, 128, 32) if encoder is None else encoder
 
 
 def build(device):
@@ -80,6 +80,29 @@ def build(device):
     d = SimpleNamespace(**{k: v.to(device) for k, v in vars(d).items()})
     torch.manual_seed(0)
     return d, (mlp(D, 256, K).to(device), mlp(D, 256, K).to(device), UpperVars().to(device))
+
+
+# ---- the same problem on the real networks: ResNet-32 learners, ResNet-18 encoder V ----------
+RESNET_SETUP = (f"ResNet-32 (width 16) learners, ResNet-18 encoder (random init, batch statistics), 32x32 "
+                f"images, batch {BATCH}+{BATCH}, b[{N_TR}], r[{N_VAL}], SGD lr {LR1} momentum {MOMENTUM} for "
+                f"W1/W2, Adam lr {LR_UP} for (b, V, r)")
+
+
+def build_resnet(device, width: int = 16, encoder: str = "resnet18"):
+    """Data and initial models of the ResNet problem (as ``build``; the networks of step_cost.py)."""
+    from lfm_core.encoders import create_encoder
+    from lfm_core.registries import MODELS
+
+    g = torch.Generator().manual_seed(0)
+    d = SimpleNamespace(x=torch.randn(BATCH, 3, 32, 32, generator=g), y=torch.randint(0, K, (BATCH,), generator=g),
+                        idx=torch.randperm(N_TR, generator=g)[:BATCH],
+                        xv=torch.randn(BATCH, 3, 32, 32, generator=g), yv=torch.randint(0, K, (BATCH,), generator=g),
+                        jv=torch.arange(BATCH))
+    d.y[: BATCH // 2] = d.yv[: BATCH // 2]  # shared labels: the class-match term of a is not all zero
+    d = SimpleNamespace(**{k: v.to(device) for k, v in vars(d).items()})
+    torch.manual_seed(0)
+    nets = [MODELS.create("resnet32", num_classes=K, width=width).to(device) for _ in range(2)]
+    return d, (*nets, UpperVars(create_encoder(encoder, pretrained=False)).to(device))
 
 
 def sgd(module, lr):
@@ -140,8 +163,9 @@ class CoreProblem:
 
 def core_step_fn(engine, d, models):
     w1, w2, up = copy.deepcopy(models)
+    # the upper variables only weight per-example losses: the JVP engine keeps fused batch norm
     solver = TriLevelSolver(w1, w2, upper_names(up), sgd(w1, LR1), sgd(w2, LR2), upper_adam(up),
-                            engine=engine, modules=[up.V])
+                            engine=engine, modules=[up.V], upper_reaches_batch_norm=False)
     problem = CoreProblem(w1, w2, up, d)
     return lambda: solver.step(problem).grads
 
@@ -284,15 +308,20 @@ def interleaved_times(fns, device, warmup, repeat):
 
 
 def cosine(a, b):
-    return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+    """dot / (norm * norm) in float64 (F.cosine_similarity clamps each norm at eps = 1e-8, which
+    reads cos ~ 0 for a group whose gradient is that small, as the ResNet-18 encoder's can be)."""
+    a, b = a.flatten().double(), b.flatten().double()
+    return float(a @ b / (a.norm() * b.norm()))
 
 
 def compare(grads, reference):
-    """Cosine and norm ratio against the reference hypergradient, per group (b, r, all of V)."""
+    """Cosine, norm ratio and relative error ||g - ref|| / ||ref|| against the reference
+    hypergradient, per group (b, r, all of V), in float64."""
     groups = {"b": ["b"], "r": ["r"], "V": [k for k in reference if k.startswith("V.")]}
     out = {}
     for g, keys in groups.items():
-        mine = torch.cat([grads[k].flatten() for k in keys])
-        ref = torch.cat([reference[k].flatten() for k in keys])
-        out[g] = {"cosine": cosine(mine, ref), "norm_ratio": float(mine.norm() / ref.norm())}
+        mine = torch.cat([grads[k].flatten().double() for k in keys])
+        ref = torch.cat([reference[k].flatten().double() for k in keys])
+        out[g] = {"cosine": cosine(mine, ref), "norm_ratio": float(mine.norm() / ref.norm()),
+                  "rel_err": float((mine - ref).norm() / ref.norm())}
     return out

@@ -575,14 +575,17 @@ class TriLevelSolver:
         names = list(self.upper)
         with _stage("lfm.meta_backward"):
             inputs = [*up.values(), *([a_in] if self.recompute_weights else []), *(w1_in.values() if split else [])]
-            grads = list(torch.autograd.grad(loss3 * loss_scale, inputs, allow_unused=True))
+            grads = list(torch.autograd.grad(loss3 * loss_scale if loss_scale != 1.0 else loss3, inputs,
+                                             allow_unused=True))
             total = dict(zip(names, grads[: len(names)]))
             if split:
                 h = dict(zip(w1_in, _zeros_for_none(grads[len(inputs) - len(w1_in):], w1_in.values())))
                 if self.recompute_weights:  # through a(W1', upper), rebuilt now
                     da = grads[len(names)]
                     da = torch.zeros_like(a_in) if da is None else da
-                    w1_live = {**w1_real, **{k: t.detach().requires_grad_() for k, t in w1_in.items()}}
+                    # (every through-parameter is live, as in the exact engine: a problem's weights_vjp
+                    # may differentiate them all; those whose W1' has no upper path are dropped)
+                    w1_live = {**w1_real, **{k: t.detach().requires_grad_() for k, t in self._through(w1_real).items()}}
                     with frozen_bn_stats(*self._bn_layers):
                         if hasattr(problem, "weights_vjp"):
                             vjp = problem.weights_vjp(w1_live, up, da)
@@ -609,7 +612,8 @@ class TriLevelSolver:
                     for k, g in zip(names, more):
                         if g is not None:
                             total[k] = g if total[k] is None else total[k] + g
-        total = {k: total[k] / loss_scale if total[k] is not None else torch.zeros_like(self.upper[k]) for k in names}
+        total = {k: torch.zeros_like(self.upper[k]) if total[k] is None else total[k] / loss_scale if loss_scale != 1.0
+                 else total[k] for k in names}
         if self.reduce is not None:
             values = [total[k] for k in names]
             self.reduce(values)
