@@ -144,7 +144,7 @@ class DRExperiment(Experiment):
 
     def not_run_reason(self, column):
         if cifar_name(column) == "cifar100":
-            return "needs CIFAR-100 under --data-root; the embedded stand-in (digits or photo patches) stands in for CIFAR-10 only"
+            return "needs CIFAR-100 under --data-root; the embedded stand-ins (digits, photo patches) cover CIFAR-10 only"
         if self.standin_columns and column not in self.standin_columns:
             return "only the paper profile runs it (needs CIFAR-10 under --data-root)"
         return ""
