@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 from lfm_core.data import load_dataset, make_splits
 from lfm_dr import fit, find_label_issues
 from lfm_dr.cli import main
-from lfm_dr.label_issues import auroc
+from lfm_dr.label_issues import PROBE_SHARE, auroc
 
 TINY = {"width": 4, "blocks_per_stage": 1}
 
@@ -32,14 +32,17 @@ def test_scores_rank_the_flipped_digits_first(digits_with_flips):
     assert (res.scores[res.ranked][:-1] >= res.scores[res.ranked][1:]).all()  # decreasing suspicion
     assert torch.equal(res.given_labels, sp.train.labels)
     assert res.suggested_labels.shape == (n,) and 0 <= int(res.suggested_labels.min()) <= int(res.suggested_labels.max()) < 10
-    assert res.score_name == "combined" and torch.equal(res.scores, res.candidates["combined"])
+    # score="auto": the candidate that ranked the corrupted probes (meta examples) best
+    assert res.score_name in res.probe_auroc and torch.equal(res.scores, res.candidates[res.score_name])
+    assert res.probe_auroc[res.score_name] == max(res.probe_auroc.values())
     assert auroc(res.scores, noisy) > 0.85
     # the top-k suspects (k = number of flips) are mostly flips; chance would be ~30%
     k = int(noisy.sum())
     assert float(noisy[res.ranked[:k]].float().mean()) > 0.6
     # every candidate is a per-example score; the fixed pixel encoder and r are handed back
     assert all(v.shape == (n,) for v in res.candidates.values())
-    assert res.r.shape == (len(sp.meta),) and not torch.allclose(res.r, torch.ones(len(sp.meta)))
+    assert res.r.shape == (len(sp.meta) - 10 * int(5 * PROBE_SHARE),)  # r of the meta examples that stayed meta
+    assert not torch.allclose(res.r, torch.ones_like(res.r))
     assert res.encoder(sp.train.images[:3]).shape[0] == 3
 
 
@@ -47,7 +50,7 @@ def test_unknown_score_is_a_one_line_usage_error(digits_with_flips):
     from lfm_core.errors import UsageError
 
     sp = digits_with_flips
-    with pytest.raises(UsageError, match="unknown label-issue score 'nope'. Valid choices: combined, disagreement"):
+    with pytest.raises(UsageError, match="unknown label-issue score 'nope'. Valid choices: auto, combined, disagreement"):
         find_label_issues(sp.train.subset(np.arange(60)), sp.meta, 10, epochs=1, batch_size=30,
                           model_kwargs=TINY, score="nope")
 

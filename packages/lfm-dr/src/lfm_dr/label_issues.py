@@ -79,9 +79,15 @@ from lfm_dr.methods.lfm import DRProblem
 from lfm_dr.train import TrainConfig, build_method, device_of, gather, lr_factor
 
 PIXEL_ENCODER = "pixels"  # lfm_core.encoders.PixelEncoder; its scale is set from the temperature
-DEFAULT_SCORE = "combined"
-SCORES = ("combined", "disagreement", "one_minus_a_avg", "one_minus_a_final", "w2_loss_avg", "w1_loss_avg",
-          "w2_loss_final", "b")
+AUTO = "auto"
+DEFAULT_SCORE = AUTO
+# the candidates, in the order that breaks a tie of the automatic choice
+CANDIDATES = ("combined", "disagreement", "one_minus_a_avg", "one_minus_a_final", "w2_loss_avg", "w1_loss_avg",
+              "w2_loss_final", "b")
+SCORES = (AUTO, *CANDIDATES)
+# the automatic choice's probes: this share of each class's meta examples joins the training set,
+# this share of those with a wrong label (both fixed before any measurement, never tuned)
+PROBE_SHARE, PROBE_CORRUPTED = 0.5, 0.5
 COMBINED = ("disagreement", "w2_loss_avg", "one_minus_a_avg")
 Progress = Callable[[int, int], None]
 
@@ -95,8 +101,9 @@ class LabelIssues:
     given_labels: Tensor
     suggested_labels: Tensor  # argmax of predicted_probs + attention_votes
     flagged: Tensor  # bool: the top-m suspects, m = number of examples whose suggestion differs
-    score_name: str
+    score_name: str  # the candidate that ranks (with score="auto": the one the probes chose)
     candidates: dict[str, Tensor] = field(default_factory=dict)  # every candidate score
+    probe_auroc: dict[str, float] = field(default_factory=dict)  # score="auto": each candidate on the probes
     encoder: nn.Module | None = None
     r: Tensor | None = None
     b: Tensor | None = None
@@ -160,6 +167,48 @@ def _ranks01(s: Tensor) -> Tensor:
     r = torch.empty(len(s))
     r[torch.argsort(s, stable=True)] = torch.arange(len(s), dtype=torch.float32)
     return r / max(len(s) - 1, 1)
+
+
+class _WithProbes(Dataset):
+    """The training set followed by the probes (meta examples at ``probe_idx`` with ``probe_labels``)."""
+
+    def __init__(self, train: Dataset, meta: Dataset, probe_idx: Tensor, labels: Tensor):
+        self.train, self.meta, self.probe_idx, self.labels = train, meta, probe_idx, labels
+        self.n_train = len(train)
+
+    def __len__(self) -> int:
+        return self.n_train + len(self.probe_idx)
+
+    def __getitem__(self, i):
+        i = int(i)
+        item = self.train[i] if i < self.n_train else self.meta[int(self.probe_idx[i - self.n_train])]
+        return item[0], int(self.labels[i])
+
+
+def make_probes(meta_labels: Tensor, num_classes: int, seed: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Which meta examples become probes for the automatic score: ``PROBE_SHARE`` of each class
+    (seeded), ``PROBE_CORRUPTED`` of those given a uniformly drawn wrong label. Returns (probe
+    indices into meta, their labels, which are corrupted), or None when a class has fewer than 4
+    meta examples (too few to keep a meta set and probe it)."""
+    counts = torch.bincount(meta_labels, minlength=num_classes)
+    if int(counts.min()) < 4:
+        return None
+    rng = np.random.default_rng([int(seed), 2026])
+    y = meta_labels.numpy()
+    idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), int(counts[c] * PROBE_SHARE), replace=False)
+                                  for c in range(num_classes)]))
+    bad = np.zeros(len(idx), dtype=bool)
+    bad[rng.choice(len(idx), int(round(len(idx) * PROBE_CORRUPTED)), replace=False)] = True
+    labels = y[idx].copy()
+    labels[bad] = (labels[bad] + rng.integers(1, num_classes, int(bad.sum()))) % num_classes
+    return torch.from_numpy(idx), torch.from_numpy(labels), torch.from_numpy(bad)
+
+
+def choose_score(candidates: dict[str, Tensor], corrupted: Tensor) -> tuple[str, dict[str, float]]:
+    """The candidate with the highest AUROC for ``corrupted`` (ties: the earlier in ``CANDIDATES``)."""
+    aurocs = {k: auroc(candidates[k], corrupted) for k in CANDIDATES}
+    best = max(CANDIDATES, key=lambda k: (aurocs[k], -CANDIDATES.index(k)))
+    return best, aurocs
 
 
 def _all(data: Dataset, device) -> tuple[Tensor, Tensor]:
@@ -250,7 +299,11 @@ def find_label_issues(
     """Rank the examples of ``train`` (items start with ``(image, label)``) by how likely their
     label is wrong, from one LFM run with the clean ``meta`` set (10-100 per class).
 
-    ``score`` picks the candidate that ranks (see the module docstring; default ``combined``);
+    ``score`` picks the candidate that ranks (see the module docstring); the default ``auto``
+    chooses it from the data: half of each class's meta examples join the training set as
+    probes, half of those with a wrong label, and the candidate that best ranks the corrupted
+    probes first ranks the training set (``LabelIssues.probe_auroc``); only the training and meta
+    sets are read. The probes are left out of every returned tensor;
     ``temperature`` is the pixel encoder's softmax temperature; ``options`` go to LFM (e.g.
     ``engine``, ``lr_b``, or ``encoder="resnet18"`` to use a learned encoder instead).
     ``progress(done, total)`` is called after every training step.
@@ -258,6 +311,13 @@ def find_label_issues(
     check_choice("label-issue score", score, SCORES)
     options = {"encoder": PIXEL_ENCODER, "pretrained": False, "engine": "forward-difference", **options}
     tr, me = UserData(train), UserData(meta)
+    n = len(tr)
+    probes = make_probes(me.labels, num_classes, seed) if score == AUTO else None
+    if probes is not None:  # the probes join the training set; the rest of the meta set stays meta
+        probe_idx, probe_labels, corrupted = probes
+        rest = torch.from_numpy(np.setdiff1d(np.arange(len(me)), probe_idx.numpy()))
+        joined = _WithProbes(train, meta, probe_idx, torch.cat([tr.labels, probe_labels]))
+        tr, me = UserData(joined, labels=joined.labels), UserData(torch.utils.data.Subset(meta, rest.tolist()))
     splits = SimpleNamespace(train=tr, meta=me, test=me, num_classes=num_classes, info={})
     cfg = TrainConfig(method="lfm", model=model, model_kwargs=model_kwargs or {}, epochs=epochs,
                       batch_size=batch_size, meta_batch_size=meta_batch_size, lr=lr, device=device, options=options)
@@ -293,22 +353,30 @@ def find_label_issues(
         "disagreement": 1 - agreement,
         "b": method.b.detach().cpu().clone(),
     }
-    # the default: the mean rank of three signals that fail differently (see the module docstring)
+    # the mean rank of three signals that fail differently (see the module docstring)
     candidates["combined"] = sum(_ranks01(candidates[k]) for k in COMBINED) / len(COMBINED)
+    probe_auroc: dict[str, float] = {}
+    if probes is not None:
+        score, probe_auroc = choose_score({k: v[n:] for k, v in candidates.items()}, probes[2])
+        candidates = {k: v[:n] for k, v in candidates.items()}
+        votes = votes[:n]
+    elif score == AUTO:  # too few meta examples to probe: the fixed combination
+        score = "combined"
     scores = candidates[score]
     ranked = torch.argsort(scores, descending=True, stable=True)
-    w2_probs = tracker.mean(tracker.w2_probs)
+    w2_probs = tracker.mean(tracker.w2_probs)[:n]
+    given = tr.labels[:n]
     # W2 alone learns systematic (pair) noise, the meta vote alone misreads atypical
     # handwriting; their sum was the most accurate suggestion on the digits benchmark
     suggested = (w2_probs + votes).argmax(1)
-    m = int((suggested != tr.labels).sum())
-    flagged = torch.zeros(len(tr), dtype=torch.bool)
+    m = int((suggested != given).sum())
+    flagged = torch.zeros(n, dtype=torch.bool)
     flagged[ranked[:m]] = True
     return LabelIssues(
-        scores=scores, ranked=ranked, given_labels=tr.labels.clone(), suggested_labels=suggested,
+        scores=scores, ranked=ranked, given_labels=given.clone(), suggested_labels=suggested,
         flagged=flagged, score_name=score, candidates=candidates, encoder=method.encoder,
         r=method.r.detach().cpu().clone(), b=candidates["b"], model=method.w2,
-        predicted_probs=w2_probs, attention_votes=votes,
+        predicted_probs=w2_probs, attention_votes=votes, probe_auroc=probe_auroc,
     )
 
 
