@@ -141,3 +141,45 @@ def test_cli_bad_folders_give_one_line_errors(tmp_path, capsys, breakage, messag
     lines = cap.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), cap.err
     assert "Traceback" not in cap.err and not out.exists()
+
+
+# -- data-driven choices read the training and meta sets only ------------------------------------
+def test_auto_choices_never_read_the_test_set(digits_with_flips):
+    """LFM-DR+'s encoder="auto" and the finder's score="auto" are functions of train and meta: hiding
+    the test set (None) or scrambling its labels changes neither choice."""
+    import copy
+    from types import SimpleNamespace
+
+    from lfm_dr.experiments import auto_encoder
+    from lfm_dr.train import TrainConfig
+
+    sp = digits_with_flips
+    scrambled = copy.copy(sp.test).with_labels(torch.zeros(len(sp.test), dtype=torch.long))
+    chosen = []
+    for test in (sp.test, None, scrambled):
+        splits = SimpleNamespace(train=sp.train, meta=sp.meta, test=test, num_classes=10, info={})
+        cfg = TrainConfig(method="lfm_plus", device="cpu", options={"encoder": "auto", "similarity": "dot"})
+        chosen.append((auto_encoder(cfg, splits, "cpu", seed=0), cfg.options["encoder"]))
+    assert chosen[0] == chosen[1] == chosen[2]
+    record, encoder = chosen[0]
+    assert record["encoder_chosen"] == encoder in ("smallcnn", "pixels")
+    assert record[f"encoder_auroc_{encoder}"] == max(record["encoder_auroc_smallcnn"], record["encoder_auroc_pixels"])
+    # on digits pixel correlation is a near-perfect nearest-neighbour vote; a random CNN's is not
+    assert record["encoder_auroc_pixels"] > 0.8 > record["encoder_auroc_smallcnn"]
+    # a concrete encoder is left alone; a method built with "auto" says where it is resolved
+    plain = TrainConfig(method="lfm_plus", options={"encoder": "pixels"})
+    assert auto_encoder(plain, sp, "cpu", seed=0) == {} and plain.options == {"encoder": "pixels"}
+
+
+def test_probes_come_from_the_meta_set_only():
+    from lfm_dr.label_issues import PROBE_CORRUPTED, make_probes
+
+    y = torch.arange(10).repeat_interleave(10)
+    idx, labels, bad = make_probes(y, 10, seed=3)
+    assert len(idx) == 10 * int(10 * PROBE_SHARE) and bool((idx < len(y)).all())
+    assert torch.bincount(y[idx], minlength=10).tolist() == [int(10 * PROBE_SHARE)] * 10  # per class
+    assert int(bad.sum()) == round(len(idx) * PROBE_CORRUPTED)
+    assert bool((labels[bad] != y[idx][bad]).all()) and bool((labels[~bad] == y[idx][~bad]).all())
+    again = make_probes(y, 10, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(again, (idx, labels, bad)))
+    assert make_probes(y[y != 0].clone().index_put_((torch.tensor([0]),), torch.tensor(0)), 10, 0) is None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from lfm_core.data import load_dataset, make_splits
 from lfm_core.errors import DataNotFoundError, check_choice
@@ -34,7 +35,8 @@ from lfm_core.runtime import cpu_threads
 from lfm_core.solver import ENGINES
 from lfm_dr.methods.lfm import DEFAULTS as LFM_DEFAULTS
 from lfm_dr.methods.lfm import LFMReweighting
-from lfm_dr.train import TrainConfig, device_of, train_dr
+from lfm_dr.methods.lfm_plus import AUTO_ENCODER, choose_encoder
+from lfm_dr.train import TrainConfig, device_of, gather, train_dr
 
 # table row -> registered method (rows absent here are cited from the paper, not run)
 METHOD_OF_ROW = {
@@ -72,7 +74,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                               "vgg19_bn": {"width_mult": 0.125}}),
     "paper": dict(data=None, image_size=32, epochs=100, batch_size=100, meta_per_class=None, max_train=None,
                   lr=0.1, encoder="resnet18", pretrained=True, augment="cifar", max_columns=None,
-                  method_options={},
+                  # LFM-DR+ picks its encoder from the meta set: the pretrained ResNet-18 or pixels
+                  method_options={"lfm_plus": {"encoder": "auto"}},
                   model_kwargs={"resnet32": {}, "wrn28_10": {}, "vgg19_bn": {}}),
 }
 PAPER_EPOCHS = PROFILES["paper"]["epochs"]
@@ -346,6 +349,8 @@ class DRExperiment(Experiment):
         opts = (st.get("method") or {}).get("options") or {}
         if "encoder" in opts and st.get("method", {}).get("name") in LFM_METHODS:
             kind = ("fixed, label-free" if opts["encoder"] == "pixels" else
+                    "chosen per run from the meta set: pixels or " + PROFILES[config["profile"]]["encoder"]
+                    if opts["encoder"] == AUTO_ENCODER else
                     "pretrained" if opts.get("pretrained") else "random init")
             labels["encoder"] = f"{opts['encoder']}, {kind}" + (
                 "" if opts.get("pretrained") else " (paper: ImageNet-pretrained ResNet-18)")
@@ -394,7 +399,24 @@ class DRExperiment(Experiment):
         settings = ctx.config["settings"]
         splits = self.build_splits(settings, seed, ctx)
         cfg = self.train_config(settings, ctx)
+        chosen = auto_encoder(cfg, splits, profile, seed)
         with cpu_threads(device_of(cfg), profile):
             metrics = train_dr(cfg, splits, seed, ctx)
         metrics["noise_actual"] = float(splits.info.get("actual_noise_rate", 0.0) or 0.0)
+        metrics.update(chosen)
         return metrics
+
+
+def auto_encoder(cfg: TrainConfig, splits: Any, profile: str, seed: int) -> dict[str, Any]:
+    """``encoder="auto"``: set ``cfg.options``' encoder to the better of the profile's encoder and
+    ``pixels`` on the meta set (``lfm_plus.choose_encoder``; it reads ``splits.meta`` only, never
+    the training or test labels). Returns what to record (the choice and each AUROC)."""
+    if cfg.options.get("encoder") != AUTO_ENCODER:
+        return {}
+    s = PROFILES[profile]
+    candidates = [(s["encoder"], bool(s["pretrained"])), ("pixels", False)]
+    x, y, _ = gather(splits.meta, torch.arange(len(splits.meta)), device_of(cfg))
+    (name, pretrained), aurocs = choose_encoder(candidates, x, y, splits.num_classes, cfg.options.get("similarity", "dot"),
+                                                seed, weights=cfg.options.get("encoder_weights"))
+    cfg.options.update(encoder=name, pretrained=pretrained)
+    return {"encoder_chosen": name, **{f"encoder_auroc_{k}": v for k, v in aurocs.items()}}
