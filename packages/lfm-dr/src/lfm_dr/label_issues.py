@@ -19,8 +19,14 @@ out of sample). Every quantity becomes a candidate suspicion score in ``LabelIss
 * ``w2_loss_avg`` / ``w1_loss_avg``: W2's / W1's loss on the example averaged over the epochs;
 * ``w2_loss_final``: the final W2's loss (in-sample: it has memorised part of the noise);
 * ``b``: B's weight (it *rises* on noisy examples, so it is a suspicion score as it is);
-* ``combined`` (the default): the mean rank of ``disagreement``, ``w2_loss_avg`` and
-  ``one_minus_a_avg``.
+* ``combined``: the mean rank of ``disagreement``, ``w2_loss_avg`` and ``one_minus_a_avg``;
+* ``networks``: the mean rank of ``w1_loss_avg`` and ``w2_loss_avg`` (W1 and W2 as an ensemble);
+* ``networks_early``: W1's plus W2's loss averaged over the first half of the epochs only, before
+  the networks start to memorise the wrong labels;
+* ``auto`` (the default): the candidate that best ranks probes, i.e. meta examples moved into the
+  training set, half of them given a wrong label (``make_probes``, ``choose_score``). It reads the
+  training and meta sets only, so it adapts to the data (pixel-space terms on digits, the
+  networks' losses on photos) without looking at any test labels.
 
 AUROC of each candidate for "this label was corrupted" (``benchmarks/label_issues.py``:
 1,157 digits at 16x16 with flip / uniform / pair noise at 20% and 40%, 100 clean meta digits,
@@ -83,7 +89,7 @@ AUTO = "auto"
 DEFAULT_SCORE = AUTO
 # the candidates, in the order that breaks a tie of the automatic choice
 CANDIDATES = ("combined", "disagreement", "one_minus_a_avg", "one_minus_a_final", "w2_loss_avg", "w1_loss_avg",
-              "w2_loss_final", "b")
+              "w2_loss_final", "b", "networks", "networks_early")
 SCORES = (AUTO, *CANDIDATES)
 # the automatic choice's probes: this share of each class's meta examples joins the training set,
 # this share of those with a wrong label (both fixed before any measurement, never tuned)
@@ -147,15 +153,22 @@ class _Tracker:
         self.w2_loss = torch.zeros(n)
         self.a = torch.zeros(n)
         self.w2_probs = torch.zeros(n, k)
+        self.early_seen = torch.zeros(n)  # the first half of the epochs, before the networks memorise
+        self.early_loss = torch.zeros(n)  # W1's plus W2's loss there
 
-    def add(self, idx: Tensor, y: Tensor, rec: dict[str, Tensor]) -> None:
+    def add(self, idx: Tensor, y: Tensor, rec: dict[str, Tensor], early: bool = False) -> None:
         idx = idx.cpu()
         logits = rec["w2_logits"].float().cpu()
+        w1 = rec["w1_loss"].float().cpu()
+        w2 = F.cross_entropy(logits, y.cpu(), reduction="none")
         self.n_seen[idx] += 1
-        self.w1_loss[idx] += rec["w1_loss"].float().cpu()
-        self.w2_loss[idx] += F.cross_entropy(logits, y.cpu(), reduction="none")
+        self.w1_loss[idx] += w1
+        self.w2_loss[idx] += w2
         self.a[idx] += rec["a"].float().cpu()
         self.w2_probs[idx] += logits.softmax(1)
+        if early:
+            self.early_seen[idx] += 1
+            self.early_loss[idx] += w1 + w2
 
     def mean(self, t: Tensor) -> Tensor:
         seen = self.n_seen.clamp_min(1)
@@ -337,7 +350,7 @@ def find_label_issues(
             with torch.no_grad():
                 method.b.clamp_(min=method.opt["b_min"])
         if len(record) == 3:  # a step that stopped early (non-finite loss) records less
-            tracker.add(idx, y, record)
+            tracker.add(idx, y, record, early=epoch < max(epochs // 2, 1))
 
     method = train_loop(cfg, splits, seed, step, progress, setup)
     dev = device_of(cfg)
@@ -352,7 +365,10 @@ def find_label_issues(
         "one_minus_a_final": 1 - a_final,
         "disagreement": 1 - agreement,
         "b": method.b.detach().cpu().clone(),
+        "networks_early": tracker.early_loss / tracker.early_seen.clamp_min(1),
     }
+    # the two networks as a two-member ensemble: the mean rank of their epoch-averaged losses
+    candidates["networks"] = (_ranks01(candidates["w1_loss_avg"]) + _ranks01(w2_avg)) / 2
     # the mean rank of three signals that fail differently (see the module docstring)
     candidates["combined"] = sum(_ranks01(candidates[k]) for k in COMBINED) / len(COMBINED)
     probe_auroc: dict[str, float] = {}
