@@ -1,12 +1,16 @@
-"""Finding label errors: LFM's suspicion score against cleanlab, side by side on digits.
+"""Finding label errors: LFM's suspicion score against cleanlab, side by side on an embedded stand-in.
 
-Data: scikit-learn digits (the 1,257-image training pool, 8x8 upsampled to ``--image-size``,
-default 16), 10 clean meta images per class taken out of the pool (100), label noise injected
-into the other 1,157 with ``lfm_core.noise`` (flip, uniform, pair at 20% and 40%). Network: the
+Data (``--data``): scikit-learn digits (the 1,257-image training pool, 8x8 upsampled to
+``--image-size``, default 16) or photo_patches (1,260 grey patches of ten scikit-image photos,
+see ``lfm_core.data.photo_patches``); 10 clean meta images per class taken out of the pool (100),
+label noise injected into the rest with ``lfm_core.noise`` (flip, uniform, pair at 20% and 40%),
+for each of ``--seeds`` (split, noise and network seed). Network: the
 same ResNet for both (``resnet32`` with ``--width`` 8 and ``--blocks`` 1 per stage by default).
 One thread (``torch.set_num_threads(1)``); seconds are wall time, ``cpu`` the process CPU time.
 
-* LFM: one ``lfm_dr.find_label_issues`` run of ``--epochs`` epochs (its default score).
+* LFM: one ``lfm_dr.find_label_issues`` run of ``--epochs`` epochs (its default score, ``auto``:
+  chosen per run from probes drawn from the meta set; the chosen name and the probes' AUROCs
+  are recorded).
 * cleanlab: ``--folds``-fold cross-validation of the same network trained with plain
   cross-entropy for the same ``--epochs`` per fold, on the other folds' noisy images plus the
   clean meta images; the out-of-sample predicted probabilities go to
@@ -17,12 +21,14 @@ Per setting: AUROC of the suspicion for "label is corrupted", precision at k (k 
 corrupted labels), precision and recall of the flagged set, wall seconds (training included).
 
     pip install -c constraints.txt cleanlab
-    OMP_NUM_THREADS=1 python benchmarks/label_issues.py --quick --json [--write benchmarks/results]
+    OMP_NUM_THREADS=1 python benchmarks/label_issues.py --data photo_patches --seeds 0,1,2 --json \
+        [--write benchmarks/results]   # writes label_issues_<data>.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import sys
@@ -70,6 +76,7 @@ def run_lfm(splits, args) -> tuple[dict, dict]:
            "lfm_suggest_acc": float((res.suggested_labels == splits.train.clean_labels)[torch.from_numpy(noisy)]
                                     .float().mean()),
            "lfm_s": seconds, "lfm_cpu_s": cpu}
+    out["lfm_score"], out["lfm_probe_auroc"] = res.score_name, res.probe_auroc
     candidates = {k: auroc(v.numpy(), noisy) for k, v in res.candidates.items()}
     return out, candidates
 
@@ -115,17 +122,29 @@ def run_cleanlab(splits, args) -> dict:
             "cleanlab_s": seconds, "cleanlab_cpu_s": cpu}
 
 
-def markdown_table(result: dict) -> str:
-    """The README table: one row per setting, LFM beside cleanlab."""
-    lines = ["| noise | rate | AUROC LFM | AUROC cleanlab | P@k LFM | P@k cleanlab | flagged recall LFM | "
-             "flagged recall cleanlab | wall s LFM | wall s cleanlab | cpu s LFM | cpu s cleanlab |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def _mean(rows: list[dict], key: str) -> str:
+    values = np.array([r[key] for r in rows], dtype=float)
+    return f"{values.mean():.3f}" + (f" ± {values.std():.3f}" if len(values) > 1 else "")
+
+
+def by_setting(result: dict) -> dict[tuple[str, float], list[dict]]:
+    groups: dict[tuple[str, float], list[dict]] = {}
     for r in result["settings"]:
+        groups.setdefault((r["noise"], r["rate"]), []).append(r)
+    return groups
+
+
+def markdown_table(result: dict) -> str:
+    """The README table: one row per setting (mean ± std over seeds), LFM beside cleanlab."""
+    data = result["config"].get("dataset", "digits")
+    lines = ["| data | noise | rate | seeds | AUROC LFM | AUROC cleanlab | P@k LFM | P@k cleanlab | score chosen | "
+             "cpu s LFM | cpu s cleanlab |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (noise, rate), rows in by_setting(result).items():
+        chosen = ", ".join(sorted({r.get("lfm_score", "combined") for r in rows}))
         lines.append(
-            f"| {r['noise']} | {r['rate']:.0%} | **{r['lfm_auroc']:.3f}** | {r['cleanlab_auroc']:.3f} | "
-            f"{r['lfm_p_at_k']:.3f} | {r['cleanlab_p_at_k']:.3f} | {r['lfm_flag_recall']:.3f} | "
-            f"{r['cleanlab_flag_recall']:.3f} | {r['lfm_s']:.0f} | {r['cleanlab_s']:.0f} | "
-            f"{r['lfm_cpu_s']:.0f} | {r['cleanlab_cpu_s']:.0f} |")
+            f"| {data} | {noise} | {rate:.0%} | {len(rows)} | {_mean(rows, 'lfm_auroc')} | {_mean(rows, 'cleanlab_auroc')} | "
+            f"{_mean(rows, 'lfm_p_at_k')} | {_mean(rows, 'cleanlab_p_at_k')} | {chosen} | "
+            f"{np.mean([r['lfm_cpu_s'] for r in rows]):.0f} | {np.mean([r['cleanlab_cpu_s'] for r in rows]):.0f} |")
     return "\n".join(lines)
 
 
@@ -133,9 +152,9 @@ def candidates_table(result: dict) -> str:
     """AUROC of every LFM candidate score, one row per setting."""
     names = list(result["settings"][0]["lfm_candidates_auroc"])
     lines = ["| noise | rate | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|---|" + "---|" * len(names)]
-    for r in result["settings"]:
-        c = r["lfm_candidates_auroc"]
-        lines.append(f"| {r['noise']} | {r['rate']:.0%} | " + " | ".join(f"{c[n]:.3f}" for n in names) + " |")
+    for (noise, rate), rows in by_setting(result).items():
+        mean = {n: np.mean([r["lfm_candidates_auroc"][n] for r in rows]) for n in names}
+        lines.append(f"| {noise} | {rate:.0%} | " + " | ".join(f"{mean[n]:.3f}" for n in names) + " |")
     return "\n".join(lines)
 
 
@@ -144,14 +163,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help=f"only {QUICK_SETTINGS}")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--table", type=Path, default=None, help="only print the tables of a label_issues.json")
-    p.add_argument("--write", type=Path, default=None, help="write DIR/label_issues.json")
+    p.add_argument("--write", type=Path, default=None, help="write DIR/label_issues_<data>.json (after every setting)")
     p.add_argument("--epochs", type=int, default=20, help="epochs of the LFM run and of every cleanlab fold")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--width", type=int, default=8, help="resnet32 width (16 = the paper's)")
     p.add_argument("--blocks", type=int, default=1, help="resnet32 blocks per stage (5 = ResNet-32)")
     p.add_argument("--meta-per-class", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", choices=("digits", "photo_patches"), default="digits", help="the embedded stand-in")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (split, noise and networks)")
+    p.add_argument("--only", default=None, help="comma-separated settings such as flip0.4,pair0.2 (default: all)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     if args.table is not None:
@@ -159,32 +180,36 @@ def main(argv: list[str] | None = None) -> dict:
         print(markdown_table(result) + "\n\n" + candidates_table(result))
         return result
     torch.set_num_threads(1)
-    bundle = load_dataset("digits", image_size=args.image_size)
+    bundle = load_dataset(args.data, image_size=args.image_size)
+    settings = QUICK_SETTINGS if args.quick else ALL_SETTINGS
+    if args.only:
+        settings = [s for s in settings if f"{s[0]}{s[1]:g}" in args.only.split(",")]
     rows = []
-    for noise, rate in QUICK_SETTINGS if args.quick else ALL_SETTINGS:
-        splits = make_splits(bundle, args.meta_per_class, seed=args.seed, noise=noise, noise_rate=rate)
+    seeds = [int(v) for v in args.seeds.split(",")]
+    config = {"dataset": args.data, "image_size": args.image_size, "model": "resnet32",
+              "model_kwargs": {"width": args.width, "blocks_per_stage": args.blocks}, "epochs": args.epochs,
+              "folds": args.folds, "meta_per_class": args.meta_per_class, "seeds": seeds,
+              "device": args.device, "threads": torch.get_num_threads(), "quick": args.quick,
+              "torch": torch.__version__, "machine": platform.machine(),
+              "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    result = {"settings": rows, "config": config}
+    for seed, (noise, rate) in itertools.product(seeds, settings):
+        args.seed = seed
+        splits = make_splits(bundle, args.meta_per_class, seed=seed, noise=noise, noise_rate=rate)
         lfm, candidates = run_lfm(splits, args)
         cl = run_cleanlab(splits, args)
-        row = {"noise": noise, "rate": rate, "actual_rate": splits.info["actual_noise_rate"],
+        row = {"noise": noise, "rate": rate, "seed": seed, "actual_rate": splits.info["actual_noise_rate"],
                "n_train": len(splits.train), **lfm, **cl, "lfm_candidates_auroc": candidates}
         rows.append(row)
-        print(f"{noise} {rate:.0%}: LFM AUROC {lfm['lfm_auroc']:.3f} P@k {lfm['lfm_p_at_k']:.3f} "
+        print(f"seed {seed} {noise} {rate:.0%}: LFM AUROC {lfm['lfm_auroc']:.3f} ({lfm['lfm_score']}) "
+              f"P@k {lfm['lfm_p_at_k']:.3f} "
               f"({lfm['lfm_s']:.0f} s, cpu {lfm['lfm_cpu_s']:.0f} s) | cleanlab AUROC {cl['cleanlab_auroc']:.3f} "
               f"P@k {cl['cleanlab_p_at_k']:.3f} ({cl['cleanlab_s']:.0f} s, cpu {cl['cleanlab_cpu_s']:.0f} s) | "
               "candidates " + " ".join(f"{k}={v:.3f}" for k, v in candidates.items()), file=sys.stderr, flush=True)
-    result = {
-        "settings": rows,
-        "config": {"dataset": "digits", "image_size": args.image_size, "model": "resnet32",
-                   "model_kwargs": {"width": args.width, "blocks_per_stage": args.blocks}, "epochs": args.epochs,
-                   "folds": args.folds, "meta_per_class": args.meta_per_class, "seed": args.seed,
-                   "device": args.device, "threads": torch.get_num_threads(), "quick": args.quick,
-                   "torch": torch.__version__, "machine": platform.machine(),
-                   "date": time.strftime("%Y-%m-%d", time.gmtime())},
-    }
+        if args.write is not None:  # after every setting, so a stopped run keeps what it measured
+            args.write.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(args.write / f"label_issues_{args.data}.json", result)
     print(markdown_table(result) + "\n\n" + candidates_table(result), file=sys.stderr)
-    if args.write is not None:
-        args.write.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.write / "label_issues.json", result)
     if args.json:
         print(json.dumps(result))
     return result

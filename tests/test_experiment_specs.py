@@ -47,3 +47,32 @@ def test_an_override_changes_the_identity(name):
     assert plain["config_id"] != longer["config_id"] and longer["overrides"] == {"epochs": 5}
     bf16 = resolve_config(exp, cell, "smoke", 0, {}, device="cpu", mixed_precision="bf16")
     assert bf16["config_id"] != plain["config_id"]
+
+
+DR_NAMES = [n for n in NAMES if get_experiment(n).package == "lfm-dr"]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("name", DR_NAMES)
+def test_every_dr_spec_resolves_on_every_standin(name, profile):
+    """``--standin`` picks the embedded data of the cpu/smoke profiles; digits stays the default with
+    its run identities unchanged, and every run's data label names the stand-in that ran."""
+    from lfm_dr.experiments import STANDIN_TITLES, STANDINS
+
+    exp = get_experiment(name)
+    plain = {c.column + c.row: resolve_config(exp, c, profile, 0, {}, device="cpu") for c in exp.cells(profile, {})}
+    for standin in STANDINS:
+        options = {"standin": standin}
+        if profile != "paper":  # the paper profile's validate wants CIFAR on disk
+            exp.validate(profile, options)
+        for cell in exp.cells(profile, options):
+            config = resolve_config(exp, cell, profile, 0, options, device="cpu")
+            dataset = cell.params.get("dataset")
+            if profile == "paper":  # the paper profile ignores --standin: the same runs
+                assert config["config_id"] == plain[cell.column + cell.row]["config_id"]
+                continue
+            label = exp.run_labels(config)["data"]
+            if dataset in STANDINS:
+                assert dataset == standin and label.startswith(STANDIN_TITLES[standin]) and "stand-in" in label
+            same = config["config_id"] == plain[cell.column + cell.row]["config_id"]
+            assert same == (standin == "digits" or dataset not in STANDINS)

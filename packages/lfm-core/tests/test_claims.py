@@ -92,3 +92,29 @@ def test_write_claims_lists_every_claim(tmp_path):
     assert "cuts search memory (Table X): holds" in text
     assert "No runs of figure4" in text and "two networks >= one network (Table IV): not run" in text
     assert not math.isnan(evaluate(records, claim("parameter sharing"))[1][0]["diff"])
+
+
+def test_claims_get_a_verdict_per_standin(tmp_path):
+    """Runs on two stand-ins are never mixed: each claim has a verdict on each, and the overall
+    line says so when they disagree; the command reruns the stand-in that ran."""
+    from lfm_core.claims import overall_verdict
+
+    flip = "LFM-DR is above every implemented baseline under flip"
+    digits = (series("table7", "LFM-DR", "CIFAR-10 40%", [90, 91, 92], noise="flip")
+              + series("table7", "Base Model", "CIFAR-10 40%", [70, 71, 72], noise="flip"))
+    photos = (series("table7", "LFM-DR", "CIFAR-10 40%", [50, 51, 52], noise="flip", dataset="photo_patches")
+              + series("table7", "Base Model", "CIFAR-10 40%", [60, 61, 62], noise="flip", dataset="photo_patches"))
+    assert evaluate(digits + photos, claim(flip), "digits")[0] == HOLDS
+    overall, lines = evaluate(digits + photos, claim(flip), "photo_patches")
+    assert overall == FAILS and lines[0]["better_text"] == "51.00 ± 1.00 (n=3)"
+    assert "--standin photo_patches" in lines[0]["command"]
+    assert overall_verdict({"digits": HOLDS, "photo_patches": FAILS}) == "differs by stand-in: digits holds, photo patches fails"
+    assert overall_verdict({"digits": HOLDS, "photo_patches": HOLDS}) == HOLDS
+    assert overall_verdict({"digits": NOT_RUN, "photo_patches": FAILS}) == FAILS
+    text = write_claims(digits + photos, tmp_path).read_text()
+    assert "| verdict on digits | verdict on photo patches | overall |" in text
+    line = f"| {claim(flip).text} | Table VII | holds | fails | **differs by stand-in: digits holds, photo patches fails** |"
+    assert line in text
+    assert "on photo patches: fails" in text
+    # runs on one stand-in only: claims.md as before
+    assert "verdict on" not in write_claims(digits, tmp_path).read_text()

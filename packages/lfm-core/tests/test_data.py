@@ -234,3 +234,65 @@ def test_imagefolder_missing(tmp_path):
         load_dataset("imagefolder", root=str(tmp_path))
     with pytest.raises(DataNotFoundError, match="data-root"):
         load_dataset("imagefolder")
+
+
+# -- photo_patches: the natural-image stand-in (photos shipped inside scikit-image's wheel) ----------
+@pytest.fixture(scope="module")
+def patches():
+    pytest.importorskip("skimage", reason="the photo_patches stand-in needs scikit-image (lfm-core[patches])")
+    return load_dataset("photo_patches", image_size=16)
+
+
+def test_photo_patches_bundle(patches):
+    from lfm_core.data import PHOTO_PATCH_SOURCES, photo_patch_arrays
+
+    assert (patches.name, patches.num_classes, len(patches.train), len(patches.test)) == ("photo_patches", 10, 1260, 540)
+    assert patches.classes == [n.rsplit(".", 1)[0] for n in PHOTO_PATCH_SOURCES]
+    assert patches.train.labels.bincount().tolist() == [126] * 10 and patches.test.labels.bincount().tolist() == [54] * 10
+    x, y, i = patches.train[3]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and i == 3 and -1.0 <= float(x.min()) <= float(x.max()) <= 1.0
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])  # grey: colour is no cue
+    again = load_dataset("photo_patches", image_size=16)  # fixed split, the same crops every time
+    assert torch.equal(again.test.images, patches.test.images) and torch.equal(again.train.labels, patches.train.labels)
+    crops, labels = photo_patch_arrays()
+    assert crops.shape == (1800, 24, 24) and crops.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [180] * 10
+    # its definition: class k's crops are cells of photo k's centred 24-pixel grid, no two alike
+    from PIL import Image
+
+    from lfm_core.data import _skimage_data_dir
+
+    with Image.open(_skimage_data_dir() / PHOTO_PATCH_SOURCES[3]) as im:
+        grey = np.asarray(im.convert("L"))
+    oy, ox = (grey.shape[0] % 24) // 2, (grey.shape[1] % 24) // 2
+    cells = {grey[oy + r * 24: oy + r * 24 + 24, ox + c * 24: ox + c * 24 + 24].tobytes()
+             for r in range(grey.shape[0] // 24) for c in range(grey.shape[1] // 24)}
+    mine = [c.tobytes() for c in crops[labels == 3]]
+    assert set(mine) <= cells and len(set(mine)) == 180
+    # the test set shares no crop with the training pool
+    assert not hashes(patches.train) & hashes(patches.test)
+
+
+def test_photo_patches_noise_statistics(patches):
+    from lfm_core.noise import transition_matrix
+
+    s = make_splits(patches, 10, seed=0, noise="uniform", noise_rate=0.4)
+    assert (len(s.train), len(s.meta), s.info["meta_class_counts"]) == (1160, 100, [10] * 10)
+    assert s.info["dataset"] == "photo_patches" and s.test is patches.test
+    np.testing.assert_allclose(s.info["noise_transition"], transition_matrix("uniform", 10, 0.4))
+    assert abs(s.info["actual_noise_rate"] - 0.4 * 9 / 10) < 0.04  # uniform noise may keep the true label
+    flip = make_splits(patches, 10, seed=0, noise="flip", noise_rate=0.4)
+    assert abs(flip.info["actual_noise_rate"] - 0.4) < 0.04
+    assert torch.equal(flip.meta.labels, flip.meta.clean_labels)  # meta stays clean
+    lt = make_splits(patches, 10, seed=0, imbalance="longtail", imbalance_factor=20)
+    counts = lt.info["train_class_counts"]
+    assert counts == longtail_counts(116, 10, 20)  # n_max: 126 per class less 10 meta
+
+
+def test_photo_patches_without_scikit_image(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a))
+    with pytest.raises(DataNotFoundError, match=r"pip install 'lfm-core\[patches\]'"):
+        load_dataset("photo_patches")

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 from lfm_core.data import load_dataset, make_splits
 from lfm_dr import fit, find_label_issues
 from lfm_dr.cli import main
-from lfm_dr.label_issues import auroc
+from lfm_dr.label_issues import PROBE_SHARE, auroc
 
 TINY = {"width": 4, "blocks_per_stage": 1}
 
@@ -32,14 +32,17 @@ def test_scores_rank_the_flipped_digits_first(digits_with_flips):
     assert (res.scores[res.ranked][:-1] >= res.scores[res.ranked][1:]).all()  # decreasing suspicion
     assert torch.equal(res.given_labels, sp.train.labels)
     assert res.suggested_labels.shape == (n,) and 0 <= int(res.suggested_labels.min()) <= int(res.suggested_labels.max()) < 10
-    assert res.score_name == "combined" and torch.equal(res.scores, res.candidates["combined"])
+    # score="auto": the candidate that ranked the corrupted probes (meta examples) best
+    assert res.score_name in res.probe_auroc and torch.equal(res.scores, res.candidates[res.score_name])
+    assert res.probe_auroc[res.score_name] == max(res.probe_auroc.values())
     assert auroc(res.scores, noisy) > 0.85
     # the top-k suspects (k = number of flips) are mostly flips; chance would be ~30%
     k = int(noisy.sum())
     assert float(noisy[res.ranked[:k]].float().mean()) > 0.6
     # every candidate is a per-example score; the fixed pixel encoder and r are handed back
     assert all(v.shape == (n,) for v in res.candidates.values())
-    assert res.r.shape == (len(sp.meta),) and not torch.allclose(res.r, torch.ones(len(sp.meta)))
+    assert res.r.shape == (len(sp.meta) - 10 * int(5 * PROBE_SHARE),)  # r of the meta examples that stayed meta
+    assert not torch.allclose(res.r, torch.ones_like(res.r))
     assert res.encoder(sp.train.images[:3]).shape[0] == 3
 
 
@@ -47,7 +50,7 @@ def test_unknown_score_is_a_one_line_usage_error(digits_with_flips):
     from lfm_core.errors import UsageError
 
     sp = digits_with_flips
-    with pytest.raises(UsageError, match="unknown label-issue score 'nope'. Valid choices: combined, disagreement"):
+    with pytest.raises(UsageError, match="unknown label-issue score 'nope'. Valid choices: auto, combined, disagreement"):
         find_label_issues(sp.train.subset(np.arange(60)), sp.meta, 10, epochs=1, batch_size=30,
                           model_kwargs=TINY, score="nope")
 
@@ -138,3 +141,45 @@ def test_cli_bad_folders_give_one_line_errors(tmp_path, capsys, breakage, messag
     lines = cap.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), cap.err
     assert "Traceback" not in cap.err and not out.exists()
+
+
+# -- data-driven choices read the training and meta sets only ------------------------------------
+def test_auto_choices_never_read_the_test_set(digits_with_flips):
+    """LFM-DR+'s encoder="auto" and the finder's score="auto" are functions of train and meta: hiding
+    the test set (None) or scrambling its labels changes neither choice."""
+    import copy
+    from types import SimpleNamespace
+
+    from lfm_dr.experiments import auto_encoder
+    from lfm_dr.train import TrainConfig
+
+    sp = digits_with_flips
+    scrambled = copy.copy(sp.test).with_labels(torch.zeros(len(sp.test), dtype=torch.long))
+    chosen = []
+    for test in (sp.test, None, scrambled):
+        splits = SimpleNamespace(train=sp.train, meta=sp.meta, test=test, num_classes=10, info={})
+        cfg = TrainConfig(method="lfm_plus", device="cpu", options={"encoder": "auto", "similarity": "dot"})
+        chosen.append((auto_encoder(cfg, splits, "cpu", seed=0), cfg.options["encoder"]))
+    assert chosen[0] == chosen[1] == chosen[2]
+    record, encoder = chosen[0]
+    assert record["encoder_chosen"] == encoder in ("smallcnn", "pixels")
+    assert record[f"encoder_auroc_{encoder}"] == max(record["encoder_auroc_smallcnn"], record["encoder_auroc_pixels"])
+    # on digits pixel correlation is a near-perfect nearest-neighbour vote; a random CNN's is not
+    assert record["encoder_auroc_pixels"] > 0.8 > record["encoder_auroc_smallcnn"]
+    # a concrete encoder is left alone; a method built with "auto" says where it is resolved
+    plain = TrainConfig(method="lfm_plus", options={"encoder": "pixels"})
+    assert auto_encoder(plain, sp, "cpu", seed=0) == {} and plain.options == {"encoder": "pixels"}
+
+
+def test_probes_come_from_the_meta_set_only():
+    from lfm_dr.label_issues import PROBE_CORRUPTED, make_probes
+
+    y = torch.arange(10).repeat_interleave(10)
+    idx, labels, bad = make_probes(y, 10, seed=3)
+    assert len(idx) == 10 * int(10 * PROBE_SHARE) and bool((idx < len(y)).all())
+    assert torch.bincount(y[idx], minlength=10).tolist() == [int(10 * PROBE_SHARE)] * 10  # per class
+    assert int(bad.sum()) == round(len(idx) * PROBE_CORRUPTED)
+    assert bool((labels[bad] != y[idx][bad]).all()) and bool((labels[~bad] == y[idx][~bad]).all())
+    again = make_probes(y, 10, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(again, (idx, labels, bad)))
+    assert make_probes(y[y != 0].clone().index_put_((torch.tensor([0]),), torch.tensor(0)), 10, 0) is None

@@ -244,6 +244,74 @@ def digits(root: str | None = None, download: bool = False, image_size: int = 32
     return DataBundle("digits", 10, train, test, classes=[str(i) for i in range(10)])
 
 
+# The ten photos of scikit-image's wheel (skimage/data, shipped in the package, not fetched)
+# that make the photo_patches classes: natural scenes, objects and textures, all at least 300 px.
+PHOTO_PATCH_SOURCES = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png",
+                       "coins.png", "grass.png", "gravel.png", "moon.png", "rocket.jpg")
+PHOTO_PATCH_SIDE, PHOTO_PATCHES_PER_CLASS = 24, 180
+
+
+def _skimage_data_dir() -> Path:
+    """scikit-image's bundled data folder, located without importing (or downloading) anything."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataNotFoundError("the photo_patches data set needs scikit-image's bundled photos: "
+                                "pip install 'lfm-core[patches]' (or pip install scikit-image)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def photo_patch_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The photo_patches crops before resizing: ``uint8 [1800, 24, 24]`` grey levels and labels.
+
+    Class k is photo ``PHOTO_PATCH_SOURCES[k]``, converted to grey (PIL's ``L``, so colour is no
+    cue). Its non-overlapping 24x24 grid (centred, remainder trimmed) is cut; 180 of those cells,
+    drawn without replacement by ``numpy.random.default_rng(k)``, kept in grid order, are class k.
+    """
+    from PIL import Image
+
+    folder = _skimage_data_dir()
+    c, crops, labels = PHOTO_PATCH_SIDE, [], []
+    for k, name in enumerate(PHOTO_PATCH_SOURCES):
+        path = folder / name
+        if not path.is_file():
+            raise DataNotFoundError(f"scikit-image's bundled photo {path} is missing; reinstall scikit-image")
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("L"), dtype=np.uint8)
+        gh, gw = a.shape[0] // c, a.shape[1] // c
+        oy, ox = (a.shape[0] - gh * c) // 2, (a.shape[1] - gw * c) // 2
+        grid = a[oy : oy + gh * c, ox : ox + gw * c].reshape(gh, c, gw, c).transpose(0, 2, 1, 3).reshape(-1, c, c)
+        keep = np.sort(np.random.default_rng(k).choice(len(grid), PHOTO_PATCHES_PER_CLASS, replace=False))
+        crops.append(grid[keep])
+        labels.append(np.full(PHOTO_PATCHES_PER_CLASS, k, dtype=np.int64))
+    return np.concatenate(crops), np.concatenate(labels)
+
+
+@DATASETS.register("photo_patches")
+def photo_patches(root: str | None = None, download: bool = False, image_size: int = 32) -> DataBundle:
+    """1,800 grey 24x24 patches of ten natural photos shipped in scikit-image's wheel (offline),
+    labelled by the photo they come from (``photo_patch_arrays``), as 3 x S x S images.
+
+    A stand-in of natural image statistics where pixel-space similarity is a poor classifier
+    (unlike digits). Resized to S (bilinear, antialiased), scaled to [-1, 1] like digits; the
+    train/test split is digits' (stratified, 30% test, random_state 0): 1,260 / 540.
+    """
+    from sklearn.model_selection import train_test_split
+
+    s = _check_size("image_size", image_size)
+    crops, y = photo_patch_arrays()
+    x = torch.from_numpy(crops).float().div_(255.0).unsqueeze(1)
+    x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+    x = ((x - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
+    tr, te = train_test_split(np.arange(len(y)), test_size=0.3, stratify=y, random_state=0)
+    tr, te = np.sort(tr), np.sort(te)
+    train = IndexedTensorDataset(x[torch.from_numpy(tr)], y[tr], 10)
+    test = IndexedTensorDataset(x[torch.from_numpy(te)], y[te], 10)
+    names = [n.rsplit(".", 1)[0] for n in PHOTO_PATCH_SOURCES]
+    return DataBundle("photo_patches", 10, train, test, classes=names)
+
+
 @DATASETS.register("synthetic")
 def synthetic(
     root: str | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 
 PACKAGES = ("lfm-core", "lfm-dr", "lfm-nas")
 # data sets that ship with the code: their folder on disk is not part of their identity
-EMBEDDED = ("digits", "synthetic")
+EMBEDDED = ("digits", "photo_patches", "synthetic")
 
 
 def canonical(obj: Any) -> Any:

@@ -12,7 +12,8 @@ Profiles (``PROFILES``, data rather than code):
   every long-tailed set (as in Meta-Weight-Net).
 * ``cpu``: scikit-learn's embedded digits stand in for CIFAR-10 (CIFAR-100 columns run only when
   CIFAR-100 is under ``--data-root``), a narrow ResNet on 16x16 images, a small random CNN
-  encoder, 12 epochs; minutes on 2 CPU cores.
+  encoder, 12 epochs; minutes on 2 CPU cores. ``--standin photo_patches`` runs the same on grey
+  patches of ten natural photos that scikit-image ships (``lfm_core.data.photo_patches``).
 * ``smoke``: the same code path in seconds.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from lfm_core.data import load_dataset, make_splits
 from lfm_core.errors import DataNotFoundError, check_choice
@@ -33,7 +35,8 @@ from lfm_core.runtime import cpu_threads
 from lfm_core.solver import ENGINES
 from lfm_dr.methods.lfm import DEFAULTS as LFM_DEFAULTS
 from lfm_dr.methods.lfm import LFMReweighting
-from lfm_dr.train import TrainConfig, device_of, train_dr
+from lfm_dr.methods.lfm_plus import AUTO_ENCODER, choose_encoder
+from lfm_dr.train import TrainConfig, device_of, gather, train_dr
 
 # table row -> registered method (rows absent here are cited from the paper, not run)
 METHOD_OF_ROW = {
@@ -71,10 +74,22 @@ PROFILES: dict[str, dict[str, Any]] = {
                               "vgg19_bn": {"width_mult": 0.125}}),
     "paper": dict(data=None, image_size=32, epochs=100, batch_size=100, meta_per_class=None, max_train=None,
                   lr=0.1, encoder="resnet18", pretrained=True, augment="cifar", max_columns=None,
-                  method_options={},
+                  # LFM-DR+ picks its encoder from the meta set: the pretrained ResNet-18 or pixels
+                  method_options={"lfm_plus": {"encoder": "auto"}},
                   model_kwargs={"resnet32": {}, "wrn28_10": {}, "vgg19_bn": {}}),
 }
 PAPER_EPOCHS = PROFILES["paper"]["epochs"]
+# the embedded data sets a stand-in profile (cpu, smoke) can run on (``--standin``): digits, the
+# default, and grey patches of ten natural photos shipped with scikit-image (lfm_core.data)
+STANDINS = ("digits", "photo_patches")
+STANDIN_TITLES = {"digits": "digits", "photo_patches": "photo patches"}
+
+
+def standin_of(profile: str, options: dict[str, Any]) -> str | None:
+    """The embedded data set a stand-in profile runs on (``--standin``, default the profile's), or
+    None on the paper profile (its columns' own data)."""
+    data = PROFILES[profile]["data"]
+    return None if data is None else (options.get("standin") or data)
 
 
 def cifar_name(column: str) -> str:
@@ -132,7 +147,7 @@ class DRExperiment(Experiment):
 
     def not_run_reason(self, column):
         if cifar_name(column) == "cifar100":
-            return "needs CIFAR-100 under --data-root; digits stands in for CIFAR-10 only"
+            return "needs CIFAR-100 under --data-root; the embedded stand-ins (digits, photo patches) cover CIFAR-10 only"
         if self.standin_columns and column not in self.standin_columns:
             return "only the paper profile runs it (needs CIFAR-10 under --data-root)"
         return ""
@@ -150,6 +165,9 @@ class DRExperiment(Experiment):
             click.Option(["--encoder-weights"], type=click.Path(dir_okay=False), default=None,
                          help="Local ImageNet weights file for the ResNet-18 encoder (paper profile)."),
             click.Option(["--epochs"], type=click.IntRange(1), default=None, help="Override the profile's epochs."),
+            click.Option(["--standin"], type=click.Choice(STANDINS), default=None,
+                         help="Embedded data set of the cpu/smoke profiles (default: digits); photo_patches: "
+                              "natural-photo patches (needs scikit-image). The paper profile ignores it."),
         ]
 
     def overrides(self, cell, options):
@@ -238,7 +256,7 @@ class DRExperiment(Experiment):
         name = cifar_name(column)
         if PROFILES[profile]["data"] is None:
             return name
-        return name if name == "cifar100" and has_cifar(options.get("data_root"), name) else PROFILES[profile]["data"]
+        return name if name == "cifar100" and has_cifar(options.get("data_root"), name) else standin_of(profile, options)
 
     def validate(self, profile, options):
         self.run_rows(profile, options)
@@ -262,6 +280,10 @@ class DRExperiment(Experiment):
     def describe(self, profile, options):
         if PROFILES[profile]["data"] is None:
             return "data: CIFAR from --data-root, the paper's protocol (ResNet-18 ImageNet encoder)."
+        if standin_of(profile, options) == "photo_patches":
+            return ("data: grey patches of ten scikit-image photos (embedded, offline) stand in for CIFAR-10; "
+                    "CIFAR-100 columns run only when CIFAR-100 is under --data-root. For the paper's numbers: "
+                    "--profile paper --data-root DIR.")
         return ("data: scikit-learn digits (embedded, offline) stand in for CIFAR-10; CIFAR-100 columns run only "
                 "when CIFAR-100 is under --data-root. For the paper's numbers: --profile paper --data-root DIR.")
 
@@ -281,7 +303,7 @@ class DRExperiment(Experiment):
                                 "max_train": s["max_train"], "noise": params.get("noise"),
                                 "rate": params.get("rate", 0.0), "imbalance": params.get("imbalance"),
                                 "factor": params.get("factor", 1.0)}
-        if params["dataset"] == "digits":
+        if params["dataset"] in STANDINS:
             data["image_size"] = self.image_size or s["image_size"]
         augment = s["augment"] if params["dataset"].startswith("cifar") else None
         given = {"encoder": s["encoder"], "pretrained": s["pretrained"], "noise_rate": params.get("rate", 0.0),
@@ -316,9 +338,10 @@ class DRExperiment(Experiment):
         st = config.get("settings") or {}
         data, model, train = st.get("data", {}), st.get("model", {}), st.get("train", {})
         labels = {}
-        if data.get("dataset") == "digits":
+        if data.get("dataset") in STANDINS:
             size = data.get("image_size")
-            labels["data"] = f"digits {size}×{size} (stand-in for {self.paper_data(config['column'])})"
+            title = STANDIN_TITLES[data["dataset"]]
+            labels["data"] = f"{title} {size}×{size} (stand-in for {self.paper_data(config['column'])})"
         elif data:
             labels["data"] = str(data.get("dataset"))
         nominal = self.nominal_factor(config["column"])
@@ -329,6 +352,8 @@ class DRExperiment(Experiment):
         opts = (st.get("method") or {}).get("options") or {}
         if "encoder" in opts and st.get("method", {}).get("name") in LFM_METHODS:
             kind = ("fixed, label-free" if opts["encoder"] == "pixels" else
+                    "chosen per run from the meta set: pixels or " + PROFILES[config["profile"]]["encoder"]
+                    if opts["encoder"] == AUTO_ENCODER else
                     "pretrained" if opts.get("pretrained") else "random init")
             labels["encoder"] = f"{opts['encoder']}, {kind}" + (
                 "" if opts.get("pretrained") else " (paper: ImageNet-pretrained ResNet-18)")
@@ -347,7 +372,7 @@ class DRExperiment(Experiment):
     def build_splits(self, settings: dict[str, Any], seed: int, ctx) -> Any:
         data = settings["data"]
         kwargs: dict[str, Any] = {}
-        if data["dataset"] == "digits":
+        if data["dataset"] in STANDINS:
             kwargs["image_size"] = data["image_size"]
         bundle = load_dataset(data["dataset"], root=ctx.data_root, download=ctx.download, **kwargs)
         return make_splits(
@@ -377,7 +402,24 @@ class DRExperiment(Experiment):
         settings = ctx.config["settings"]
         splits = self.build_splits(settings, seed, ctx)
         cfg = self.train_config(settings, ctx)
+        chosen = auto_encoder(cfg, splits, profile, seed)
         with cpu_threads(device_of(cfg), profile):
             metrics = train_dr(cfg, splits, seed, ctx)
         metrics["noise_actual"] = float(splits.info.get("actual_noise_rate", 0.0) or 0.0)
+        metrics.update(chosen)
         return metrics
+
+
+def auto_encoder(cfg: TrainConfig, splits: Any, profile: str, seed: int) -> dict[str, Any]:
+    """``encoder="auto"``: set ``cfg.options``' encoder to the better of the profile's encoder and
+    ``pixels`` on the meta set (``lfm_plus.choose_encoder``; it reads ``splits.meta`` only, never
+    the training or test labels). Returns what to record (the choice and each AUROC)."""
+    if cfg.options.get("encoder") != AUTO_ENCODER:
+        return {}
+    s = PROFILES[profile]
+    candidates = [(s["encoder"], bool(s["pretrained"])), ("pixels", False)]
+    x, y, _ = gather(splits.meta, torch.arange(len(splits.meta)), device_of(cfg))
+    (name, pretrained), aurocs = choose_encoder(candidates, x, y, splits.num_classes, cfg.options.get("similarity", "dot"),
+                                                seed, weights=cfg.options.get("encoder_weights"))
+    cfg.options.update(encoder=name, pretrained=pretrained)
+    return {"encoder_chosen": name, **{f"encoder_auroc_{k}": v for k, v in aurocs.items()}}

@@ -19,8 +19,14 @@ out of sample). Every quantity becomes a candidate suspicion score in ``LabelIss
 * ``w2_loss_avg`` / ``w1_loss_avg``: W2's / W1's loss on the example averaged over the epochs;
 * ``w2_loss_final``: the final W2's loss (in-sample: it has memorised part of the noise);
 * ``b``: B's weight (it *rises* on noisy examples, so it is a suspicion score as it is);
-* ``combined`` (the default): the mean rank of ``disagreement``, ``w2_loss_avg`` and
-  ``one_minus_a_avg``.
+* ``combined``: the mean rank of ``disagreement``, ``w2_loss_avg`` and ``one_minus_a_avg``;
+* ``networks``: the mean rank of ``w1_loss_avg`` and ``w2_loss_avg`` (W1 and W2 as an ensemble);
+* ``networks_early``: W1's plus W2's loss averaged over the first half of the epochs only, before
+  the networks start to memorise the wrong labels;
+* ``auto`` (the default): the candidate that best ranks probes, i.e. meta examples moved into the
+  training set, half of them given a wrong label (``make_probes``, ``choose_score``). It reads the
+  training and meta sets only, so it adapts to the data (pixel-space terms on digits, the
+  networks' losses on photos) without looking at any test labels.
 
 AUROC of each candidate for "this label was corrupted" (``benchmarks/label_issues.py``:
 1,157 digits at 16x16 with flip / uniform / pair noise at 20% and 40%, 100 clean meta digits,
@@ -79,9 +85,15 @@ from lfm_dr.methods.lfm import DRProblem
 from lfm_dr.train import TrainConfig, build_method, device_of, gather, lr_factor
 
 PIXEL_ENCODER = "pixels"  # lfm_core.encoders.PixelEncoder; its scale is set from the temperature
-DEFAULT_SCORE = "combined"
-SCORES = ("combined", "disagreement", "one_minus_a_avg", "one_minus_a_final", "w2_loss_avg", "w1_loss_avg",
-          "w2_loss_final", "b")
+AUTO = "auto"
+DEFAULT_SCORE = AUTO
+# the candidates, in the order that breaks a tie of the automatic choice
+CANDIDATES = ("combined", "disagreement", "one_minus_a_avg", "one_minus_a_final", "w2_loss_avg", "w1_loss_avg",
+              "w2_loss_final", "b", "networks", "networks_early")
+SCORES = (AUTO, *CANDIDATES)
+# the automatic choice's probes: this share of each class's meta examples joins the training set,
+# this share of those with a wrong label (both fixed before any measurement, never tuned)
+PROBE_SHARE, PROBE_CORRUPTED = 0.5, 0.5
 COMBINED = ("disagreement", "w2_loss_avg", "one_minus_a_avg")
 Progress = Callable[[int, int], None]
 
@@ -95,8 +107,9 @@ class LabelIssues:
     given_labels: Tensor
     suggested_labels: Tensor  # argmax of predicted_probs + attention_votes
     flagged: Tensor  # bool: the top-m suspects, m = number of examples whose suggestion differs
-    score_name: str
+    score_name: str  # the candidate that ranks (with score="auto": the one the probes chose)
     candidates: dict[str, Tensor] = field(default_factory=dict)  # every candidate score
+    probe_auroc: dict[str, float] = field(default_factory=dict)  # score="auto": each candidate on the probes
     encoder: nn.Module | None = None
     r: Tensor | None = None
     b: Tensor | None = None
@@ -140,15 +153,22 @@ class _Tracker:
         self.w2_loss = torch.zeros(n)
         self.a = torch.zeros(n)
         self.w2_probs = torch.zeros(n, k)
+        self.early_seen = torch.zeros(n)  # the first half of the epochs, before the networks memorise
+        self.early_loss = torch.zeros(n)  # W1's plus W2's loss there
 
-    def add(self, idx: Tensor, y: Tensor, rec: dict[str, Tensor]) -> None:
+    def add(self, idx: Tensor, y: Tensor, rec: dict[str, Tensor], early: bool = False) -> None:
         idx = idx.cpu()
         logits = rec["w2_logits"].float().cpu()
+        w1 = rec["w1_loss"].float().cpu()
+        w2 = F.cross_entropy(logits, y.cpu(), reduction="none")
         self.n_seen[idx] += 1
-        self.w1_loss[idx] += rec["w1_loss"].float().cpu()
-        self.w2_loss[idx] += F.cross_entropy(logits, y.cpu(), reduction="none")
+        self.w1_loss[idx] += w1
+        self.w2_loss[idx] += w2
         self.a[idx] += rec["a"].float().cpu()
         self.w2_probs[idx] += logits.softmax(1)
+        if early:
+            self.early_seen[idx] += 1
+            self.early_loss[idx] += w1 + w2
 
     def mean(self, t: Tensor) -> Tensor:
         seen = self.n_seen.clamp_min(1)
@@ -160,6 +180,48 @@ def _ranks01(s: Tensor) -> Tensor:
     r = torch.empty(len(s))
     r[torch.argsort(s, stable=True)] = torch.arange(len(s), dtype=torch.float32)
     return r / max(len(s) - 1, 1)
+
+
+class _WithProbes(Dataset):
+    """The training set followed by the probes (meta examples at ``probe_idx`` with ``probe_labels``)."""
+
+    def __init__(self, train: Dataset, meta: Dataset, probe_idx: Tensor, labels: Tensor):
+        self.train, self.meta, self.probe_idx, self.labels = train, meta, probe_idx, labels
+        self.n_train = len(train)
+
+    def __len__(self) -> int:
+        return self.n_train + len(self.probe_idx)
+
+    def __getitem__(self, i):
+        i = int(i)
+        item = self.train[i] if i < self.n_train else self.meta[int(self.probe_idx[i - self.n_train])]
+        return item[0], int(self.labels[i])
+
+
+def make_probes(meta_labels: Tensor, num_classes: int, seed: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Which meta examples become probes for the automatic score: ``PROBE_SHARE`` of each class
+    (seeded), ``PROBE_CORRUPTED`` of those given a uniformly drawn wrong label. Returns (probe
+    indices into meta, their labels, which are corrupted), or None when a class has fewer than 4
+    meta examples (too few to keep a meta set and probe it)."""
+    counts = torch.bincount(meta_labels, minlength=num_classes)
+    if int(counts.min()) < 4:
+        return None
+    rng = np.random.default_rng([int(seed), 2026])
+    y = meta_labels.numpy()
+    idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), int(counts[c] * PROBE_SHARE), replace=False)
+                                  for c in range(num_classes)]))
+    bad = np.zeros(len(idx), dtype=bool)
+    bad[rng.choice(len(idx), int(round(len(idx) * PROBE_CORRUPTED)), replace=False)] = True
+    labels = y[idx].copy()
+    labels[bad] = (labels[bad] + rng.integers(1, num_classes, int(bad.sum()))) % num_classes
+    return torch.from_numpy(idx), torch.from_numpy(labels), torch.from_numpy(bad)
+
+
+def choose_score(candidates: dict[str, Tensor], corrupted: Tensor) -> tuple[str, dict[str, float]]:
+    """The candidate with the highest AUROC for ``corrupted`` (ties: the earlier in ``CANDIDATES``)."""
+    aurocs = {k: auroc(candidates[k], corrupted) for k in CANDIDATES}
+    best = max(CANDIDATES, key=lambda k: (aurocs[k], -CANDIDATES.index(k)))
+    return best, aurocs
 
 
 def _all(data: Dataset, device) -> tuple[Tensor, Tensor]:
@@ -250,7 +312,11 @@ def find_label_issues(
     """Rank the examples of ``train`` (items start with ``(image, label)``) by how likely their
     label is wrong, from one LFM run with the clean ``meta`` set (10-100 per class).
 
-    ``score`` picks the candidate that ranks (see the module docstring; default ``combined``);
+    ``score`` picks the candidate that ranks (see the module docstring); the default ``auto``
+    chooses it from the data: half of each class's meta examples join the training set as
+    probes, half of those with a wrong label, and the candidate that best ranks the corrupted
+    probes first ranks the training set (``LabelIssues.probe_auroc``); only the training and meta
+    sets are read. The probes are left out of every returned tensor;
     ``temperature`` is the pixel encoder's softmax temperature; ``options`` go to LFM (e.g.
     ``engine``, ``lr_b``, or ``encoder="resnet18"`` to use a learned encoder instead).
     ``progress(done, total)`` is called after every training step.
@@ -258,6 +324,13 @@ def find_label_issues(
     check_choice("label-issue score", score, SCORES)
     options = {"encoder": PIXEL_ENCODER, "pretrained": False, "engine": "forward-difference", **options}
     tr, me = UserData(train), UserData(meta)
+    n = len(tr)
+    probes = make_probes(me.labels, num_classes, seed) if score == AUTO else None
+    if probes is not None:  # the probes join the training set; the rest of the meta set stays meta
+        probe_idx, probe_labels, corrupted = probes
+        rest = torch.from_numpy(np.setdiff1d(np.arange(len(me)), probe_idx.numpy()))
+        joined = _WithProbes(train, meta, probe_idx, torch.cat([tr.labels, probe_labels]))
+        tr, me = UserData(joined, labels=joined.labels), UserData(torch.utils.data.Subset(meta, rest.tolist()))
     splits = SimpleNamespace(train=tr, meta=me, test=me, num_classes=num_classes, info={})
     cfg = TrainConfig(method="lfm", model=model, model_kwargs=model_kwargs or {}, epochs=epochs,
                       batch_size=batch_size, meta_batch_size=meta_batch_size, lr=lr, device=device, options=options)
@@ -277,7 +350,7 @@ def find_label_issues(
             with torch.no_grad():
                 method.b.clamp_(min=method.opt["b_min"])
         if len(record) == 3:  # a step that stopped early (non-finite loss) records less
-            tracker.add(idx, y, record)
+            tracker.add(idx, y, record, early=epoch < max(epochs // 2, 1))
 
     method = train_loop(cfg, splits, seed, step, progress, setup)
     dev = device_of(cfg)
@@ -292,23 +365,34 @@ def find_label_issues(
         "one_minus_a_final": 1 - a_final,
         "disagreement": 1 - agreement,
         "b": method.b.detach().cpu().clone(),
+        "networks_early": tracker.early_loss / tracker.early_seen.clamp_min(1),
     }
-    # the default: the mean rank of three signals that fail differently (see the module docstring)
+    # the two networks as a two-member ensemble: the mean rank of their epoch-averaged losses
+    candidates["networks"] = (_ranks01(candidates["w1_loss_avg"]) + _ranks01(w2_avg)) / 2
+    # the mean rank of three signals that fail differently (see the module docstring)
     candidates["combined"] = sum(_ranks01(candidates[k]) for k in COMBINED) / len(COMBINED)
+    probe_auroc: dict[str, float] = {}
+    if probes is not None:
+        score, probe_auroc = choose_score({k: v[n:] for k, v in candidates.items()}, probes[2])
+        candidates = {k: v[:n] for k, v in candidates.items()}
+        votes = votes[:n]
+    elif score == AUTO:  # too few meta examples to probe: the fixed combination
+        score = "combined"
     scores = candidates[score]
     ranked = torch.argsort(scores, descending=True, stable=True)
-    w2_probs = tracker.mean(tracker.w2_probs)
+    w2_probs = tracker.mean(tracker.w2_probs)[:n]
+    given = tr.labels[:n]
     # W2 alone learns systematic (pair) noise, the meta vote alone misreads atypical
     # handwriting; their sum was the most accurate suggestion on the digits benchmark
     suggested = (w2_probs + votes).argmax(1)
-    m = int((suggested != tr.labels).sum())
-    flagged = torch.zeros(len(tr), dtype=torch.bool)
+    m = int((suggested != given).sum())
+    flagged = torch.zeros(n, dtype=torch.bool)
     flagged[ranked[:m]] = True
     return LabelIssues(
-        scores=scores, ranked=ranked, given_labels=tr.labels.clone(), suggested_labels=suggested,
+        scores=scores, ranked=ranked, given_labels=given.clone(), suggested_labels=suggested,
         flagged=flagged, score_name=score, candidates=candidates, encoder=method.encoder,
         r=method.r.detach().cpu().clone(), b=candidates["b"], model=method.w2,
-        predicted_probs=w2_probs, attention_votes=votes,
+        predicted_probs=w2_probs, attention_votes=votes, probe_auroc=probe_auroc,
     )
 
 

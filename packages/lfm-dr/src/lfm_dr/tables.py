@@ -15,7 +15,7 @@ import click
 from lfm_core.data import load_dataset, make_splits
 from lfm_core.errors import DataNotFoundError, UsageError, check_choice
 from lfm_core.experiments import pv
-from lfm_dr.experiments import METHOD_OF_ROW, PLUS_ROW, PROFILES, DRExperiment, cifar_name
+from lfm_dr.experiments import METHOD_OF_ROW, PLUS_ROW, PROFILES, DRExperiment, cifar_name, standin_of
 
 
 NOISE_RATES = (0.0, 0.2, 0.4)
@@ -183,7 +183,7 @@ class Table9(DRExperiment):
         return self.row_method[row]
 
     def dataset_for(self, column, profile, options):
-        return "imagefolder" if PROFILES[profile]["data"] is None else PROFILES[profile]["data"]
+        return "imagefolder" if PROFILES[profile]["data"] is None else standin_of(profile, options)
 
     def column_params(self, column, profile, options):
         return {"dataset": self.dataset_for(column, profile, options)}
