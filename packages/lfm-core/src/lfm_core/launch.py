@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -197,6 +198,8 @@ class RunTask:
         from lfm_core.experiments import get_experiment
         from lfm_core.runner import RunLockedError, run_one
 
+        # as in lfm_core.cli: timm's import triggers torch's deprecation warning for torch.jit.script
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
         exp = get_experiment(self.experiment)
         requeue = _take_preemption_signals()
         waiting = False
@@ -216,7 +219,8 @@ class RunTask:
             if requeue is None:
                 raise
             _say(f"{self.label}: {exc}; requeueing the task")
-            requeue()  # submitit checkpoints this task (RunTask.checkpoint), requeues it and exits
+            signum = getattr(exc, "signum", None) or getattr(exc, "exit_code", 128 + signal.SIGTERM) - 128
+            requeue(signum)  # submitit checkpoints this task (RunTask.checkpoint), requeues it and exits
             raise
         summary = {"label": self.label, "computed": computed, "metric": exp.metric,
                    "value": record["metrics"][exp.metric], "wall_s": record["wall_s"]}
@@ -253,7 +257,7 @@ def _log_to_stdout() -> None:
             LOGGER.setLevel(logging.INFO)
 
 
-def _take_preemption_signals() -> Callable[[], None] | None:
+def _take_preemption_signals() -> Callable[[int], None] | None:
     """In a submitit task: take over submitit's preemption signal (USR2) and SIGTERM. Training
     loops turn them into a stop at the next step boundary (lfm_core.stopping); elsewhere they end
     the task at once. Either way the task is then requeued by submitit's own handler, called
@@ -274,11 +278,11 @@ def _take_preemption_signals() -> Callable[[], None] | None:
     for sig in {usr, signal.SIGTERM}:
         signal.signal(sig, now)
 
-    def requeue() -> None:
+    def requeue(signum: int) -> None:
         for sig in {usr, signal.SIGTERM}:
             signal.signal(sig, signal.SIG_IGN)  # requeueing: a second signal must not cut it short
         try:
-            submitit_handler(usr, None)
+            submitit_handler(signum if signum in (usr, signal.SIGTERM) else usr, None)
         except subprocess.CalledProcessError as exc:  # the scheduler requeues it itself, or it was cancelled
             _say(f"not requeued ({exc}); rerun the same command to resume it")
             sys.exit(143)
@@ -289,10 +293,6 @@ def _take_preemption_signals() -> Callable[[], None] | None:
 def worker_main(path: str) -> None:
     """``python -m lfm_core.launch TASK.pkl`` (a --launcher local worker): run the task; the last
     line of a failure is ``error: ...`` (what the parent shows)."""
-    import warnings
-
-    # as in lfm_core.cli: timm's import triggers torch's deprecation warning for torch.jit.script
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     with open(path, "rb") as fh:
         task: RunTask = pickle.load(fh)
     signal.signal(signal.SIGTERM, _interrupt)  # outside training loops: stop now, resume from the checkpoint
@@ -524,13 +524,14 @@ def run_tasks(tasks: list[RunTask], opts: LaunchOptions, results: Path, console,
     backend.submit()
     where = f"task logs in {backend.folder}/"
     if opts.launcher == "slurm":
-        console.print(f"submitted Slurm job {backend.job_id}: {len(tasks)} task(s), {where}", highlight=False)
+        console.print(f"submitted Slurm job {backend.job_id}: {len(tasks)} task(s), {where}", highlight=False,
+                      soft_wrap=True)
         if opts.no_wait:
             console.print(f"not waiting; `squeue -j {backend.job_id}` shows it; when it has ended, the same command "
                           f"prints the table: {command}", highlight=False, soft_wrap=True)
             return Outcome(submitted=False)
     else:
-        console.print(f"{len(tasks)} task(s) on {opts.jobs} local worker(s), {where}", highlight=False)
+        console.print(f"{len(tasks)} task(s) on {opts.jobs} local worker(s), {where}", highlight=False, soft_wrap=True)
     outcome = Outcome()
     reported: set[int] = set()
     watch = _LogWatcher([Path(t.run_dir) / "log.txt" for t in tasks])
@@ -543,12 +544,13 @@ def run_tasks(tasks: list[RunTask], opts: LaunchOptions, results: Path, console,
             while True:
                 states = backend.poll()
                 for i, line in watch.news():
-                    bar.console.print(f"  {tasks[i].label}: {line}", highlight=False, markup=False)
+                    bar.console.print(f"  {tasks[i].label}: {line}", highlight=False, markup=False, soft_wrap=True)
                 for i, state in enumerate(states):
                     if state in (DONE, FAILED) and i not in reported:
                         reported.add(i)
                         if state == DONE:
-                            bar.console.print(f"  {_done_line(tasks[i])}", highlight=False, markup=False)
+                            bar.console.print(f"  {_done_line(tasks[i])}", highlight=False, markup=False,
+                                              soft_wrap=True)
                         else:
                             error = backend.error(i)
                             outcome.failed.append((tasks[i], error, backend.log_path(i)))
