@@ -245,7 +245,9 @@ def test_slurm_tasks_signalled_mid_run_are_requeued_and_resume_to_the_uninterrup
 def test_two_concurrent_slurm_launches_compute_each_run_once(slurm_cluster, inline, tmp_path):
     root = tmp_path / "results"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "lfm_core.cli", *ARGS, "--results", str(root), "--launcher", "slurm"]
+    # one task of each at a time: both arrays take the runs in the same order, at the same time
+    command = [sys.executable, "-m", "lfm_core.cli", *ARGS, "--results", str(root), "--launcher", "slurm",
+               "--max-parallel", "1"]
     launches = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                 for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in launches]
@@ -255,3 +257,5 @@ def test_two_concurrent_slurm_launches_compute_each_run_once(slurm_cluster, inli
     assert runs(root) == runs(inline[0])
     for log in root.rglob("log.txt"):  # each run computed exactly once
         assert log.read_text().count("] start table7") == 1, log.read_text()
+    assert sum(err.count("  ran: ") for _, err in outputs) == 4  # the other launch says "cached"
+    assert sum(err.count("  cached: ") for _, err in outputs) == 4

@@ -390,6 +390,10 @@ class LocalPool:
             return errors[-1]
         return f"the worker ended with exit code {code}" + (f" (signal {-code})" if code is not None and code < 0 else "")
 
+    def computed(self, i: int) -> bool | None:
+        """Whether the finished task computed its run (False: it found it finished by another)."""
+        return not any(line.startswith("cached: ") for line in _tail(self.log_path(i), 5))
+
     def interrupt(self, signum: int) -> None:
         """Pass the parent's Ctrl-C or SIGTERM on to the workers and wait: each stops at a step
         boundary with its position saved."""
@@ -486,6 +490,12 @@ class SlurmArray:
         state = job.get_info(mode="cache").get("State", "UNKNOWN")
         return f"Slurm ended the task: {state}"
 
+    def computed(self, i: int) -> bool | None:
+        try:
+            return bool(self.submitit.core.utils.pickle_load(self.jobs[i].paths.result_pickle)[1]["computed"])
+        except Exception:  # not readable (yet): say "ran"
+            return None
+
     def interrupt(self, signum: int) -> None:
         """The parent stops watching; the array goes on."""
 
@@ -549,7 +559,8 @@ def run_tasks(tasks: list[RunTask], opts: LaunchOptions, results: Path, console,
                     if state in (DONE, FAILED) and i not in reported:
                         reported.add(i)
                         if state == DONE:
-                            bar.console.print(f"  {_done_line(tasks[i])}", highlight=False, markup=False,
+                            bar.console.print(f"  {_done_line(tasks[i], backend.computed(i))}", highlight=False,
+                                              markup=False,
                                               soft_wrap=True)
                         else:
                             error = backend.error(i)
@@ -574,7 +585,7 @@ def run_tasks(tasks: list[RunTask], opts: LaunchOptions, results: Path, console,
     return outcome
 
 
-def _done_line(task: RunTask) -> str:
+def _done_line(task: RunTask, computed: bool | None) -> str:
     from lfm_core.experiments import get_experiment
     from lfm_core.validate import read_result
 
@@ -582,7 +593,8 @@ def _done_line(task: RunTask) -> str:
     record = read_result(Path(task.run_dir) / "result.json", exp.metric)
     if record is None:
         return f"done: {task.label}"
-    return f"ran: {task.label}: {exp.metric}={record['metrics'][exp.metric]:.2f} ({record['wall_s']:.0f}s)"
+    tag = "cached" if computed is False else "ran"
+    return f"{tag}: {task.label}: {exp.metric}={record['metrics'][exp.metric]:.2f} ({record['wall_s']:.0f}s)"
 
 
 class _LogWatcher:
