@@ -21,8 +21,8 @@ CONSTRAINTS = ["-c", str(ROOT / "constraints.txt")]
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 DEV = ROOT / ".nox" / "dev"
 # test tools of the shared environment (tensorboard: the --tracker test; scikit-image: the photos of
-# the photo_patches stand-in, lfm-core's ``patches`` extra)
-DEV_TOOLS = ["pytest>=7", "ruff", "tensorboard", "scikit-image>=0.23"]
+# the photo_patches stand-in, lfm-core's ``patches`` extra; submitit: the launcher, lfm-core's ``cluster`` extra)
+DEV_TOOLS = ["pytest>=7", "ruff", "tensorboard", "scikit-image>=0.23", "submitit>=1.5"]
 nox.options.sessions = ["tests", "install_alone", "reproduce"]
 nox.options.reuse_existing_virtualenvs = True
 # the test models are tiny: one intra-op thread avoids OpenMP stalls on a busy 2-core machine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 import warnings
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lfm_core.errors import GracefulStop, LFMError, UsageError, os_error_line
 from lfm_core.experiments import PROFILES, check_profile, get_experiment, parse_set
+from lfm_core.launch import LAUNCH_OPTIONS
 from lfm_core.registries import ALL, EXPERIMENTS
 from lfm_core.stopping import stop_if_requested
 
@@ -128,7 +130,7 @@ def run_cmd(experiment: str, args: tuple[str, ...]) -> None:
 
     command = click.Command(
         name=experiment,
-        params=COMMON_OPTIONS + exp.options() + [click.Option(["-h", "--help"], is_flag=True, expose_value=False,
+        params=COMMON_OPTIONS + LAUNCH_OPTIONS + exp.options() + [click.Option(["-h", "--help"], is_flag=True, expose_value=False,
                                                               is_eager=True, callback=_show_help)],
         callback=body,
         help=f"{exp.title}\n\n{exp.__doc__ or ''}",
@@ -159,9 +161,11 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
          compile: bool = False, set_values: tuple[str, ...] = (), trackers: tuple[str, ...] = (), **options: Any) -> None:
     from lfm_core.report import render_terminal
     from lfm_core.results import collect_results
-    from lfm_core.runner import check_trackers, resolve_config, run_dir_for, run_one
+    from lfm_core.launch import launch_options, shard_of
+    from lfm_core.runner import check_trackers, resolve_config, run_dir_for
     from lfm_core.runtime import check_device, launch_compile, launch_mixed_precision
 
+    launch = launch_options(options)  # the --launcher family out of the experiment's options
     check_profile(profile)
     mixed_precision = launch_mixed_precision(mixed_precision)
     compile = launch_compile(compile)
@@ -198,8 +202,31 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
         console.print(description)
 
     _install_signal_handlers()
-    jobs = [(c, s) for c in cells for s in seed_list]
-    records = []
+    jobs = shard_of([(c, s) for c in cells for s in seed_list], launch.shard)
+    if launch.shard:
+        console.print(f"shard {launch.shard[0]}/{launch.shard[1]}: {len(jobs)} of the {len(cells) * len(seed_list)} runs")
+    failed = 0
+    if launch.launcher == "inline":
+        _run_inline(exp, jobs, profile, results, force, _jsonable(options), download, trackers, runtime)
+    else:
+        failed = _launch(exp, jobs, profile, results, force, _jsonable(options), download, trackers, runtime, launch)
+        if failed is None:  # --no-wait
+            return
+    # every seed already run of these configurations (e.g. by earlier commands or other shards), and
+    # nothing else: another engine, epoch budget or noise type is another configuration
+    wanted = {resolve_config(exp, cell, profile, seed_list[0], _jsonable(options), **runtime)["config_id"]
+              for cell in cells}
+    all_records = [r for r in collect_results(results) if r["config_id"] in wanted]
+    render_terminal(exp, all_records, profile, out)
+    if failed:
+        raise LFMError(f"{failed} run(s) failed (see the lines above); rerun the same command to retry them")
+
+
+def _run_inline(exp, jobs, profile: str, results: Path, force: bool, options: dict[str, Any], download: bool,
+                trackers: tuple[str, ...], runtime: dict[str, Any]) -> None:
+    """Every run in this process, one after the other (the default launcher)."""
+    from lfm_core.runner import run_one
+
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
@@ -213,21 +240,40 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
             bar.update(total, description=f"{cell.row} | {cell.column} | seed {seed}")
             bar.reset(inner, total=1, visible=False)
             record, computed = run_one(
-                exp, cell, profile, seed, results, force=force, options=_jsonable(options),
+                exp, cell, profile, seed, results, force=force, options=options,
                 progress=progress, echo=lambda t: bar.console.print(t), download=download, trackers=trackers,
                 **runtime,
             )
-            records.append(record)
             tag = "ran" if computed else "cached"
             bar.console.print(f"  {tag}: {cell.row} | {cell.column} | seed {seed}: "
                               f"{exp.metric}={record['metrics'][exp.metric]:.2f} ({record['wall_s']:.0f}s)")
             bar.advance(total)
             stop_if_requested(f"after {cell.row} | {cell.column} | seed {seed} (saved)")
-    # every seed already run of these configurations (e.g. by earlier commands), and nothing else:
-    # another engine, epoch budget or noise type is another configuration
-    wanted = {r["config_id"] for r in records}
-    all_records = [r for r in collect_results(results) if r["config_id"] in wanted]
-    render_terminal(exp, all_records, profile, out)
+
+
+def _launch(exp, jobs, profile: str, results: Path, force: bool, options: dict[str, Any], download: bool,
+            trackers: tuple[str, ...], runtime: dict[str, Any], launch) -> int | None:
+    """The runs not finished yet as tasks of --launcher local or slurm; returns how many failed
+    (None: --no-wait returned after submitting)."""
+    from lfm_core.launch import RunTask, run_tasks
+    from lfm_core.runner import finished_record, resolve_config, run_dir_for
+
+    if launch.launcher == "slurm" and runtime["device"] is None:  # the tasks' nodes, not this one, decide
+        runtime = {**runtime, "device": "cuda" if launch.gpus_per_task else "cpu"}
+    tasks = []
+    for cell, seed in jobs:
+        config = resolve_config(exp, cell, profile, seed, options, **runtime)
+        run_dir = run_dir_for(results, config)
+        if not force and finished_record(exp, run_dir, config) is not None:
+            console.print(f"  cached: {cell.row} | {cell.column} | seed {seed}", highlight=False)
+            continue
+        tasks.append(RunTask(exp.name, cell, profile, seed, str(Path(results).resolve()), options, runtime,
+                             str(run_dir.resolve()), download=download, trackers=tuple(trackers), force=force))
+    if not tasks:
+        return 0
+    command = "lfm-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else f"lfm-bench run {exp.name}"
+    outcome = run_tasks(tasks, launch, results, console, command)
+    return len(outcome.failed) if outcome.submitted else None
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,8 @@ RECORD_KEYS = ("experiment", "profile", "row", "column", "params", "seed")
 # attach your own handlers to "lfm.run" to see them elsewhere.
 LOGGER = logging.getLogger("lfm.run")
 TRACKERS = ("tensorboard",)
+# log lines of experiments that say where a run resumed ("resumed at epoch 1 step 3"); also echoed
+RESUME_PREFIX = "resumed "
 
 
 @dataclass
@@ -98,6 +100,8 @@ class RunContext:
     def log(self, text: str) -> None:
         if self.main_process:
             LOGGER.info(text, extra={"run_dir": str(self.run_dir)})
+        if text.startswith(RESUME_PREFIX):  # where a run resumes is news for the terminal too
+            self.echo(f"  {self.config['row']} | {self.config['column']} | seed {self.config['seed']}: {text}")
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one record (e.g. one epoch); the files are rewritten atomically."""
@@ -218,6 +222,16 @@ def environment() -> dict[str, Any]:
     }
 
 
+def finished_record(experiment: Experiment, run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The result record of a finished run of exactly ``config`` in ``run_dir``, else None (no
+    result, a torn one, or one of another configuration)."""
+    path = Path(run_dir) / RESULT
+    if not path.exists():
+        return None
+    record = read_result(path, experiment.metric)  # None when torn: run again
+    return record if record is not None and record.get("config") == config else None
+
+
 def run_one(
     experiment: Experiment,
     cell: Cell,
@@ -235,10 +249,9 @@ def run_one(
     config = resolve_config(experiment, cell, profile, seed, options or {}, **ctx_kwargs)
     run_dir = run_dir_for(results, config)
     result_path = run_dir / RESULT
-    if result_path.exists() and not force:
-        record = read_result(result_path, experiment.metric)  # None when torn: run again
-        if record is not None and record.get("config") == config:
-            return record, False
+    record = None if force else finished_record(experiment, run_dir, config)
+    if record is not None:
+        return record, False
     # several launched processes run the same cell in step; rank 0 owns the directory
     main = is_main_process()
     process_accelerator(ctx_kwargs.get("device"))  # the process group, before the barriers below
@@ -246,6 +259,10 @@ def run_one(
     with RunLock(run_dir / ".lock") if main else contextlib.nullcontext():
         if main:
             remove_orphan_temp_files(run_dir)  # left by a process killed while writing (we hold the lock)
+        # another process may have finished it between the check above and taking the lock
+        record = None if force or not main else finished_record(experiment, run_dir, config)
+        if record is not None:
+            return record, False
         if force and main:
             for name in (RESULT, CHECKPOINT, "metrics.jsonl", "metrics.csv", "log.txt"):
                 (run_dir / name).unlink(missing_ok=True)

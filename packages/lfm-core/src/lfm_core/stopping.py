@@ -1,4 +1,5 @@
-"""Graceful stop: SIGTERM (what batch schedulers send before killing) and SIGINT (Ctrl-C) set a
+"""Graceful stop: SIGTERM (what batch schedulers send before killing), SIGUSR2 (submitit's
+preemption and time-limit signal) and SIGINT (Ctrl-C) set a
 flag that training loops poll at their safe points (step and epoch boundaries), where they save
 the exact position and raise :class:`~lfm_core.errors.GracefulStop`. A second signal while the
 loop is still finishing its step aborts at once (``KeyboardInterrupt``): the run then resumes
@@ -19,7 +20,8 @@ from typing import Iterator
 
 from lfm_core.errors import GracefulStop
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGUSR2: what submitit has Slurm send before preemption or the time limit (lfm_core.launch)
+SIGNALS = (signal.SIGTERM, signal.SIGINT) + ((signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ())
 _requested: int | None = None  # the first signal received inside a stop_on_signals block
 
 

@@ -1,0 +1,261 @@
+"""`lfm-bench run --launcher local/slurm` and `--shard K/N`: the same runs, results and table as an
+inline run, bit for bit; failures, preemption and concurrent launches (lfm_core.launch).
+
+Table VII's smoke profile, its 2 cells x 2 seeds (seconds per run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ARGS = ["run", "table7", "--profile", "smoke", "--seeds", "0,1"]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lfm_core.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+def runs(root: Path) -> dict[str, tuple[dict, dict]]:
+    """Every finished run under ``root``: its directory -> (metrics, config)."""
+    out = {}
+    for path in root.rglob("result.json"):
+        record = json.loads(path.read_text())
+        out[str(path.parent.relative_to(root))] = (record["metrics"], record["config"])
+    return out
+
+
+def epochs(root: Path) -> dict[str, list[dict]]:
+    """Every run's per-epoch records, without wall-clock times."""
+    return {str(p.parent.relative_to(root)): [{k: v for k, v in json.loads(line).items() if k != "time_s"}
+                                              for line in p.read_text().splitlines()]
+            for p in root.rglob("metrics.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def inline(tmp_path_factory) -> tuple[Path, str]:
+    """The inline run every launcher must reproduce: its results root and printed table."""
+    root = tmp_path_factory.mktemp("inline")
+    proc = ok(cli(*ARGS, "--results", str(root)))
+    assert len(runs(root)) == 4
+    return root, proc.stdout
+
+
+def test_local_workers_give_the_inline_results_and_table(inline, tmp_path):
+    root = tmp_path / "results"
+    proc = ok(cli(*ARGS, "--results", str(root), "--launcher", "local", "--jobs", "2"))
+    assert runs(root) == runs(inline[0]) and epochs(root) == epochs(inline[0])
+    assert proc.stdout == inline[1]
+    assert "4 done, 0 running, 0 pending, 0 failed" in proc.stderr
+    logs = sorted(p.name for p in (root / ".jobs").glob("*/*.log"))  # one task log per run, named by it
+    assert len(logs) == 4 and all(name.endswith(("__seed0.log", "__seed1.log")) for name in logs)
+    again = ok(cli(*ARGS, "--results", str(root), "--launcher", "local", "--jobs", "2"))
+    assert again.stdout == inline[1] and "task(s)" not in again.stderr  # nothing left to launch
+    assert again.stderr.count("cached:") == 4
+
+
+def test_two_shards_together_are_the_inline_table(inline, tmp_path):
+    root = tmp_path / "results"
+    first = ok(cli(*ARGS, "--results", str(root), "--shard", "0/2"))
+    assert "shard 0/2: 2 of the 4 runs" in first.stderr and len(runs(root)) == 2
+    second = ok(cli(*ARGS, "--results", str(root), "--shard", "1/2"))
+    assert runs(root) == runs(inline[0])
+    assert second.stdout == inline[1]  # the whole table once both shards are done
+
+
+def test_a_failed_local_task_does_not_stop_the_others_and_a_rerun_retries_only_it(inline, tmp_path):
+    root = tmp_path / "results"
+    # one run's checkpoint is garbage: that task fails, the three others finish
+    configs = json.loads(ok(cli(*ARGS, "--results", str(root), "--print-config")).stdout)
+    broken = Path(next(c["run_dir"] for c in configs if c["row"] == "LFM-DR" and c["seed"] == 1))
+    broken.mkdir(parents=True)
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    bad = cli(*ARGS, "--results", str(root), "--launcher", "local", "--jobs", "2")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    (failed,) = [line for line in bad.stderr.splitlines() if "failed:" in line]
+    assert "LFM-DR | CIFAR-10 40% | seed 1: " in failed and "checkpoint" in failed and "(log: " in failed
+    assert "retry: lfm-bench run table7" in failed
+    log = Path(failed.split("(log: ")[1].split(")")[0])
+    assert log.name.startswith("LFM-DR__") and log.name.endswith("__seed1.log") and "checkpoint" in log.read_text()
+    assert "1 run(s) failed" in bad.stderr.strip().splitlines()[-1]
+    assert len(runs(root)) == 3
+    (broken / "checkpoint.pt").unlink()
+    again = ok(cli(*ARGS, "--results", str(root), "--launcher", "local", "--jobs", "2"))
+    assert "1 task(s)" in again.stderr and again.stderr.count("cached:") == 3
+    assert runs(root) == runs(inline[0]) and again.stdout == inline[1]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--launcher", "cloud"], ["unknown --launcher 'cloud'", "inline, local, slurm"]),
+    (["--shard", "3/2"], ["bad --shard '3/2'", "K/N"]),
+    (["--shard", "a/b"], ["bad --shard 'a/b'", "K/N"]),
+    (["--launcher", "local", "--jobs", "0"], ["bad --jobs 0", ">= 1"]),
+    (["--jobs", "2"], ["--jobs applies to --launcher local"]),
+    (["--launcher", "local", "--partition", "gpu"], ["--partition applies to --launcher slurm"]),
+    (["--launcher", "slurm", "--slurm-arg", "account"], ["bad --slurm-arg 'account'", "KEY=VALUE"]),
+])
+def test_bad_launch_options_are_one_line(args, words, tmp_path):
+    proc = cli(*ARGS, "--results", str(tmp_path / "r"), *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    for w in words:
+        assert w in line, (w, line)
+    assert not (tmp_path / "r").exists()
+
+
+def test_slurm_without_submitit_names_the_install_command(tmp_path):
+    code = ("import sys; sys.modules['submitit'] = None\n"  # `import submitit` now fails
+            "from lfm_core.cli import main; main()")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, *ARGS, "--results", str(tmp_path), "--launcher", "slurm"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "pip install 'lfm-core[cluster]'" in proc.stderr.strip().splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Slurm (a real one: scripts/slurm-up.sh)
+# ----------------------------------------------------------------------------------------------
+def job_id_of(stderr: str) -> str:
+    (line,) = [line for line in stderr.splitlines() if line.startswith("submitted Slurm job ")]
+    return line.split()[3].rstrip(":")
+
+
+def start_pending_now(job: str) -> None:
+    """Skip the begin-time delay of requeued tasks (this test cluster only)."""
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
+
+
+def wait_for_job(job: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        proc = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True, timeout=30)
+        if proc.returncode == 0 and not proc.stdout.strip():
+            return
+        start_pending_now(job)
+        time.sleep(1)
+    raise AssertionError(f"Slurm job {job} did not end within {timeout}s")
+
+
+@pytest.mark.slurm
+def test_slurm_array_gives_the_inline_results_and_table(slurm_cluster, inline, tmp_path):
+    root = tmp_path / "results"
+    proc = ok(cli(*ARGS, "--results", str(root), "--launcher", "slurm", "--partition", slurm_cluster,
+                  "--time-min", "10", "--slurm-arg", "comment=lfm-test"))
+    assert runs(root) == runs(inline[0]) and epochs(root) == epochs(inline[0])
+    assert proc.stdout == inline[1]
+    job = job_id_of(proc.stderr)
+    assert "4 task(s)" in proc.stderr and "4 done, 0 running, 0 pending, 0 failed" in proc.stderr
+    logs = sorted((root / ".jobs" / job).glob("*__seed*.log"))  # one task log per run, named by it
+    assert len(logs) == 4 and all("submitit INFO" in p.read_text() for p in logs)
+    script = (root / ".jobs" / job / f"{job}_submission.sh").read_text()
+    assert "#SBATCH --array=0-3%4" in script and "#SBATCH --comment=lfm-test" in script and "--time=10" in script
+    again = ok(cli(*ARGS, "--results", str(root), "--launcher", "slurm"))  # nothing left: no job, the same table
+    assert "submitted" not in again.stderr and again.stdout == inline[1]
+
+
+@pytest.mark.slurm
+def test_slurm_no_wait_returns_and_the_same_command_prints_the_table(slurm_cluster, inline, tmp_path):
+    root = tmp_path / "results"
+    args = [*ARGS, "--results", str(root), "--launcher", "slurm", "--only", "Base Model"]
+    proc = ok(cli(*args, "--no-wait"))
+    job = job_id_of(proc.stderr)
+    assert proc.stdout == "" and f"squeue -j {job}" in proc.stderr and "the same command prints the table" in proc.stderr
+    wait_for_job(job)
+    again = ok(cli(*args))
+    assert "submitted" not in again.stderr and again.stderr.count("cached:") == 2
+    expected = {k: v for k, v in runs(inline[0]).items() if k.split("/")[-2].startswith("Base_Model")}
+    assert runs(root) == expected
+
+
+@pytest.mark.slurm
+def test_a_failed_slurm_task_is_one_line_and_a_rerun_submits_only_it(slurm_cluster, inline, tmp_path):
+    root = tmp_path / "results"
+    configs = json.loads(ok(cli(*ARGS, "--results", str(root), "--print-config")).stdout)
+    broken = Path(next(c["run_dir"] for c in configs if c["row"] == "LFM-DR" and c["seed"] == 0))
+    broken.mkdir(parents=True)
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    bad = cli(*ARGS, "--results", str(root), "--launcher", "slurm")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    (failed,) = [line for line in bad.stderr.splitlines() if "failed:" in line]
+    assert "LFM-DR | CIFAR-10 40% | seed 0: " in failed and "checkpoint" in failed and "retry: lfm-bench run" in failed
+    log = Path(failed.split("(log: ")[1].split(")")[0])
+    assert log.name.endswith("__seed0.log") and "checkpoint" in log.read_text()
+    assert len(runs(root)) == 3
+    (broken / "checkpoint.pt").unlink()
+    again = ok(cli(*ARGS, "--results", str(root), "--launcher", "slurm"))
+    assert "1 task(s)" in again.stderr and again.stderr.count("cached:") == 3
+    assert runs(root) == runs(inline[0]) and again.stdout == inline[1]
+
+
+PREEMPT = ["run", "table7", "--profile", "smoke", "--methods", "LFM-DR", "--epochs", "6", "--seeds", "0,1"]
+
+
+@pytest.mark.slurm
+def test_slurm_tasks_signalled_mid_run_are_requeued_and_resume_to_the_uninterrupted_result(slurm_cluster, tmp_path):
+    reference = tmp_path / "reference"
+    ok(cli(*PREEMPT, "--results", str(reference)))
+    root = tmp_path / "results"
+    err = tmp_path / "parent.err"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    with open(err, "w") as fh:
+        parent = subprocess.Popen([sys.executable, "-m", "lfm_core.cli", *PREEMPT, "--results", str(root),
+                                   "--launcher", "slurm"], stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and "submitted Slurm job" not in err.read_text():
+            time.sleep(0.2)
+        job = job_id_of(err.read_text())
+        # task 0 gets submitit's preemption signal, task 1 SIGTERM, each after its first epoch
+        for task, sig in ((0, "USR2"), (1, "TERM")):
+            while time.time() < deadline and not list(root.glob(f"table7/smoke/*/seed{task}/checkpoint.pt")):
+                time.sleep(0.1)
+            subprocess.run(["scancel", f"--signal={sig}", f"{job}_{task}"], check=True, timeout=30)
+        while parent.poll() is None and time.time() < deadline:
+            start_pending_now(job)  # requeued tasks begin without the scheduler's delay
+            time.sleep(1)
+        out, _ = parent.communicate(timeout=max(1, deadline - time.time()))
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    stderr = err.read_text()
+    assert parent.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert runs(root) == runs(reference) and epochs(root) == epochs(reference)
+    for task in (0, 1):
+        log = next((root / ".jobs" / job).glob(f"*__seed{task}.log")).read_text()
+        assert "requeueing the task" in log and "Requeued job" in log and "resumed at epoch" in log
+        assert f"LFM-DR | CIFAR-10 40% | seed {task}: resumed at epoch" in stderr  # the terminal says so too
+    assert out == ok(cli(*PREEMPT, "--results", str(reference))).stdout
+
+
+@pytest.mark.slurm
+def test_two_concurrent_slurm_launches_compute_each_run_once(slurm_cluster, inline, tmp_path):
+    root = tmp_path / "results"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    # one task of each at a time: both arrays take the runs in the same order, at the same time
+    command = [sys.executable, "-m", "lfm_core.cli", *ARGS, "--results", str(root), "--launcher", "slurm",
+               "--max-parallel", "1"]
+    launches = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in launches]
+    for proc, (out, err) in zip(launches, outputs):
+        assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+        assert out == inline[1]  # both end with the full table
+    assert runs(root) == runs(inline[0])
+    for log in root.rglob("log.txt"):  # each run computed exactly once
+        assert log.read_text().count("] start table7") == 1, log.read_text()
+    assert sum(err.count("  ran: ") for _, err in outputs) == 4  # the other launch says "cached"
+    assert sum(err.count("  cached: ") for _, err in outputs) == 4
