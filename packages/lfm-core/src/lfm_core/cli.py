@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lfm_core.errors import GracefulStop, LFMError, UsageError, os_error_line
-from lfm_core.experiments import PROFILES, check_profile, get_experiment, parse_set
+from lfm_core.experiments import PROFILES, check_profile, get_experiment, parse_set, selected
 from lfm_core.launch import LAUNCH_OPTIONS
 from lfm_core.registries import ALL, EXPERIMENTS
 from lfm_core.stopping import stop_if_requested
@@ -177,12 +177,12 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
         options["set"] = parse_set(set_values)
     if data_root is not None and not data_root.exists():
         raise UsageError(f"--data-root {data_root} does not exist; give a folder holding the data set")
-    exp.validate(profile, {**options, "data_root": data_root})
+    exp.validate(profile, {**options, "data_root": data_root, "only": only})  # checks the cells --only keeps
     seed_list = _parse_seeds(seeds, exp.seeds[profile])
     check_device(device)
     cells = exp.cells(profile, {**options, "data_root": data_root})
     if only:
-        cells = [c for c in cells if only in c.row or only in c.column]
+        cells = [c for c in cells if selected(c, only)]
     if not cells:
         raise UsageError(f"no cell of {exp.name} matches --only {only!r}")
     runtime = dict(data_root=str(data_root) if data_root else None, device=device, mixed_precision=mixed_precision,

@@ -341,31 +341,90 @@ _CIFAR = {
     "cifar10": ("CIFAR-10", "cifar-10-batches-py", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ("CIFAR-100", "cifar-100-python", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
+# the python-pickle release: (training files, test files, meta file, label key, class-name key)
+CIFAR_FILES = {
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta", "labels", "label_names"),
+    "cifar100": (["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
+}
+
+
+def read_cifar(folder: str | os.PathLike, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The python-pickle CIFAR-10/100 files of ``folder`` (``cifar-10-batches-py`` or
+    ``cifar-100-python``): train images uint8 [N, 3, 32, 32], train labels, test images, test
+    labels, class names. Reads what torchvision reads (dicts with ``data`` rows of 3,072 bytes and
+    ``labels`` / ``fine_labels``), without torchvision's md5 check of the official files, so a
+    re-packed or subset copy loads too; a missing, truncated or malformed file is a
+    DataNotFoundError naming it."""
+    import pickle
+
+    train_files, test_files, meta_file, label_key, names_key = CIFAR_FILES[name]
+    k = _CIFAR[name][2]
+    folder = Path(folder)
+
+    def read(file: str) -> dict[str, Any]:
+        path = folder / file
+        try:
+            with open(path, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+        except FileNotFoundError:
+            raise DataNotFoundError(f"{path} is missing") from None
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError, AttributeError, ImportError, IndexError) as e:
+            raise DataNotFoundError(f"{path} is not a CIFAR python-pickle file ({type(e).__name__}: {e})") from None
+        if not isinstance(entry, dict):
+            raise DataNotFoundError(f"{path} is not a CIFAR python-pickle file (holds a {type(entry).__name__})")
+        return entry
+
+    def batches(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for file in files:
+            entry = read(file)
+            data, labels = entry.get("data"), entry.get(label_key)
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+                raise DataNotFoundError(f"{folder / file}: 'data' is not uint8 rows of 3072 values (3x32x32 images)")
+            if labels is None or len(labels) != len(data):
+                raise DataNotFoundError(f"{folder / file}: {label_key!r} is missing or does not match the {len(data)} images")
+            xs.append(data)
+            ys.extend(labels)
+        y = np.asarray(ys, dtype=np.int64)
+        if len(y) and (y.min() < 0 or y.max() >= k):
+            raise DataNotFoundError(f"labels in {folder} lie in [{y.min()}, {y.max()}], not in [0, {k - 1}]")
+        return np.vstack(xs).reshape(-1, 3, 32, 32), y
+
+    (x_tr, y_tr), (x_te, y_te) = batches(train_files), batches(test_files)
+    names = read(meta_file).get(names_key)
+    if not isinstance(names, list) or len(names) != k:
+        raise DataNotFoundError(f"{folder / meta_file}: {names_key!r} is not a list of {k} class names")
+    return x_tr, y_tr, x_te, y_te, [str(c) for c in names]
 
 
 def _cifar(name: str, root: str | None, download: bool, augment: bool) -> DataBundle:
-    import torchvision
-
     title, folder, k, mean, std = _CIFAR[name]
     base = Path(root if root is not None else default_data_root()).expanduser()
     if base.name == folder:  # the user pointed at the batches folder itself
         base = base.parent
     hint = f"pass --data-root DIR pointing at a folder that contains {folder}, or add --download to fetch it"
-    if not download and not (base / folder).is_dir():
+    if download:  # torchvision fetches the official archive (checking its md5) unless its files are there
+        import torchvision
+
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        try:
+            cls(root=str(base), train=True, download=True)
+        except (RuntimeError, OSError) as e:
+            raise DataNotFoundError(f"could not download {title} into {base}: {e}") from None
+    if not (base / folder).is_dir():
         raise DataNotFoundError(f"{title} not found: looked for {base / folder}; {hint}")
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     try:
-        raw = [cls(root=str(base), train=t, download=download) for t in (True, False)]
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        x_tr, y_tr, x_te, y_te, classes = read_cifar(base / folder, name)
+    except DataNotFoundError as e:
         raise DataNotFoundError(f"{title} in {base / folder} is missing or corrupt ({e}); {hint}") from None
     m, sd = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (mean, std))
     sets = []
-    for i, r in enumerate(raw):
-        x = torch.from_numpy(r.data).permute(0, 3, 1, 2).contiguous().float()
+    for i, (data, targets) in enumerate(((x_tr, y_tr), (x_te, y_te))):
+        x = torch.from_numpy(data).float()
         x.div_(255.0).sub_(m).div_(sd)
         transform = cifar_train_transform() if augment and i == 0 else None
-        sets.append(IndexedTensorDataset(x, np.asarray(r.targets), k, transform=transform))
-    return DataBundle(name, k, sets[0], sets[1], classes=list(raw[0].classes))
+        sets.append(IndexedTensorDataset(x, targets, k, transform=transform))
+    return DataBundle(name, k, sets[0], sets[1], classes=classes)
 
 
 @DATASETS.register("cifar10")

@@ -155,6 +155,15 @@ for _arch in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
     ENCODERS.add(_arch, _timm_factory(_arch))
 
 
+def encoder_label(name: str, pretrained: bool, weights: dict[str, Any] | None = None, paper: str = "ResNet-18") -> str:
+    """What an encoder started from, for reports: a weights file (``identity.file_digest``), the
+    pretrained weights, fixed pixel features or random init (then the paper's ``paper`` encoder)."""
+    if weights:
+        return f"{name}, weights from {Path(weights['path']).name} (sha256 {weights['sha256'][:8]})"
+    kind = "fixed, label-free" if name == "pixels" else "pretrained" if pretrained else "random init"
+    return f"{name}, {kind}" + ("" if pretrained else f" (paper: ImageNet-pretrained {paper})")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors or torch (.pth/.pt, weights only) file.
 

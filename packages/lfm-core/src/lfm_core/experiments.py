@@ -76,7 +76,8 @@ class Experiment:
         return []
 
     def validate(self, profile: str, options: dict[str, Any]) -> None:
-        """Raise UsageError (or DataNotFoundError) before anything runs."""
+        """Raise UsageError (or DataNotFoundError) before anything runs; ``options["only"]`` is
+        ``--only`` (check what the cells it keeps need, see ``selected``)."""
 
     def describe(self, profile: str, options: dict[str, Any]) -> str:
         """One line for the start of a run: which data and protocol, and how to get the paper's."""
@@ -123,6 +124,11 @@ class Experiment:
     # -- figures ---------------------------------------------------------------------------
     def plot(self, frame, out_path) -> None:  # pandas DataFrame of results
         raise NotImplementedError
+
+
+def selected(cell: Cell, only: str | None) -> bool:
+    """Whether ``--only TEXT`` keeps ``cell``: TEXT is part of its row or its column (None keeps all)."""
+    return not only or only in cell.row or only in cell.column
 
 
 def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:

@@ -111,7 +111,10 @@ class AblationDR(DRExperiment):
 
     def resolve(self, cell, profile, options):
         settings = super().resolve(cell, profile, options)
-        settings["method"]["options"].update({k: cell.params[k] for k in OPTION_KEYS if k in cell.params})
+        opts = settings["method"]["options"]
+        opts.update({k: cell.params[k] for k in OPTION_KEYS if k in cell.params})
+        if opts.get("encoder") in ("smallcnn", "pixels"):  # the variants' encoders have no pretrained weights
+            opts["pretrained"] = False  # (the paper profile's True is its ResNet-18's)
         return settings
 
     def run_cell(self, cell, profile, seed, ctx):

@@ -27,8 +27,9 @@ import click
 import torch
 
 from lfm_core.data import load_dataset, make_splits
+from lfm_core.encoders import encoder_label
 from lfm_core.errors import DataNotFoundError, check_choice
-from lfm_core.experiments import Cell, Experiment, check_set
+from lfm_core.experiments import Cell, Experiment, check_set, selected
 from lfm_core.identity import file_digest
 from lfm_core.registries import METHODS
 from lfm_core.runtime import cpu_threads
@@ -266,7 +267,8 @@ class DRExperiment(Experiment):
                                           "engine": options.get("engine") or LFM_DEFAULTS["engine"]})
         if PROFILES[profile]["data"] is None:
             root = options.get("data_root")
-            for column in self.run_columns(profile, options):
+            cells = [c for c in self.cells(profile, options) if selected(c, options.get("only"))]
+            for column in dict.fromkeys(c.column for c in cells):
                 name = self.dataset_for(column, profile, options)
                 if name.startswith("cifar") and not has_cifar(root, name) and not options.get("download"):
                     where = root or "(no --data-root given)"
@@ -276,6 +278,25 @@ class DRExperiment(Experiment):
                     )
         if options.get("encoder_weights") and not Path(options["encoder_weights"]).is_file():
             raise DataNotFoundError(f"--encoder-weights {options['encoder_weights']} is not a file")
+        if PROFILES[profile]["data"] is None and not options.get("encoder_weights"):
+            self.check_pretrained([c for c in self.cells(profile, options) if selected(c, options.get("only"))],
+                                  profile, options)
+
+    def check_pretrained(self, cells: list[Cell], profile: str, options: dict[str, Any]) -> None:
+        """Before anything runs: the pretrained encoders of these cells are in the Hugging Face cache."""
+        from lfm_core.encoders import PRETRAINED_TAG, cached_pretrained_file, hf_cache_dir
+
+        for cell in cells:
+            if cell.params["method"] not in LFM_METHODS:
+                continue
+            opts = self.resolve(cell, profile, options)["method"]["options"]
+            enc = opts.get("encoder")
+            if opts.get("pretrained") and str(enc).startswith("resnet") and \
+                    cached_pretrained_file(f"{enc}.{PRETRAINED_TAG}") is None:
+                raise DataNotFoundError(
+                    f"{cell.row} uses an ImageNet-pretrained {enc} encoder: no {enc}.{PRETRAINED_TAG} weights in "
+                    f"the Hugging Face cache {hf_cache_dir()}; pass --encoder-weights FILE (a {enc} state dict) "
+                    "or copy that cache here (or set HF_HOME)")
 
     def describe(self, profile, options):
         if PROFILES[profile]["data"] is None:
@@ -344,6 +365,10 @@ class DRExperiment(Experiment):
             labels["data"] = f"{title} {size}×{size} (stand-in for {self.paper_data(config['column'])})"
         elif data:
             labels["data"] = str(data.get("dataset"))
+            if data.get("max_train"):  # a cap the paper's protocol does not have
+                labels["data"] += f", {data['max_train']} training images (paper: all)"
+            if "meta_per_class" in (config.get("overrides") or {}):
+                labels["data"] += f", meta set {data['meta_per_class']} per class"
         nominal = self.nominal_factor(config["column"])
         if nominal is not None and data.get("factor") not in (None, nominal):
             labels["data"] += f", IF {data['factor']:g} (paper: IF {nominal:g})"
@@ -351,12 +376,13 @@ class DRExperiment(Experiment):
             labels["model"] = model_label(model["name"], model.get("kwargs") or {})
         opts = (st.get("method") or {}).get("options") or {}
         if "encoder" in opts and st.get("method", {}).get("name") in LFM_METHODS:
-            kind = ("fixed, label-free" if opts["encoder"] == "pixels" else
-                    "chosen per run from the meta set: pixels or " + PROFILES[config["profile"]]["encoder"]
-                    if opts["encoder"] == AUTO_ENCODER else
-                    "pretrained" if opts.get("pretrained") else "random init")
-            labels["encoder"] = f"{opts['encoder']}, {kind}" + (
-                "" if opts.get("pretrained") else " (paper: ImageNet-pretrained ResNet-18)")
+            weights = opts.get("encoder_weights")
+            if opts["encoder"] == AUTO_ENCODER:
+                labels["encoder"] = (f"{opts['encoder']}, chosen per run from the meta set: pixels or "
+                                     f"{PROFILES[config['profile']]['encoder']}")
+            else:
+                labels["encoder"] = encoder_label(opts["encoder"], bool(opts.get("pretrained")),
+                                                  weights if isinstance(weights, dict) else None)
         if train:
             epochs = train.get("epochs")
             labels["budget"] = f"{epochs} epochs" + ("" if epochs == PAPER_EPOCHS else f" (paper: {PAPER_EPOCHS})")

@@ -216,7 +216,7 @@ class Table9(DRExperiment):
         if data["dataset"] != "imagefolder":
             return super().build_splits(settings, seed, ctx)
         bundle = load_dataset("imagefolder", root=ctx.data_root, image_size=64)
-        return make_splits(bundle, meta_per_class=data["meta_per_class"], seed=seed)
+        return make_splits(bundle, meta_per_class=data["meta_per_class"], seed=seed, max_train=data["max_train"])
 
 
 class Figure6(Table6):

@@ -34,7 +34,7 @@ def _warm_up(cfg: dict[str, Any], tr, va, device: torch.device) -> None:
     tiny = {k: v for k, v in cfg.items() if not k.startswith("pdarts_") and k != "lfm_start"}
     tiny.update(method=method, layers=3, steps_per_epoch=1, seed=0)
     if isinstance(tiny.get("encoder_kwargs"), dict):
-        tiny["encoder_kwargs"] = {**tiny["encoder_kwargs"], "pretrained": False}
+        tiny["encoder_kwargs"] = {**tiny["encoder_kwargs"], "pretrained": False, "weights": None}
     n = min(4, len(tr), len(va))
     sub_tr, sub_va = tr.subset(list(range(n))), va.subset(list(range(n)))
     search(tiny, _loader(sub_tr, 2, False, 0, device=device), _loader(sub_va, 2, False, 0, device=device), 1,

@@ -15,8 +15,10 @@ from typing import Any
 import click
 import torch
 
-from lfm_core.errors import CheckpointError, DataNotFoundError
-from lfm_core.experiments import Cell, Experiment, PaperValue, check_set, pv
+from lfm_core.encoders import encoder_label
+from lfm_core.errors import CheckpointError, DataNotFoundError, UsageError
+from lfm_core.experiments import Cell, Experiment, PaperValue, check_set, pv, selected
+from lfm_core.identity import file_digest
 from lfm_core.runtime import PeakMemory, cpu_threads
 from lfm_nas.cache import SearchCache, _key_hash
 from lfm_nas.evaluation import _device, _loader, _warm_up, load_bundle, search_split, train_eval_imagenet
@@ -102,6 +104,28 @@ def spec(method: str, encoder: str | None = None, variant: str = "two", similari
     return out
 
 
+DEFAULT_ENCODER = "resnet18"  # the encoder of a bare --encoder-weights FILE (the paper's, in all but 3 rows)
+
+
+def encoder_weight_files(options: dict[str, Any]) -> dict[str, str]:
+    """``--encoder-weights [ENCODER=]FILE`` items as encoder name -> file; a bare FILE is resnet18's."""
+    from lfm_core.registries import ENCODERS
+
+    names = ENCODERS.names()
+    files: dict[str, str] = {}
+    for item in options.get("encoder_weights") or ():
+        head, sep, tail = str(item).partition("=")
+        name, path = (head, tail) if sep and head in names else (DEFAULT_ENCODER, str(item))
+        if sep and head not in names and not Path(item).exists():
+            raise UsageError(f"--encoder-weights {item}: unknown encoder {head!r}; valid encoders: {', '.join(names)}")
+        if name in files:
+            raise UsageError(f"--encoder-weights given twice for {name} ({files[name]}, {path}); give one file per encoder")
+        if not Path(path).expanduser().is_file():
+            raise DataNotFoundError(f"--encoder-weights {item}: {path} is not a file")
+        files[name] = path
+    return files
+
+
 def _table(rows: list[str], columns: list[str], text: str) -> dict[tuple[str, str], PaperValue]:
     """The paper's numbers: one line per row (``-`` for a blank), one item per column."""
     values = {}
@@ -146,6 +170,10 @@ class NASExperiment(Experiment):
                          help="Override the profile's search batch size."),
             click.Option(["--reuse/--no-reuse"], default=True, show_default=True,
                          help="Reuse a search/evaluation with identical settings and seed found under --results."),
+            click.Option(["--encoder-weights"], multiple=True, metavar="[ENCODER=]FILE",
+                         help="Local ImageNet weights (.pth/.pt/.safetensors state dict) of an LFM encoder, instead of "
+                              "the Hugging Face cache (paper profile). A bare FILE is for resnet18; ENCODER=FILE for "
+                              "another, e.g. resnet34=r34.pth (repeatable)."),
         ]
         if self.uses_imagenet:
             opts.append(click.Option(["--imagenet-root"], type=click.Path(file_okay=False), default=None,
@@ -198,7 +226,7 @@ class NASExperiment(Experiment):
         if PROFILE_SETTINGS[profile]["search_dataset"]:  # embedded stand-in data: nothing to find
             return
         root = options.get("data_root")
-        cells = self.cells(profile, options)
+        cells = [c for c in self.cells(profile, options) if selected(c, options.get("only"))]
         for name in sorted({c.params["dataset"] for c in cells}):
             if name.startswith("cifar") and not has_cifar(root, name) and not options.get("download"):
                 folder = "cifar-100-python" if name == "cifar100" else "cifar-10-batches-py"
@@ -215,15 +243,19 @@ class NASExperiment(Experiment):
                     f"{self.name}'s paper profile needs ImageNet: looked for {inet or '(no --data-root given)'} "
                     "with train/<class>/ and val/<class>/ folders; pass --imagenet-root DIR."
                 )
-        encoders = sorted({c.params["encoder"] for c in cells if c.params.get("encoder")})
-        if encoders:
+        files = encoder_weight_files(options)
+        pretrained = {**PROFILE_SETTINGS[profile], **(options.get("set") or {})}["pretrained"]
+        encoders = sorted({c.params["encoder"] for c in cells if c.params.get("encoder")} - set(files))
+        if encoders and pretrained:
             from lfm_core.encoders import PRETRAINED_TAG, cached_pretrained_file, hf_cache_dir
 
             for enc in encoders:
                 if enc != "smallcnn" and cached_pretrained_file(f"{enc}.{PRETRAINED_TAG}") is None:
+                    flag = "FILE" if enc == DEFAULT_ENCODER else f"{enc}=FILE"
                     raise DataNotFoundError(
                         f"the paper profile uses an ImageNet-pretrained {enc} encoder: no {enc}.{PRETRAINED_TAG} "
-                        f"weights in the Hugging Face cache {hf_cache_dir()}; on a machine with internet run "
+                        f"weights in the Hugging Face cache {hf_cache_dir()}; pass --encoder-weights {flag} "
+                        f"(a {enc} state dict), or on a machine with internet run "
                         f"`python -c \"import timm; timm.create_model('{enc}.{PRETRAINED_TAG}', pretrained=True)\"` "
                         "and copy the cache here (or set HF_HOME)."
                     )
@@ -239,7 +271,16 @@ class NASExperiment(Experiment):
 
     # -- one run ----------------------------------------------------------------------------
     def resolve(self, cell, profile, options):
-        return {"settings": {**settings(profile, options), **(options.get("set") or {})}}
+        out: dict[str, Any] = {"settings": {**settings(profile, options), **(options.get("set") or {})}}
+        encoder = cell.params.get("encoder")
+        files = encoder_weight_files(options)
+        if encoder in files:  # the file's content is part of the run's identity
+            out["encoder_weights"] = file_digest(files[encoder])
+        if cell.params.get("eval") == "imagenet" and PROFILE_SETTINGS[profile]["search_dataset"] is None:
+            root = imagenet_root(options)
+            if root is not None:  # where ImageNet is read from (--imagenet-root or DATA_ROOT/imagenet)
+                out["imagenet_root"] = str(root.resolve())
+        return out
 
     def overrides(self, cell, options):
         given = {k: options[k] for k in ("search_epochs", "eval_epochs", "batch_size") if options.get(k)}
@@ -262,6 +303,13 @@ class NASExperiment(Experiment):
                 labels["data"] += f"; ImageNet stand-in: digits {s['imagenet_size']}×{s['imagenet_size']}"
         elif params.get("dataset"):
             labels["data"] = str(params["dataset"])
+            inet = (config.get("settings") or {}).get("imagenet_root")
+            if inet:
+                labels["data"] += f"; ImageNet {s['imagenet_size']}×{s['imagenet_size']} from {inet}"
+        if params.get("encoder"):
+            enc = params["encoder"]
+            labels["encoder"] = encoder_label(enc, bool(s.get("pretrained")), config["settings"].get("encoder_weights"),
+                                              paper="ResNet-" + enc[6:] if enc.startswith("resnet") else enc)
         prims = len(s["primitives"]) if s.get("primitives") else 8
         labels["model"] = (f"supernet C={s['C']}, {s['layers']} cells, {prims} primitives; evaluation network "
                            f"C={s['eval_C']}, {s['eval_layers']} cells")
@@ -273,7 +321,8 @@ class NASExperiment(Experiment):
             labels["budget"] += f" (paper: {p['search_epochs']} / {p['eval_epochs']})"
         return labels
 
-    def search_config(self, params: dict[str, Any], s: dict[str, Any], seed: int, num_classes: int) -> dict[str, Any]:
+    def search_config(self, params: dict[str, Any], s: dict[str, Any], seed: int, num_classes: int,
+                      encoder_weights: str | None = None) -> dict[str, Any]:
         from lfm_nas.operations import PRIMITIVES
 
         method = params["method"]
@@ -291,6 +340,8 @@ class NASExperiment(Experiment):
             cfg.update(variant=params["variant"], similarity=params["similarity"], drop=params["drop"])
             if params.get("encoder"):
                 cfg.update(encoder=params["encoder"], encoder_kwargs={"pretrained": bool(s["pretrained"])})
+                if encoder_weights:  # a local file wins over the Hugging Face cache
+                    cfg["encoder_kwargs"]["weights"] = encoder_weights
         return cfg
 
     def run_search(self, params, profile, seed, ctx, s, device, key=None) -> dict[str, Any]:
@@ -302,7 +353,8 @@ class NASExperiment(Experiment):
         bs = s["batch_size"]
         train_loader = _loader(tr, bs, True, seed, drop_last=True, device=device)
         val_loader = _loader(va, bs, True, seed + 1, drop_last=True, device=device)
-        cfg = self.search_config(params, s, seed, bundle.num_classes)
+        weights = ctx.config["settings"].get("encoder_weights")
+        cfg = self.search_config(params, s, seed, bundle.num_classes, weights["path"] if weights else None)
         if ctx.mixed_precision not in (None, "no"):
             cfg["mixed_precision"] = ctx.mixed_precision
         epochs = s["pdarts_epochs"] if params["method"].endswith("pdarts") else s["search_epochs"]
@@ -352,8 +404,7 @@ class NASExperiment(Experiment):
             if s["search_dataset"] is None:  # the paper's ImageNet
                 from lfm_core.data import load_dataset
 
-                opts = ctx.config.get("options", {})
-                root = imagenet_root({**opts, "data_root": ctx.data_root})
+                root = ctx.config["settings"].get("imagenet_root") or imagenet_root({"data_root": ctx.data_root})
                 bundle = load_dataset("imagefolder", root=str(root), image_size=s["imagenet_size"])
             else:
                 bundle = load_bundle("digits", profile, ctx, image_size=s["imagenet_size"])
@@ -401,6 +452,8 @@ class NASExperiment(Experiment):
                 "device": device.type}
         if ctx.mixed_precision not in (None, "no"):  # (absent otherwise: earlier caches stay valid)
             skey["mixed_precision"] = ctx.mixed_precision
+        if ctx.config["settings"].get("encoder_weights"):  # (likewise)
+            skey["encoder_weights"] = ctx.config["settings"]["encoder_weights"]["sha256"]
         found = cache.get("search", skey)
         if found is None:
             found = cache.put("search", skey, self.run_search(params, profile, seed, ctx, s, device, key=skey))
