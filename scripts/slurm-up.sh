@@ -21,6 +21,7 @@
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "slurm-up: ERROR: needs root (or sudo) to install and start Slurm" >&2; exit 1; }
     exec sudo -E bash "$0" "$@"
 fi
 
