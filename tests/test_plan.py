@@ -117,3 +117,22 @@ def test_cli_bad_plan_device_is_one_line(args, words, tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
+
+
+def test_plan_without_a_device_name_times_each_method_once_and_prices_with_it(tmp_path):
+    from lfm_core.plan import measure_costs
+
+    exp, configs = configs_of("table7", "smoke", [0, 1])
+    configs = [c for c in configs if c["column"] == configs[0]["column"]]
+    costs = measure_costs(exp, configs, repeats=1, device="cpu")
+    methods = {c["settings"]["method"]["name"] for c in configs}
+    assert {k.split("/")[2] for k in costs.steps} == methods and all(v > 0 for v in costs.steps.values())
+    plan = plan_table(exp, configs, tmp_path / "results", costs)
+    for row in plan.rows:
+        config = next(c for c in configs if c["row"] == row.row)
+        (key, (_, steps)), = run_steps(config).items()
+        assert row.hours == pytest.approx(row.runs * steps * costs.steps[key] / 3600)
+    # an experiment without a step timer (the NAS ones) is planned with unknown step times
+    nas, nas_configs = configs_of("table1", "smoke", [0])
+    unknown = plan_table(nas, nas_configs, tmp_path / "results", measure_costs(nas, nas_configs, device="cpu"))
+    assert unknown.hours is None and all(r.hours is None for r in unknown.rows)

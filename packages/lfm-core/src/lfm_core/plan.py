@@ -24,12 +24,13 @@ import click
 
 from lfm_core.errors import check_choice
 
-# Network passes of one training step of a baseline, in cross-entropy steps of the same network:
-# an estimate by construction, not a measurement. L2RW and Meta-Weight-Net take a virtual step
-# with a graph, backpropagate the meta loss through it and take the real step; Co-teaching
-# trains two networks.
+# One training step of a baseline, in cross-entropy steps of the same network: estimates, used
+# where a device's table has only the CE step. Single-network losses cost one CE step; Co-teaching
+# trains two networks; L2RW and Meta-Weight-Net take a virtual step with a graph, backpropagate the
+# meta loss through it and take the real step (`--plan` timed them at 4-5 CE steps on 2 CPU cores,
+# paper shapes; Co-teaching at 1.5-2).
 CE_MULTIPLES = {"ce": 1.0, "focal": 1.0, "class_balanced": 1.0, "finetune": 1.0, "glc": 1.0,
-                "coteaching": 2.0, "l2rw": 3.0, "mwn": 3.0}
+                "coteaching": 2.0, "l2rw": 4.0, "mwn": 4.0}
 # methods that cost what another measured method costs (LFM-DR+ is LFM-DR with other learning rates
 # and an offset on the paper profile)
 SAME_AS = {"lfm_plus": "lfm"}
@@ -37,6 +38,7 @@ SAME_AS = {"lfm_plus": "lfm"}
 CLASS_SIZES = {"cifar10": (10, 5000), "cifar100": (100, 500)}
 # training-set sizes of the NAS evaluation data sets (CIFAR: 50k; ImageNet-1k: 1,281,167)
 EVAL_SIZES = {"cifar": 50_000, "imagenet": 1_281_167}
+MEASURED_STEPS = 3  # steps timed per method and network by --plan without --plan-device
 
 
 @dataclass(frozen=True)
@@ -106,14 +108,14 @@ def device_costs(name: str) -> DeviceCosts:
 
 
 # -- steps per run ------------------------------------------------------------------------------
-def dr_train_size(data: dict[str, Any], data_root: str | None = None) -> int | None:
+def dr_train_size(data: dict[str, Any]) -> int | None:
     """Training examples of a DR run after its meta set, imbalance and cap (as make_splits builds them)."""
     name = data["dataset"]
     if name in CLASS_SIZES:
         k, n = CLASS_SIZES[name]
         per_class = [n] * k
     else:
-        per_class = _read_class_counts(name, data, data_root)
+        per_class = _read_class_counts(name, data)
         if per_class is None:
             return None
         k = len(per_class)
@@ -129,18 +131,15 @@ def dr_train_size(data: dict[str, Any], data_root: str | None = None) -> int | N
     return min(n, int(data["max_train"])) if data.get("max_train") else n
 
 
-def _read_class_counts(name: str, data: dict[str, Any], data_root: str | None) -> list[int] | None:
-    """Per-class training counts of an embedded data set or one on disk; None when it is not there."""
+def _read_class_counts(name: str, data: dict[str, Any]) -> list[int] | None:
+    """Per-class training counts of an embedded data set; None for others."""
     from lfm_core.data import load_dataset
     from lfm_core.identity import EMBEDDED
 
-    if name not in EMBEDDED and not (data_root and Path(data_root).is_dir()):
+    if name not in EMBEDDED:  # e.g. an image folder: not read just to plan
         return None
     kwargs = {"image_size": data["image_size"]} if "image_size" in data else {}
-    try:
-        bundle = load_dataset(name, root=None if name in EMBEDDED else data_root, **kwargs)
-    except Exception:  # not there (yet): the plan shows '?' rather than fail
-        return None
+    bundle = load_dataset(name, **kwargs)
     labels = bundle.train.labels.tolist()
     return [labels.count(c) for c in range(bundle.num_classes)]
 
@@ -154,12 +153,12 @@ def dr_step(config: dict[str, Any]) -> tuple[str, str]:
     return key, f"{method} {model}" + (f" ({engine})" if engine and engine != "exact" else "")
 
 
-def run_steps(config: dict[str, Any], data_root: str | None = None) -> dict[str, tuple[str, int | None]]:
+def run_steps(config: dict[str, Any]) -> dict[str, tuple[str, int | None]]:
     """The training steps one run makes: {cost key: (label, steps)}; steps None when unknown."""
     st = config["settings"]
     if "train" in st:  # data reweighting: epochs x full batches of the training set
         key, label = dr_step(config)
-        n = dr_train_size(st["data"], data_root)
+        n = dr_train_size(st["data"])
         batch = int(st["train"]["batch_size"])
         per_epoch = None if n is None else (n // batch if n >= batch else 1)
         return {key: (label, None if per_epoch is None else int(st["train"]["epochs"]) * per_epoch)}
@@ -232,8 +231,7 @@ def plan_table(exp: Any, configs: list[dict[str, Any]], results_root: Path, cost
         row.runs += 1
         done = is_finished(config, run_dir_for(results_root, config), exp.metric)
         row.finished += done
-        data_root = (config.get("runtime") or {}).get("data_root")
-        for key, (label, steps) in run_steps(config, data_root).items():
+        for key, (label, steps) in run_steps(config).items():
             shared = key.startswith("nas/search/") and _search_key(config) in searched
             seconds, estimated = step_time(key, costs)
             row.steps.setdefault(label, set()).add(steps)
@@ -307,7 +305,7 @@ PLAN_OPTIONS: list[click.Option] = [
 
 @dataclass(frozen=True)
 class PlanRequest:
-    """``--plan`` was given; with the step costs of ``--plan-device`` (None: the current device's, if committed)."""
+    """``--plan`` was given; with the step costs of ``--plan-device`` (None: measure them now)."""
 
     costs: DeviceCosts | None
 
@@ -323,23 +321,51 @@ def take_plan_options(options: dict[str, Any]) -> PlanRequest | None:
 
             raise UsageError(f"--plan-device {name} needs --plan")
         return None
-    return PlanRequest(device_costs(name) if name is not None else _current_device_costs())
+    return PlanRequest(device_costs(name) if name is not None else None)
 
 
 def maybe_plan(exp: Any, request: PlanRequest | None, configs: list[dict[str, Any]], results: Path,
                console: Any) -> bool:
-    """With ``--plan`` (a request): print the plan of these resolved configs and return True."""
+    """With ``--plan`` (a request): print the plan of these resolved configs and return True.
+
+    Without ``--plan-device`` the step times are measured now on the runs' device."""
     if request is None:
         return False
-    render_plan(plan_table(exp, configs, Path(results), request.costs), console)
+    costs = request.costs or measure_costs(exp, configs)
+    render_plan(plan_table(exp, configs, Path(results), costs), console)
     return True
 
 
-def _current_device_costs() -> DeviceCosts | None:
-    """The committed costs of the device this process would run on, when there are some."""
+def measure_costs(exp: Any, configs: list[dict[str, Any]], repeats: int = MEASURED_STEPS,
+                  device: str | None = None) -> DeviceCosts:
+    """Time ``repeats`` training steps (after one warm-up) of each distinct method and network of
+    these configs, with the experiment's ``step_timer`` (experiments without one: not timed)."""
+    import statistics
+    import time
+
     import torch
 
-    if torch.cuda.is_available():
-        gpu = torch.cuda.get_device_name(0)
-        return next((c for c in load_costs().values() if c.device == gpu), None)
-    return None
+    timer_of = getattr(exp, "step_timer", None)
+    if device is None and configs:
+        device = (configs[0].get("runtime") or {}).get("device_type")
+    steps: dict[str, float] = {}
+    if timer_of is not None:
+        for config in configs:
+            for key, (label, _) in run_steps(config).items():
+                if key in steps:
+                    continue
+                click.echo(f"timing {label}: 1 + {repeats} steps ...", err=True)
+                step = timer_of(config, device)
+                step()
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    step()
+                    times.append(time.perf_counter() - start)
+                steps[key] = statistics.median(times)
+                del step
+    name = (torch.cuda.get_device_name(0) if torch.cuda.is_available() and device != "cpu"
+            else f"cpu x{torch.get_num_threads()} threads")
+    return DeviceCosts(name="measured", device=name, steps=steps,
+                       source=f"measured now on {name}: median of {repeats} steps after 1 warm-up, synthetic "
+                              "batches of each run's shapes")
