@@ -193,8 +193,8 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
                 configs.append({"run_dir": str(run_dir_for(results, config)), **config})
         out.file.write(json.dumps(configs, indent=2) + "\n")
         return
-    if maybe_plan(exp, plan, [resolve_config(exp, c, profile, s, _jsonable(options), **runtime)
-                              for c in cells for s in seed_list], results, out):
+    if plan is not None and maybe_plan(exp, plan, [resolve_config(exp, c, profile, s, _jsonable(options), **runtime)
+                                                   for c in cells for s in seed_list], results, out):
         return
     console.print(f"[bold]{exp.name}[/]: {exp.title}")
     console.print(f"profile [cyan]{profile}[/], {len(cells)} cells x {len(seed_list)} seeds, results in {results}")
