@@ -15,10 +15,13 @@
 # A requeued job normally waits the credential lifetime (120 s, plus a scheduling pass) before it
 # may start again; AuthInfo=cred_expire sets that lifetime, here to $LFM_SLURM_CRED_EXPIRE seconds
 # (default 5, Slurm's minimum), and the schedulers run every 1-2 s instead of 30-60 s, so a
-# requeued task runs again after about 6-10 s instead of about 2.5 minutes.
+# requeued task runs again after about 6-10 s instead of about 2.5 minutes. (Forcing an earlier
+# start with `scontrol update JobId=.. StartTime=now` makes Slurm fail the job: "Job credential
+# revoked".)
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "slurm-up: ERROR: needs root (or sudo) to install and start Slurm" >&2; exit 1; }
     exec sudo -E bash "$0" "$@"
 fi
 

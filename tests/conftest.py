@@ -1,27 +1,42 @@
-"""Fixtures shared by the root tests.
-
-``slurm_cluster``: a running Slurm (e.g. the one-node cluster of scripts/slurm-up.sh); tests that
-use it are marked ``slurm`` and skipped where ``sinfo`` does not answer."""
+"""Root-test fixtures: a live Slurm for the cluster tests (marker ``slurm``, fixture ``slurm_cluster``)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import functools
+import os
 
 import pytest
+from slurm_tools import NOT_UP, SlurmCluster, slurm_problem
 
 
-def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "slurm: needs a running Slurm (bash scripts/slurm-up.sh starts one here)")
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slurm: needs a live Slurm (bash scripts/slurm-up.sh); fails under CI=true without one")
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> str:
-    """The name of the partition to submit to; skips the test when no Slurm answers."""
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        pytest.skip("no Slurm here (bash scripts/slurm-up.sh starts a one-node cluster)")
-    proc = subprocess.run(["sinfo", "-h", "-o", "%P %a"], capture_output=True, text=True, timeout=30)
-    up = [line.split()[0].rstrip("*") for line in proc.stdout.splitlines() if line.split()[1:] == ["up"]]
-    if proc.returncode != 0 or not up:
-        pytest.skip(f"Slurm does not answer (sinfo: {proc.stderr.strip() or 'no partition up'})")
-    return up[0]
+@functools.cache
+def _problem() -> str | None:
+    return slurm_problem()
+
+
+def require_slurm() -> None:
+    """Skip the test when no Slurm answers; under CI=true, where scripts/slurm-up.sh ran, fail it."""
+    problem = _problem()
+    if problem is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{NOT_UP} ({problem})", pytrace=False)
+    pytest.skip(f"{NOT_UP} ({problem})")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("slurm") is not None:
+        require_slurm()
+
+
+@pytest.fixture
+def slurm_cluster():
+    """The live Slurm of this machine; jobs submitted through it are cancelled when the test ends."""
+    require_slurm()
+    cluster = SlurmCluster()
+    yield cluster
+    cluster.cancel_all()

@@ -153,7 +153,7 @@ def wait_for_job(job: str, timeout: float = 300) -> None:
 @pytest.mark.slurm
 def test_slurm_array_gives_the_inline_results_and_table(slurm_cluster, inline, tmp_path):
     root = tmp_path / "results"
-    proc = ok(cli(*ARGS, "--results", str(root), "--launcher", "slurm", "--partition", slurm_cluster,
+    proc = ok(cli(*ARGS, "--results", str(root), "--launcher", "slurm", "--partition", slurm_cluster.partition,
                   "--time-min", "10", "--slurm-arg", "comment=lfm-test"))
     assert runs(root) == runs(inline[0]) and epochs(root) == epochs(inline[0])
     assert proc.stdout == inline[1]

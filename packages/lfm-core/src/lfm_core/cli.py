@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lfm_core.errors import GracefulStop, LFMError, UsageError, os_error_line
 from lfm_core.experiments import PROFILES, check_profile, get_experiment, parse_set, selected
 from lfm_core.launch import LAUNCH_OPTIONS
+from lfm_core.plan import PLAN_OPTIONS, maybe_plan, take_plan_options
 from lfm_core.registries import ALL, EXPERIMENTS
 from lfm_core.stopping import stop_if_requested
 
@@ -130,8 +131,8 @@ def run_cmd(experiment: str, args: tuple[str, ...]) -> None:
 
     command = click.Command(
         name=experiment,
-        params=COMMON_OPTIONS + LAUNCH_OPTIONS + exp.options() + [click.Option(["-h", "--help"], is_flag=True, expose_value=False,
-                                                              is_eager=True, callback=_show_help)],
+        params=COMMON_OPTIONS + LAUNCH_OPTIONS + PLAN_OPTIONS + exp.options() + [
+            click.Option(["-h", "--help"], is_flag=True, expose_value=False, is_eager=True, callback=_show_help)],
         callback=body,
         help=f"{exp.title}\n\n{exp.__doc__ or ''}",
     )
@@ -167,6 +168,7 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
 
     launch = launch_options(options)  # the --launcher family out of the experiment's options
     check_profile(profile)
+    plan = take_plan_options(options)
     mixed_precision = launch_mixed_precision(mixed_precision)
     compile = launch_compile(compile)
     if compile and not exp.supports_compile:
@@ -194,6 +196,9 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
                 config = resolve_config(exp, cell, profile, seed, _jsonable(options), **runtime)
                 configs.append({"run_dir": str(run_dir_for(results, config)), **config})
         out.file.write(json.dumps(configs, indent=2) + "\n")
+        return
+    if plan is not None and maybe_plan(exp, plan, [resolve_config(exp, c, profile, s, _jsonable(options), **runtime)
+                                                   for c in cells for s in seed_list], results, out):
         return
     console.print(f"[bold]{exp.name}[/]: {exp.title}")
     console.print(f"profile [cyan]{profile}[/], {len(cells)} cells x {len(seed_list)} seeds, results in {results}")

@@ -424,6 +424,43 @@ class DRExperiment(Experiment):
             augment=augment, mixed_precision=ctx.mixed_precision, compile=getattr(ctx, "compile", False), options=options,
         )
 
+    def step_timer(self, config: dict[str, Any], device: str | None = None):
+        """One training step of this run's method and network on synthetic images of its shapes
+        and batch sizes, as a callable (``lfm-bench run EXP --plan`` times a few). The encoder is
+        built without its pretrained weights: the same cost, and nothing to load."""
+        import math
+        from types import SimpleNamespace
+
+        import torch
+
+        from lfm_core.data import synthetic
+        from lfm_dr.train import autocast, build_method, gather
+
+        settings = copy.deepcopy(config["settings"])
+        data, train = settings["data"], settings["train"]
+        if "pretrained" in settings["method"]["options"]:
+            settings["method"]["options"]["pretrained"] = False
+        k = {"cifar100": 100}.get(data["dataset"], 10)
+        size = settings["model"]["kwargs"].get("image_size") or data.get("image_size") or 32
+        meta = math.ceil(int(train["meta_batch_size"]) / k)  # a meta set of at least one meta batch
+        per_class = meta + math.ceil(int(train["batch_size"]) / k)
+        bundle = synthetic(num_classes=k, n_train=k * per_class, n_test=k, image_size=size)
+        splits = make_splits(bundle, meta_per_class=meta, seed=0)
+        runtime = config.get("runtime") or {}
+        cfg = self.train_config(settings, SimpleNamespace(device=device, mixed_precision=runtime.get("mixed_precision", "no"),
+                                                          compile=bool(runtime.get("compile"))))
+        dev = device_of(cfg)
+        method, stream, _ = build_method(cfg, splits, 0, dev)
+
+        def step() -> None:
+            x, y, idx = gather(splits.train, stream.next(), dev, cfg.augment)
+            with autocast(cfg, dev):
+                method.train_step(x, y, idx, 0)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        return step
+
     def run_cell(self, cell, profile, seed, ctx):
         settings = ctx.config["settings"]
         splits = self.build_splits(settings, seed, ctx)
