@@ -160,7 +160,8 @@ def test_paper_profile_runs(name, paper_data):
             assert settings["train"]["epochs"] == 1 and settings["data"]["max_train"] == 10
             opts = settings["method"]["options"]
             if rec["params"]["method"] in ("lfm", "lfm_plus") and name != "ablation_dr":
-                assert opts["encoder"] == "resnet18"
+                # LFM-DR+ picks pixels or resnet18 per run from the meta set (encoder="auto")
+                assert opts["encoder"] == ("auto" if rec["params"]["method"] == "lfm_plus" else "resnet18")
                 assert opts["encoder_weights"]["path"] == str(paper_data["weights"].resolve())
     if name == "table9":  # ANIMAL-10N: 1,020 training images, 100 per class to the meta set, 20 kept
         assert {r["metrics"]["n_train"] for r in records} == {20} if "n_train" in records[0]["metrics"] else True

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lfm_core.errors import GracefulStop, LFMError, UsageError, os_error_line
+from lfm_core.errors import DataNotFoundError, GracefulStop, LFMError, UsageError, os_error_line
 from lfm_core.experiments import PROFILES, check_profile, get_experiment, parse_set, selected
 from lfm_core.launch import LAUNCH_OPTIONS
 from lfm_core.plan import PLAN_OPTIONS, maybe_plan, take_plan_options
@@ -179,7 +179,14 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
         options["set"] = parse_set(set_values)
     if data_root is not None and not data_root.exists():
         raise UsageError(f"--data-root {data_root} does not exist; give a folder holding the data set")
-    exp.validate(profile, {**options, "data_root": data_root, "only": only})  # checks the cells --only keeps
+    try:
+        exp.validate(profile, {**options, "data_root": data_root, "only": only})  # checks the cells --only keeps
+    except DataNotFoundError as exc:
+        if plan is None:
+            raise
+        # planning (e.g. on a login node) needs no data or weights yet; the run will
+        console.print(f"[yellow]note:[/] {escape(str(exc))} (the plan goes on; the runs need it)", highlight=False,
+                      soft_wrap=True)
     seed_list = _parse_seeds(seeds, exp.seeds[profile])
     check_device(device)
     cells = exp.cells(profile, {**options, "data_root": data_root})
