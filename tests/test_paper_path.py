@@ -26,6 +26,7 @@ from lfm_core.cli import main
 
 # how the runs are launched: e.g. ["--launcher", "local", "--jobs", "2"] to run cells in worker processes
 LAUNCH: list[str] = []
+DEVICE = ["--device", "cpu"]  # (a GPU machine may set ["--device", "cuda"])
 
 DR_BUDGET = ["--seeds", "0", "--set", "epochs=1", "--set", "max_train=10", "--set", "batch_size=10",
              "--set", "meta_batch_size=10"]
@@ -98,7 +99,7 @@ def run_paper(name: str, data: dict[str, Path]) -> list[dict]:
     budget = NAS_BUDGET if name in NAS_RUNS else DR_BUDGET
     weights = ["--encoder-weights", str(data["weights"])] if takes_weights else []
     lfm_bench("run", name, "--profile", "paper", "--data-root", str(data[root]), "--results", str(data["results"]),
-              "--device", "cpu", *budget, *weights, *cells, *LAUNCH)
+              *DEVICE, *budget, *weights, *cells, *LAUNCH)
     return results_of(data["results"], name)
 
 
@@ -204,7 +205,7 @@ def lfm_bench_error(capsys, *args: str) -> str:
     return " ".join(err.split())
 
 
-def test_nas_encoder_weights_are_checked_first(paper_data, capsys, tmp_path, monkeypatch):
+def test_encoder_weights_are_checked_first(paper_data, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))  # no cached weights whatever the machine has
     base = ["run", "table5", "--profile", "paper", "--data-root", str(paper_data["nas"]), "--print-config"]
     err = lfm_bench_error(capsys, *base, "--only", "R101")
@@ -218,6 +219,9 @@ def test_nas_encoder_weights_are_checked_first(paper_data, capsys, tmp_path, mon
     weights = str(paper_data["weights"])
     err = lfm_bench_error(capsys, *base, "--encoder-weights", weights, "--encoder-weights", f"resnet18={weights}")
     assert "given twice for resnet18" in err
+    dr = ["run", "table7", "--profile", "paper", "--data-root", str(paper_data["dr"]), "--print-config"]
+    err = lfm_bench_error(capsys, *dr, "--methods", "Base Model,LFM-DR")  # DR too: before Base Model runs
+    assert "LFM-DR uses an ImageNet-pretrained resnet18" in err and "--encoder-weights FILE" in err
     capsys.readouterr()
     main([*base, "--only", "R18", "--seeds", "0", "--encoder-weights", weights])
     configs = json.loads(capsys.readouterr().out)
