@@ -23,6 +23,7 @@ import torch
 
 import paper_fixture as fx
 from lfm_core.cli import main
+from lfm_core.data import IMAGE_EXTENSIONS
 
 # how the runs are launched: e.g. ["--launcher", "local", "--jobs", "2"] to run cells in worker processes
 LAUNCH: list[str] = []
@@ -227,3 +228,16 @@ def test_encoder_weights_are_checked_first(paper_data, capsys, tmp_path, monkeyp
     configs = json.loads(capsys.readouterr().out)
     assert len(configs) == 2 and all(c["settings"]["encoder_weights"]["path"] == str(paper_data["weights"].resolve())
                                      for c in configs)
+
+
+def test_imagenet_root_is_read_at_run_time(paper_data, tmp_path, capsys):
+    """--imagenet-root elsewhere is the folder the evaluation reads (here one whose val/ is empty)."""
+    import shutil
+
+    other = tmp_path / "inet"
+    shutil.copytree(paper_data["nas"] / "imagenet" / "train", other / "train")
+    (other / "val").mkdir()
+    err = lfm_bench_error(capsys, "run", "table3", "--profile", "paper", "--data-root", str(paper_data["nas"]),
+                          "--results", str(paper_data["results"]), "--imagenet-root", str(other), "--encoder-weights",
+                          str(paper_data["weights"]), *DEVICE, *NAS_BUDGET, "--only", "LFM-PDARTS-CIFAR10", *LAUNCH)
+    assert f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {other / 'val'}" in err
