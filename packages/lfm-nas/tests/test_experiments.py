@@ -143,6 +143,10 @@ def test_smoke_run_end_to_end(tmp_path):
     assert computed2 and m2["search_from"] == str(run_dir) and m2["value"] == m["peak_mem_mb"]
     assert "test_err" not in m2 or m2["test_err"] == m["test_err"]
     assert rec2["wall_s"] < 5
+    # --no-reuse: the cost column searches again (the option reaches the run, not its identity)
+    cost = next(c for c in cells if c.params["measure"] == "cost")
+    rec3, _ = run_one(exp, cost, "smoke", 0, tmp_path, options={"reuse": False})
+    assert "search_from" not in rec3["metrics"] and rec3["metrics"]["genotype"] == m["genotype"]
 
 
 def test_plot_bars(tmp_path):

@@ -264,7 +264,9 @@ def provenance(exp: Experiment, agg: pd.DataFrame, records: list[dict[str, Any]]
         lines.append("Δ = ours − paper, shown only where data, model and protocol are the paper's.")
     stand_in = [c for c in exp.columns if not modes[c] and (agg[(agg.column == c)].status == "ok").any()]
     if stand_in:
-        lines.append(f"Stand-in columns ({', '.join(stand_in)}): our numbers are not comparable with the paper's; "
+        # a paper-profile run is only incomparable through its overrides (--epochs, --set): no stand-in there
+        what = "Columns run with overrides of the paper's protocol" if profiles == ["paper"] else "Stand-in columns"
+        lines.append(f"{what} ({', '.join(stand_in)}): our numbers are not comparable with the paper's; "
                      + (f"compare each method's gain over {exp.base_row} and the methods' ranking. "
                         if exp.base_row else "compare the methods' ranking. "))
         tau = rank_agreement(exp, agg)
@@ -280,9 +282,8 @@ def provenance(exp: Experiment, agg: pd.DataFrame, records: list[dict[str, Any]]
     missing = [c for c in exp.columns if not (agg[agg.column == c].status == "ok").any()]
     if missing:
         reasons: dict[str, list[str]] = defaultdict(list)
-        paper_only = profiles == ["paper"]  # the reasons are the stand-in profiles'; the paper profile runs every column
-        for column in missing:
-            reasons["" if paper_only else exp.not_run_reason(column)].append(column)
+        for column in missing:  # the reasons are the stand-in profiles'; the paper profile can run every column
+            reasons["" if profiles == ["paper"] else exp.not_run_reason(column)].append(column)
         lines.append("Not run: " + "; ".join(", ".join(cols) + (f" ({why})" if why else " (no run in these results)")
                                               for why, cols in reasons.items()) + ".")
     return lines

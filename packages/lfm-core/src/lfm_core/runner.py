@@ -64,6 +64,8 @@ class RunContext:
     # in a multi-process launch only rank 0 writes the run directory; the others train in step
     main_process: bool = True
     trackers: tuple[str, ...] = ()
+    # the command's experiment options, selectors included (e.g. NAS --no-reuse); what changes a result is in config
+    options: dict[str, Any] = field(default_factory=dict)
     _metrics: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -269,7 +271,8 @@ def run_one(
         if main:
             atomic_write_json(run_dir / "config.json", config)
         wait_for_everyone()  # nobody reads a checkpoint that --force is deleting
-        with RunContext(run_dir=run_dir, config=config, main_process=main, **ctx_kwargs) as ctx:
+        with RunContext(run_dir=run_dir, config=config, main_process=main, options=dict(options or {}),
+                        **ctx_kwargs) as ctx:
             ctx.log(f"start {experiment.name} {profile} {cell.row} | {cell.column} seed {seed} "
                     f"(config {config['config_id']})")
             start = time.perf_counter()

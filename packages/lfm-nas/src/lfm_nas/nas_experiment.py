@@ -440,7 +440,7 @@ class NASExperiment(Experiment):
         return metrics
 
     def _run_cell(self, cell, profile, seed, ctx, device):
-        opts = ctx.config.get("options", {}) or {}
+        opts = getattr(ctx, "options", None) or {}  # (the config holds no selectors such as --no-reuse)
         s = ctx.config["settings"]["settings"]
         params = cell.params
         cache = SearchCache(ctx, profile, enabled=opts.get("reuse", True) is not False)
@@ -454,6 +454,9 @@ class NASExperiment(Experiment):
             skey["mixed_precision"] = ctx.mixed_precision
         if ctx.config["settings"].get("encoder_weights"):  # (likewise)
             skey["encoder_weights"] = ctx.config["settings"]["encoder_weights"]["sha256"]
+        data_root = (ctx.config.get("runtime") or {}).get("data_root")
+        if data_root:  # on-disk data (the paper profile's CIFAR): another folder is another search (likewise)
+            skey["data_root"] = data_root
         found = cache.get("search", skey)
         if found is None:
             found = cache.put("search", skey, self.run_search(params, profile, seed, ctx, s, device, key=skey))
@@ -470,6 +473,9 @@ class NASExperiment(Experiment):
             ekey = {"genotype": found["genotype"], "eval": params.get("eval", "cifar"),
                     "dataset": params["dataset"], "settings": {k: s[k] for k in sorted(eval_keys)},
                     "seed": int(seed), "device": device.type}
+            for key, value in (("data_root", data_root), ("imagenet_root", ctx.config["settings"].get("imagenet_root"))):
+                if value:  # (likewise)
+                    ekey[key] = value
             ev = cache.get("eval", ekey)
             if ev is None:
                 ev = cache.put("eval", ekey, self.run_eval(genotype, params, profile, seed, ctx, s, device,
