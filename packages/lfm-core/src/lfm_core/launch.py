@@ -207,7 +207,7 @@ class RunTask:
             while True:
                 try:
                     record, computed = run_one(exp, self.cell, self.profile, self.seed, Path(self.results),
-                                               force=self.force, options=self.options, echo=_say,
+                                               force=self.force, options=self.options,
                                                download=self.download, trackers=self.trackers, **self.runtime)
                     break
                 except RunLockedError as exc:
