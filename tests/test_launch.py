@@ -98,6 +98,14 @@ def test_a_failed_local_task_does_not_stop_the_others_and_a_rerun_retries_only_i
     assert runs(root) == runs(inline[0]) and again.stdout == inline[1]
 
 
+def test_a_resumed_run_says_where_on_the_terminal(tmp_path):
+    args = ["run", "table7", "--profile", "smoke", "--methods", "LFM-DR", "--seeds", "0", "--results", str(tmp_path)]
+    stopped = cli(*args, env={"LFM_TEST_STOP_AT": "dr:1:2:end"})
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    resumed = ok(cli(*args))
+    assert "LFM-DR | CIFAR-10 40% | seed 0: resumed at epoch 1 step 3" in resumed.stderr
+
+
 @pytest.mark.parametrize("args, words", [
     (["--launcher", "cloud"], ["unknown --launcher 'cloud'", "inline, local, slurm"]),
     (["--shard", "3/2"], ["bad --shard '3/2'", "K/N"]),

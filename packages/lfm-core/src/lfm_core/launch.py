@@ -411,7 +411,11 @@ class SlurmArray:
     """One Slurm job array through submitit, one task per run (a single job for one run)."""
 
     def __init__(self, tasks: list[RunTask], opts: LaunchOptions, jobs_root: Path):
+        import logging
+
         self.submitit = import_submitit()
+        # the parent's own lines say what happens; submitit's (e.g. sacct warnings) would go to stdout, the table's
+        logging.getLogger("submitit").setLevel(logging.ERROR)
         if shutil.which("sbatch") is None or shutil.which("srun") is None:
             raise LFMError("--launcher slurm: no Slurm here (sbatch/srun not found); run where Slurm is, or use "
                            "--launcher local")
@@ -419,7 +423,7 @@ class SlurmArray:
         self.jobs: list[Any] = []
         self.job_id = ""  # of the array this launch submitted ("" if none)
         self.attached: list[str] = []  # jobs of earlier launches this one watches
-        self._completed: dict[str, float] = {}
+        self._missing: dict[str, float] = {}  # job id -> when it was first seen neither queued nor finished
 
     def _executor(self, n: int):
         folder = self.jobs_root / ("%A" if n > 1 else "%j")
@@ -488,9 +492,9 @@ class SlurmArray:
                     candidates[run_dir] = self.submitit.SlurmJob(folder=manifest.parent, job_id=job_id)
         if not candidates:
             return {}
-        next(iter(candidates.values())).get_info(mode="force")  # one sacct call
+        queue = _squeue()
         return {run_dir: job for run_dir, job in candidates.items()
-                if not job.paths.result_pickle.exists() and _slurm_state(job) in ALIVE}
+                if not job.paths.result_pickle.exists() and job.job_id in (queue or {})}
 
     @property
     def folder(self) -> Path:
@@ -500,33 +504,38 @@ class SlurmArray:
         return self.jobs[i].paths.folder / self.tasks[i].log_name
 
     def poll(self) -> list[str]:
-        if self.jobs:
-            self.jobs[0].get_info(mode="force")  # one sacct call for every task
-        return [self._state(job) for job in self.jobs]
+        queue = _squeue()
+        return [self._state(job, queue) for job in self.jobs]
 
-    def _state(self, job) -> str:
+    def _state(self, job, queue: dict[str, str] | None) -> str:
+        """From the task's result file (written before it exits), else from the queue: the
+        controller's live view, which needs no accounting (sacct) to answer."""
         if job.paths.result_pickle.exists():
             try:
                 outcome = self.submitit.core.utils.pickle_load(job.paths.result_pickle)[0]
             except Exception:  # being written
                 return RUNNING
             return DONE if outcome == "success" else FAILED
-        state = _slurm_state(job)
-        if state in ("RUNNING", "COMPLETING"):
-            return RUNNING
-        if state == "COMPLETED":  # its result pickle is on its way (a shared file system may lag)
-            first = self._completed.setdefault(job.job_id, time.time())
-            return RUNNING if time.time() - first < 120 else FAILED
-        if job.watcher.is_done(job.job_id, mode="cache"):
-            return FAILED
-        return PENDING
+        if queue is None:  # squeue did not answer this time
+            return PENDING
+        if job.job_id in queue:
+            self._missing.pop(job.job_id, None)
+            return RUNNING if queue[job.job_id] in ("RUNNING", "COMPLETING") else PENDING
+        # neither queued nor finished: it ended without a result (killed, out of memory, node lost)
+        # once a file system that lags has had time to show its result
+        first = self._missing.setdefault(job.job_id, time.time())
+        return FAILED if time.time() - first > RESULT_GRACE_S else RUNNING
 
     def error(self, i: int) -> str:
         job = self.jobs[i]
         if job.paths.result_pickle.exists():
             trace = self.submitit.core.utils.pickle_load(job.paths.result_pickle)[1]
             return _last_line(str(trace)) or "failed"
-        return f"Slurm ended the task: {_slurm_state(job)} (no result)"
+        try:
+            state = (job.get_info(mode="force").get("State") or "").split()[0]  # sacct, if accounting is on
+        except Exception:
+            state = ""
+        return f"the task ended without a result ({state or 'killed?'}; see its log)"
 
     def computed(self, i: int) -> bool | None:
         try:
@@ -539,15 +548,22 @@ class SlurmArray:
 
 
 MANIFEST = "runs.json"  # <results>/.jobs/<job id>/runs.json: the run directory of each array task
-# Slurm states of a task that will still run (its own requeue included)
-ALIVE = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
-         "REQUEUE_FED", "PREEMPTED")
+RESULT_GRACE_S = 60.0  # how long a task gone from the queue may take to show its result file
 
 
-def _slurm_state(job) -> str:
-    """The task's Slurm state from submitit's last sacct call ("CANCELLED by 0" -> "CANCELLED")."""
-    state = job.get_info(mode="cache").get("State") or "UNKNOWN"
-    return state.split()[0].upper()
+def _squeue() -> dict[str, str] | None:
+    """Every queued (pending or running) Slurm task of this user: ``{"12_3": "RUNNING", ...}``, one
+    entry per array task; None if squeue fails."""
+    import getpass
+
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    return dict(line.split()[:2] for line in proc.stdout.splitlines() if len(line.split()) >= 2)
 
 
 def _tail(path: Path, n: int = 50) -> list[str]:
