@@ -531,9 +531,11 @@ class SlurmArray:
         if job.paths.result_pickle.exists():
             trace = self.submitit.core.utils.pickle_load(job.paths.result_pickle)[1]
             return _last_line(str(trace)) or "failed"
-        try:
-            state = (job.get_info(mode="force").get("State") or "").split()[0]  # sacct, if accounting is on
-        except Exception:
+        try:  # Slurm's word for it (OUT_OF_MEMORY, NODE_FAIL...), where accounting is on
+            proc = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", str(job.job_id)],
+                                  capture_output=True, text=True, timeout=60)
+            state = (proc.stdout.split() or [""])[0] if proc.returncode == 0 else ""
+        except (OSError, subprocess.TimeoutExpired):
             state = ""
         return f"the task ended without a result ({state or 'killed?'}; see its log)"
 
