@@ -98,6 +98,14 @@ def test_a_failed_local_task_does_not_stop_the_others_and_a_rerun_retries_only_i
     assert runs(root) == runs(inline[0]) and again.stdout == inline[1]
 
 
+def test_a_resumed_run_says_where_on_the_terminal(tmp_path):
+    args = ["run", "table7", "--profile", "smoke", "--methods", "LFM-DR", "--seeds", "0", "--results", str(tmp_path)]
+    stopped = cli(*args, env={"LFM_TEST_STOP_AT": "dr:1:2:end"})
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    resumed = ok(cli(*args))
+    assert "LFM-DR | CIFAR-10 40% | seed 0: resumed at epoch 1 step 3" in resumed.stderr
+
+
 @pytest.mark.parametrize("args, words", [
     (["--launcher", "cloud"], ["unknown --launcher 'cloud'", "inline, local, slurm"]),
     (["--shard", "3/2"], ["bad --shard '3/2'", "K/N"]),
@@ -139,17 +147,6 @@ def start_pending_now(job: str) -> None:
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
 
 
-def wait_for_job(job: str, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        proc = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True, timeout=30)
-        if proc.returncode == 0 and not proc.stdout.strip():
-            return
-        start_pending_now(job)
-        time.sleep(1)
-    raise AssertionError(f"Slurm job {job} did not end within {timeout}s")
-
-
 @pytest.mark.slurm
 def test_slurm_array_gives_the_inline_results_and_table(slurm_cluster, inline, tmp_path):
     root = tmp_path / "results"
@@ -168,17 +165,21 @@ def test_slurm_array_gives_the_inline_results_and_table(slurm_cluster, inline, t
 
 
 @pytest.mark.slurm
-def test_slurm_no_wait_returns_and_the_same_command_prints_the_table(slurm_cluster, inline, tmp_path):
+def test_slurm_no_wait_returns_and_the_same_command_watches_the_job_then_prints(slurm_cluster, inline, tmp_path):
     root = tmp_path / "results"
     args = [*ARGS, "--results", str(root), "--launcher", "slurm", "--only", "Base Model"]
-    proc = ok(cli(*args, "--no-wait"))
+    # the job may begin in 20 s only: it is surely still pending when the second command looks
+    proc = ok(cli(*args, "--no-wait", "--slurm-arg", "begin=now+20"))
     job = job_id_of(proc.stderr)
     assert proc.stdout == "" and f"squeue -j {job}" in proc.stderr and "the same command prints the table" in proc.stderr
-    wait_for_job(job)
-    again = ok(cli(*args))
-    assert "submitted" not in again.stderr and again.stderr.count("cached:") == 2
+    watched = ok(cli(*args))  # not submitted again: it watches the earlier job to its end
+    assert f"2 run(s) are in Slurm job {job} of an earlier launch" in watched.stderr
+    assert "submitted" not in watched.stderr and "2 done, 0 running, 0 pending, 0 failed" in watched.stderr
     expected = {k: v for k, v in runs(inline[0]).items() if k.split("/")[-2].startswith("Base_Model")}
-    assert runs(root) == expected
+    base_line = next(line for line in inline[1].splitlines() if line.startswith("| Base Model |"))
+    assert runs(root) == expected and base_line in watched.stdout.splitlines()
+    again = ok(cli(*args))
+    assert "Slurm job" not in again.stderr and again.stderr.count("cached:") == 2 and again.stdout == watched.stdout
 
 
 @pytest.mark.slurm

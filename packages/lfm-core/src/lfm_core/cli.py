@@ -188,7 +188,10 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
         console.print(f"[yellow]note:[/] {escape(str(exc))} (the plan goes on; the runs need it)", highlight=False,
                       soft_wrap=True)
     seed_list = _parse_seeds(seeds, exp.seeds[profile])
-    check_device(device)
+    if launch.launcher == "slurm":  # the tasks' nodes have the devices, not this one (a login node)
+        device = device or ("cuda" if launch.gpus_per_task else "cpu")
+    else:
+        check_device(device)
     cells = exp.cells(profile, {**options, "data_root": data_root})
     if only:
         cells = [c for c in cells if selected(c, only)]
@@ -270,8 +273,6 @@ def _launch(exp, jobs, profile: str, results: Path, force: bool, options: dict[s
     from lfm_core.launch import RunTask, run_tasks
     from lfm_core.runner import finished_record, resolve_config, run_dir_for
 
-    if launch.launcher == "slurm" and runtime["device"] is None:  # the tasks' nodes, not this one, decide
-        runtime = {**runtime, "device": "cuda" if launch.gpus_per_task else "cpu"}
     tasks = []
     for cell, seed in jobs:
         config = resolve_config(exp, cell, profile, seed, options, **runtime)

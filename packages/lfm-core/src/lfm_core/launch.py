@@ -207,7 +207,7 @@ class RunTask:
             while True:
                 try:
                     record, computed = run_one(exp, self.cell, self.profile, self.seed, Path(self.results),
-                                               force=self.force, options=self.options, echo=_say,
+                                               force=self.force, options=self.options,
                                                download=self.download, trackers=self.trackers, **self.runtime)
                     break
                 except RunLockedError as exc:
@@ -411,22 +411,28 @@ class SlurmArray:
     """One Slurm job array through submitit, one task per run (a single job for one run)."""
 
     def __init__(self, tasks: list[RunTask], opts: LaunchOptions, jobs_root: Path):
+        import logging
+
         self.submitit = import_submitit()
+        # the parent's own lines say what happens; submitit's (e.g. sacct warnings) would go to stdout, the table's
+        logging.getLogger("submitit").setLevel(logging.ERROR)
         if shutil.which("sbatch") is None or shutil.which("srun") is None:
             raise LFMError("--launcher slurm: no Slurm here (sbatch/srun not found); run where Slurm is, or use "
                            "--launcher local")
         self.tasks, self.opts, self.jobs_root = tasks, opts, jobs_root
         self.jobs: list[Any] = []
-        self.job_id = ""
+        self.job_id = ""  # of the array this launch submitted ("" if none)
+        self.attached: list[str] = []  # jobs of earlier launches this one watches
+        self._missing: dict[str, float] = {}  # job id -> when it was first seen neither queued nor finished
 
-    def _executor(self):
-        folder = self.jobs_root / ("%A" if len(self.tasks) > 1 else "%j")
+    def _executor(self, n: int):
+        folder = self.jobs_root / ("%A" if n > 1 else "%j")
         ex = self.submitit.SlurmExecutor(folder=folder, python=shlex.quote(sys.executable))
         threads = self.opts.cpus_per_task
         setup = [f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}", *self.opts.setup]
         params: dict[str, Any] = dict(
             job_name=f"lfm-{self.tasks[0].experiment}", time=self.opts.time_min, cpus_per_task=threads,
-            setup=setup, stderr_to_stdout=True, array_parallelism=self.opts.max_parallel or len(self.tasks),
+            setup=setup, stderr_to_stdout=True, array_parallelism=self.opts.max_parallel or n,
         )
         if self.opts.partition:
             params["partition"] = self.opts.partition
@@ -440,55 +446,98 @@ class SlurmArray:
         return ex
 
     def submit(self) -> None:
-        ex = self._executor()
+        """Submit the tasks as one array, except those a live job of an earlier launch (e.g. one
+        with --no-wait) already holds: those are watched, not submitted again."""
+        live = self._live_jobs()
+        self.jobs = [live.get(task.run_dir) for task in self.tasks]
+        self.attached = sorted({str(job.job_id).split("_")[0] for job in live.values()})
+        new = [i for i, job in enumerate(self.jobs) if job is None]
+        if not new:
+            return
+        ex = self._executor(len(new))
         try:
             with ex.batch():
-                self.jobs = [ex.submit(task) for task in self.tasks]
+                jobs = [ex.submit(self.tasks[i]) for i in new]
         except self.submitit.core.utils.FailedJobError as exc:
             raise LFMError(f"sbatch refused the job: {_last_line(str(exc))}") from None
         except subprocess.CalledProcessError as exc:
             out = (exc.output or b"").decode(errors="replace") if isinstance(exc.output, bytes) else str(exc.output)
             raise LFMError(f"sbatch refused the job: {_last_line(out) or exc}") from None
-        self.job_id = str(self.jobs[0].job_id).split("_")[0]
-        folder = self.folder
-        for i, job in enumerate(self.jobs):  # the task logs, named by run
-            link = folder / self.tasks[i].log_name
+        from lfm_core.io import atomic_write_json
+
+        self.job_id = str(jobs[0].job_id).split("_")[0]
+        for i, job in zip(new, jobs):
+            self.jobs[i] = job
+            link = self.folder / self.tasks[i].log_name  # the task logs, named by run
             if not link.exists():
                 link.symlink_to(job.paths.stdout.name)
+        atomic_write_json(self.folder / MANIFEST, {"job": self.job_id, "array": len(new) > 1,
+                                                    "runs": [self.tasks[i].run_dir for i in new]})
+
+    def _live_jobs(self) -> dict[str, Any]:
+        """run directory -> the pending or running task of an earlier launch that will compute it."""
+        import json
+
+        wanted = {task.run_dir for task in self.tasks}
+        candidates: dict[str, Any] = {}
+        for manifest in sorted(self.jobs_root.glob(f"*/{MANIFEST}")):
+            try:
+                data = json.loads(manifest.read_text())
+                runs, job, array = list(data["runs"]), str(data["job"]), bool(data["array"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            for index, run_dir in enumerate(runs):
+                if run_dir in wanted:
+                    job_id = f"{job}_{index}" if array else job
+                    candidates[run_dir] = self.submitit.SlurmJob(folder=manifest.parent, job_id=job_id)
+        if not candidates:
+            return {}
+        queue = _squeue()
+        return {run_dir: job for run_dir, job in candidates.items()
+                if not job.paths.result_pickle.exists() and job.job_id in (queue or {})}
 
     @property
     def folder(self) -> Path:
         return self.jobs_root / self.job_id
 
     def log_path(self, i: int) -> Path:
-        return self.folder / self.tasks[i].log_name
+        return self.jobs[i].paths.folder / self.tasks[i].log_name
 
     def poll(self) -> list[str]:
-        if self.jobs:
-            self.jobs[0].get_info(mode="force")  # one sacct call for every task
-        return [self._state(job) for job in self.jobs]
+        queue = _squeue()
+        return [self._state(job, queue) for job in self.jobs]
 
-    def _state(self, job) -> str:
+    def _state(self, job, queue: dict[str, str] | None) -> str:
+        """From the task's result file (written before it exits), else from the queue: the
+        controller's live view, which needs no accounting (sacct) to answer."""
         if job.paths.result_pickle.exists():
             try:
                 outcome = self.submitit.core.utils.pickle_load(job.paths.result_pickle)[0]
             except Exception:  # being written
                 return RUNNING
             return DONE if outcome == "success" else FAILED
-        state = job.get_info(mode="cache").get("State", "UNKNOWN").split()[0].upper()
-        if state in ("RUNNING", "COMPLETING"):
-            return RUNNING
-        if job.watcher.is_done(job.job_id, mode="cache"):
-            return FAILED if state != "COMPLETED" else RUNNING  # COMPLETED: its result is being written
-        return PENDING
+        if queue is None:  # squeue did not answer this time
+            return PENDING
+        if job.job_id in queue:
+            self._missing.pop(job.job_id, None)
+            return RUNNING if queue[job.job_id] in ("RUNNING", "COMPLETING") else PENDING
+        # neither queued nor finished: it ended without a result (killed, out of memory, node lost)
+        # once a file system that lags has had time to show its result
+        first = self._missing.setdefault(job.job_id, time.time())
+        return FAILED if time.time() - first > RESULT_GRACE_S else RUNNING
 
     def error(self, i: int) -> str:
         job = self.jobs[i]
         if job.paths.result_pickle.exists():
             trace = self.submitit.core.utils.pickle_load(job.paths.result_pickle)[1]
             return _last_line(str(trace)) or "failed"
-        state = job.get_info(mode="cache").get("State", "UNKNOWN")
-        return f"Slurm ended the task: {state}"
+        try:  # Slurm's word for it (OUT_OF_MEMORY, NODE_FAIL...), where accounting is on
+            proc = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", str(job.job_id)],
+                                  capture_output=True, text=True, timeout=60)
+            state = (proc.stdout.split() or [""])[0] if proc.returncode == 0 else ""
+        except (OSError, subprocess.TimeoutExpired):
+            state = ""
+        return f"the task ended without a result ({state or 'killed?'}; see its log)"
 
     def computed(self, i: int) -> bool | None:
         try:
@@ -498,6 +547,25 @@ class SlurmArray:
 
     def interrupt(self, signum: int) -> None:
         """The parent stops watching; the array goes on."""
+
+
+MANIFEST = "runs.json"  # <results>/.jobs/<job id>/runs.json: the run directory of each array task
+RESULT_GRACE_S = 60.0  # how long a task gone from the queue may take to show its result file
+
+
+def _squeue() -> dict[str, str] | None:
+    """Every queued (pending or running) Slurm task of this user: ``{"12_3": "RUNNING", ...}``, one
+    entry per array task; None if squeue fails."""
+    import getpass
+
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %T"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    return dict(line.split()[:2] for line in proc.stdout.splitlines() if len(line.split()) >= 2)
 
 
 def _tail(path: Path, n: int = 50) -> list[str]:
@@ -532,16 +600,23 @@ def run_tasks(tasks: list[RunTask], opts: LaunchOptions, results: Path, console,
     else:
         backend = SlurmArray(tasks, opts, jobs_root)
     backend.submit()
-    where = f"task logs in {backend.folder}/"
     if opts.launcher == "slurm":
-        console.print(f"submitted Slurm job {backend.job_id}: {len(tasks)} task(s), {where}", highlight=False,
-                      soft_wrap=True)
+        ids = ([backend.job_id] if backend.job_id else []) + backend.attached
+        if backend.attached:
+            held = sum(str(job.job_id).split("_")[0] in backend.attached for job in backend.jobs)
+            console.print(f"{held} run(s) are in Slurm job {', '.join(backend.attached)} of an earlier launch "
+                          "(pending or running): watching them", highlight=False, soft_wrap=True)
+        if backend.job_id:
+            submitted = len(tasks) - sum(str(job.job_id).split("_")[0] in backend.attached for job in backend.jobs)
+            console.print(f"submitted Slurm job {backend.job_id}: {submitted} task(s), task logs in "
+                          f"{backend.folder}/", highlight=False, soft_wrap=True)
         if opts.no_wait:
-            console.print(f"not waiting; `squeue -j {backend.job_id}` shows it; when it has ended, the same command "
+            console.print(f"not waiting; `squeue -j {','.join(ids)}` shows it; when it has ended, the same command "
                           f"prints the table: {command}", highlight=False, soft_wrap=True)
             return Outcome(submitted=False)
     else:
-        console.print(f"{len(tasks)} task(s) on {opts.jobs} local worker(s), {where}", highlight=False, soft_wrap=True)
+        console.print(f"{len(tasks)} task(s) on {opts.jobs} local worker(s), task logs in {backend.folder}/",
+                      highlight=False, soft_wrap=True)
     outcome = Outcome()
     reported: set[int] = set()
     watch = _LogWatcher([Path(t.run_dir) / "log.txt" for t in tasks])
@@ -573,7 +648,7 @@ def run_tasks(tasks: list[RunTask], opts: LaunchOptions, results: Path, console,
                                        f"{counts[FAILED]} failed")
                 if counts[DONE] + counts[FAILED] == len(tasks):
                     break
-                time.sleep(min(10.0, max(0.5, (time.time() - start) / 30)))
+                time.sleep(min(30.0, max(0.5, (time.time() - start) / 30)))  # sacct: not too often
     except KeyboardInterrupt as exc:
         signum = signal.SIGTERM if f"signal {signal.SIGTERM.value}" in str(exc) else signal.SIGINT
         backend.interrupt(signum)
