@@ -145,7 +145,7 @@ def summary_markdown(result: dict) -> str:
                   "first hypergradient vs lfm exact: cosine b / r / V | rel. error b / r / V |",
                   "|---|---|---|---|---|---|"]
         for n, t in times.items():
-            peer = f"{times[fastest] / t:.2f}x" if fastest in times else ""
+            peer = f"{times[fastest] / t:.2f}x" if fastest in times and n != "plain" else ""
             c = r["cosines"].get(n)
             cos = " / ".join(f"{c[g]['cosine']:.6f}" for g in ("b", "r", "V")) if c else ""
             rel = " / ".join(f"{c[g]['rel_err']:.1e}" for g in ("b", "r", "V")) if c else ""
