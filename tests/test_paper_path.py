@@ -25,8 +25,7 @@ import paper_fixture as fx
 from lfm_core.cli import main
 from lfm_core.data import IMAGE_EXTENSIONS
 
-# how the runs are launched: e.g. ["--launcher", "local", "--jobs", "2"] to run cells in worker processes
-LAUNCH: list[str] = []
+LAUNCH = ["--launcher", "local", "--jobs", "2"]  # the paper path as a user runs a table: worker processes
 DEVICE = ["--device", "cpu"]  # (a GPU machine may set ["--device", "cuda"])
 
 DR_BUDGET = ["--seeds", "0", "--set", "epochs=1", "--set", "max_train=10", "--set", "batch_size=10",
