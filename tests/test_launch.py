@@ -1,7 +1,8 @@
 """`lfm-bench run --launcher local/slurm` and `--shard K/N`: the same runs, results and table as an
 inline run, bit for bit; failures, preemption and concurrent launches (lfm_core.launch).
 
-Table VII's smoke profile, its 2 cells x 2 seeds (seconds per run)."""
+Table VII's smoke profile, its 2 cells x 2 seeds (seconds per run). The Slurm tests (marker
+``slurm``, fixture ``slurm_cluster`` of tests/conftest.py) need a live Slurm: scripts/slurm-up.sh."""
 
 from __future__ import annotations
 
@@ -137,6 +138,11 @@ def test_slurm_without_submitit_names_the_install_command(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Slurm (a real one: scripts/slurm-up.sh)
 # ----------------------------------------------------------------------------------------------
+def default_partition() -> str:
+    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30).stdout.split()
+    return next((p.rstrip("*") for p in out if p.endswith("*")), out[0] if out else "")
+
+
 def job_id_of(stderr: str) -> str:
     (line,) = [line for line in stderr.splitlines() if line.startswith("submitted Slurm job ")]
     return line.split()[3].rstrip(":")
@@ -150,7 +156,7 @@ def start_pending_now(job: str) -> None:
 @pytest.mark.slurm
 def test_slurm_array_gives_the_inline_results_and_table(slurm_cluster, inline, tmp_path):
     root = tmp_path / "results"
-    proc = ok(cli(*ARGS, "--results", str(root), "--launcher", "slurm", "--partition", slurm_cluster,
+    proc = ok(cli(*ARGS, "--results", str(root), "--launcher", "slurm", "--partition", default_partition(),
                   "--time-min", "10", "--slurm-arg", "comment=lfm-test"))
     assert runs(root) == runs(inline[0]) and epochs(root) == epochs(inline[0])
     assert proc.stdout == inline[1]
@@ -171,6 +177,7 @@ def test_slurm_no_wait_returns_and_the_same_command_watches_the_job_then_prints(
     # the job may begin in 20 s only: it is surely still pending when the second command looks
     proc = ok(cli(*args, "--no-wait", "--slurm-arg", "begin=now+20"))
     job = job_id_of(proc.stderr)
+    slurm_cluster.track(job)  # cancelled if the test fails before it ends
     assert proc.stdout == "" and f"squeue -j {job}" in proc.stderr and "the same command prints the table" in proc.stderr
     watched = ok(cli(*args))  # not submitted again: it watches the earlier job to its end
     assert f"2 run(s) are in Slurm job {job} of an earlier launch" in watched.stderr
@@ -220,6 +227,7 @@ def test_slurm_tasks_signalled_mid_run_are_requeued_and_resume_to_the_uninterrup
         while time.time() < deadline and "submitted Slurm job" not in err.read_text():
             time.sleep(0.2)
         job = job_id_of(err.read_text())
+        slurm_cluster.track(job)
         # task 0 gets submitit's preemption signal, task 1 SIGTERM, each after its first epoch
         for task, sig in ((0, "USR2"), (1, "TERM")):
             while time.time() < deadline and not list(root.glob(f"table7/smoke/*/seed{task}/checkpoint.pt")):
