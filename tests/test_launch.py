@@ -2,7 +2,8 @@
 inline run, bit for bit; failures, preemption and concurrent launches (lfm_core.launch).
 
 Table VII's smoke profile, its 2 cells x 2 seeds (seconds per run). The Slurm tests (marker
-``slurm``, fixture ``slurm_cluster`` of tests/conftest.py) need a live Slurm: scripts/slurm-up.sh."""
+``slurm``, fixture ``slurm_cluster``: a tests/slurm_tools.SlurmCluster) need a live Slurm:
+scripts/slurm-up.sh."""
 
 from __future__ import annotations
 
@@ -138,11 +139,6 @@ def test_slurm_without_submitit_names_the_install_command(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Slurm (a real one: scripts/slurm-up.sh)
 # ----------------------------------------------------------------------------------------------
-def default_partition() -> str:
-    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30).stdout.split()
-    return next((p.rstrip("*") for p in out if p.endswith("*")), out[0] if out else "")
-
-
 def job_id_of(stderr: str) -> str:
     (line,) = [line for line in stderr.splitlines() if line.startswith("submitted Slurm job ")]
     return line.split()[3].rstrip(":")
@@ -156,7 +152,7 @@ def start_pending_now(job: str) -> None:
 @pytest.mark.slurm
 def test_slurm_array_gives_the_inline_results_and_table(slurm_cluster, inline, tmp_path):
     root = tmp_path / "results"
-    proc = ok(cli(*ARGS, "--results", str(root), "--launcher", "slurm", "--partition", default_partition(),
+    proc = ok(cli(*ARGS, "--results", str(root), "--launcher", "slurm", "--partition", slurm_cluster.partition,
                   "--time-min", "10", "--slurm-arg", "comment=lfm-test"))
     assert runs(root) == runs(inline[0]) and epochs(root) == epochs(inline[0])
     assert proc.stdout == inline[1]
