@@ -35,6 +35,7 @@ from lfm_core.errors import GracefulStop, LFMError, UsageError, check_choice
 
 LAUNCHERS = ("inline", "local", "slurm")
 JOBS_DIR = ".jobs"  # <results>/.jobs/<job id>/: the tasks' logs (and submitit's files)
+MAX_TIMEOUTS = 20  # requeues of one task after its time limit (preemptions do not count)
 LOCK_POLL_S = 2.0  # how often a task waits for a run that another live task holds
 CLUSTER_INSTALL = "pip install 'lfm-core[cluster]'"
 
@@ -427,7 +428,8 @@ class SlurmArray:
 
     def _executor(self, n: int):
         folder = self.jobs_root / ("%A" if n > 1 else "%j")
-        ex = self.submitit.SlurmExecutor(folder=folder, python=shlex.quote(sys.executable))
+        # each requeue after a time limit resumes with progress, so a long run may take many of them
+        ex = self.submitit.SlurmExecutor(folder=folder, python=shlex.quote(sys.executable), max_num_timeout=MAX_TIMEOUTS)
         threads = self.opts.cpus_per_task
         setup = [f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}", *self.opts.setup]
         params: dict[str, Any] = dict(
