@@ -44,7 +44,7 @@ cross-validation of the same network for comparison)::
     b             0.888  0.815  0.919  0.925  0.888  0.908
     cleanlab      0.973  0.892  0.996  0.976  0.952  0.744
 
-Why ``combined``: it is the one candidate
+Why ``combined`` was the fixed default before ``auto``: it is the one candidate
 at or above cleanlab's K-fold AUROC on all six settings, with mean AUROC 0.993 and worst case
 0.976. ``disagreement`` alone has the best mean (0.995) but is 0.0004 below cleanlab under 20%
 uniform noise, where the network's loss is nearly perfect (1.000); the network's losses fall
