@@ -101,8 +101,9 @@ def bench_peers(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def bench_label_issues(session: nox.Session) -> None:
-    """LFM's label-issue score against cleanlab's K-fold on digits with injected noise;
-    benchmarks/results/label_issues.json. ``nox -s bench_label_issues -- --quick`` for two settings."""
+    """LFM's label-issue score against cleanlab's K-fold on an embedded stand-in with injected noise;
+    benchmarks/results/label_issues_<data>.json. ``nox -s bench_label_issues -- --data photo_patches
+    --seeds 1,2`` (default: digits, seed 0); ``-- --quick`` for two settings."""
     env = _dev_env(session)
     session.run(_bin(env, "python"), "-m", "pip", "install", "-q", *CONSTRAINTS, "cleanlab", external=True)
     session.run(_bin(env, "python"), str(ROOT / "benchmarks" / "label_issues.py"), "--json",
