@@ -8,6 +8,7 @@ scripts/slurm-up.sh."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -265,3 +266,24 @@ def test_two_concurrent_slurm_launches_compute_each_run_once(slurm_cluster, inli
     for _, err in outputs:  # each launch accounts for every run: ran, cached, or watched in the other's job
         lines = [line for line in err.splitlines() if line.startswith(("  ran: ", "  cached: "))]
         assert len({line.split(": ")[1] for line in lines}) == 4, lines
+
+
+@pytest.mark.slurm
+def test_a_slurm_task_at_its_time_limit_is_requeued_and_resumes_to_the_uninterrupted_result(slurm_cluster, tmp_path):
+    # Slurm itself signals the task 15 s before its 1-minute limit (lfm_core.launch.signal_delay_s):
+    # the run must outlast 45 s, so its epochs are sized from a 2-epoch calibration run on this machine
+    base = ["run", "table7", "--profile", "smoke", "--methods", "LFM-DR", "--seeds", "0"]
+    ok(cli(*base, "--epochs", "2", "--results", str(tmp_path / "calibration")))
+    (calibration,) = (tmp_path / "calibration").rglob("result.json")
+    per_epoch = max(json.loads(calibration.read_text())["wall_s"] / 2, 0.05)
+    args = [*base, "--epochs", str(min(600, max(4, math.ceil(75 / per_epoch))))]
+    reference = tmp_path / "reference"
+    ok(cli(*args, "--results", str(reference)))
+    root = tmp_path / "results"
+    proc = cli(*args, "--results", str(root), "--launcher", "slurm", "--time-min", "1", timeout=900)
+    job = job_id_of(proc.stderr)
+    slurm_cluster.track(job)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    log = next((root / ".jobs" / job).glob("*__seed0.log")).read_text()
+    assert "this job is timed-out" in log and "resumed at epoch" in log, log[-3000:]
+    assert runs(root) == runs(reference) and epochs(root) == epochs(reference)

@@ -408,6 +408,13 @@ class LocalPool:
                 proc.kill()
 
 
+def signal_delay_s(time_min: int) -> int:
+    """How long before its time limit a task gets the stop signal: submitit's 90 s, but at most a
+    quarter of a short limit (with 90 s a 1-minute task would be signalled as it starts, and again
+    after every requeue, without ever making progress)."""
+    return max(5, min(90, time_min * 60 // 4))
+
+
 class SlurmArray:
     """One Slurm job array through submitit, one task per run (a single job for one run)."""
 
@@ -435,6 +442,7 @@ class SlurmArray:
         params: dict[str, Any] = dict(
             job_name=f"lfm-{self.tasks[0].experiment}", time=self.opts.time_min, cpus_per_task=threads,
             setup=setup, stderr_to_stdout=True, array_parallelism=self.opts.max_parallel or n,
+            signal_delay_s=signal_delay_s(self.opts.time_min),
         )
         if self.opts.partition:
             params["partition"] = self.opts.partition
