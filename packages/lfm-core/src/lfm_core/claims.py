@@ -315,19 +315,7 @@ def write_claims(records: Iterable[dict[str, Any]], out_dir: str | Path) -> Path
         counts = " / ".join(str(sum(line["verdict"] == v for line in lines))
                             for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_RUN))
         text.append(f"| {claim.text} | {claim.source} | **{overall}** | {counts} |")
-        details += [f"## {claim.text} ({claim.source}): {overall}", ""]
-        if not lines:
-            details += ["No runs of " + ", ".join(sorted({c.experiment for c in claim.comparisons})) + ".", ""]
-            continue
-        details += ["| experiment | column | quantity | claimed better | vs | Δ (in the claim's favour) | verdict "
-                    "| profile | command |", "|---|---|---|---|---|---|---|---|---|"]
-        for line in lines:
-            diff = "" if math.isnan(line["diff"]) else f"{line['diff']:+.2f}"
-            command = f"`{line['command']}`" if line["command"] else ""
-            details.append(f"| {line['experiment']} | {line['column']} | {line['quantity']} | "
-                           f"{line['better']}: {line['better_text']} | {line['worse']}: {line['worse_text']} | "
-                           f"{diff} | {line['verdict']} | {line['profile']} | {command} |")
-        details.append("")
+        details += _details(claim, lines, f"## {claim.text} ({claim.source}): {overall}")
     atomic_write_text(out, "\n".join(text + [""] + details) + "\n")
     return out
 
