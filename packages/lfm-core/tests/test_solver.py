@@ -230,12 +230,13 @@ def test_forward_difference_engine_close_to_brute_force(single):
 
 def test_forward_difference_reuses_the_real_steps_gradient(monkeypatch):
     """The base gradient comes from the real steps: one evaluation per product, same result."""
-    import lfm_core.solver as solver_mod
+    import lfm_core.hypergradient.forward as forward_mod
+    import lfm_core.hypergradient.products as products_mod
 
     w1, w2, enc, upper, data, drop, sim = make(bn=True)
     calls = []
-    original = solver_mod._grad_lam
-    monkeypatch.setattr(solver_mod, "_grad_lam", lambda *a: calls.append(a[-1]) or original(*a))
+    original = products_mod._grad_lam
+    monkeypatch.setattr(products_mod, "_grad_lam", lambda *a: calls.append(a[-1]) or original(*a))
     reused, _ = solver_grads("forward-difference", w1, w2, enc, upper, data, drop, sim)
     assert len(calls) == 2 and all(step != 0 for step in calls)
     calls.clear()
@@ -245,7 +246,7 @@ def test_forward_difference_reuses_the_real_steps_gradient(monkeypatch):
     assert sorted(step != 0 for step in calls) == [False, False, True, True]
     # and the base from the real step equals a recomputed one
     fresh = {}
-    monkeypatch.setattr(solver_mod.TriLevelSolver, "_keeps_base", lambda self, w: False)
+    monkeypatch.setattr(forward_mod, "keeps_base", lambda w: False)
     fresh, _ = solver_grads("forward-difference", w1, w2, enc, upper, data, drop, sim)
     assert rel_err(reused, fresh) < 1e-10
 
