@@ -14,7 +14,7 @@ from torch import nn
 from lfm_core.runtime import default_dtype
 from lfm_core.solver import frozen_bn_stats, named_params
 from lfm_nas.darts import DartsArchitect
-from lfm_nas.problem import LFMArchitect, LFMNASProblem
+from lfm_nas.problem import ArchitectSettings, LFMArchitect, LFMNASProblem
 from lfm_nas.spaces import Network, PSNetwork
 
 OPS3 = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
@@ -64,11 +64,11 @@ def make(variant, seed=0, similarity="dot", drop="none", bn_encoder=False, steps
 
 def solver_grads(setup, engine="exact", fd_eps=1e-6, recompute_weights=True):
     s = copy.deepcopy(setup)
-    arch = LFMArchitect(s["w1"], s["w2"], s["enc"], n_val=N_VAL, variant=s["variant"], engine=engine,
-                        similarity=s["similarity"], drop=s["drop"], alphas=s["alphas"], w_lr=LR,
-                        ps_features=s.get("ps_features", "grad"),
-                        w_momentum=0.0, w_weight_decay=0.0, grad_clip=None, fd_eps=fd_eps,
-                        recompute_weights=recompute_weights)
+    settings = ArchitectSettings(variant=s["variant"], engine=engine, similarity=s["similarity"], drop=s["drop"],
+                                 w_lr=LR, ps_features=s.get("ps_features", "grad"), w_momentum=0.0,
+                                 w_weight_decay=0.0, grad_clip=None, fd_eps=fd_eps,
+                                 recompute_weights=recompute_weights)
+    arch = LFMArchitect(s["w1"], s["w2"], s["enc"], n_val=N_VAL, settings=settings, alphas=s["alphas"])
     with torch.no_grad():
         arch.upper["r"].copy_(s["r0"])
     upper0 = {k: v.detach().clone() for k, v in arch.upper.items()}
