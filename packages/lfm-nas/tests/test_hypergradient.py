@@ -335,3 +335,21 @@ def test_lfm_exact_full_darts_cell_directional():
         exact = sum(float((got[k] * d[k]).sum()) for k in upper0)
         assert abs(fd) > 0, keys
         assert abs(exact - fd) / abs(fd) < 1e-4, (keys, exact, fd)
+
+
+def test_a_plug_in_similarity_is_accepted_and_an_unknown_one_named(monkeypatch):
+    """The similarity is checked against the registry, as in DR: a registered one works in NAS."""
+    from lfm_core.errors import UsageError
+    from lfm_core.registries import SIMILARITIES
+
+    SIMILARITIES.names()  # the built-ins first, so the plug-in is added to a loaded registry
+    monkeypatch.setitem(SIMILARITIES._items, "neg-dot", lambda f_tr, f_val: -(f_tr @ f_val.T))
+    setup = make("two")
+    setup["similarity"] = "neg-dot"
+    grads, _, _ = solver_grads(setup)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    with pytest.raises(UsageError, match="cosine"):
+        ArchitectSettings(similarity="cosin")
+    with pytest.raises(UsageError, match="w_momentum"):
+        LFMArchitect.from_space("darts", dict(C=2, layers=3, num_classes=3), variant="ps", n_val=4,
+                                w_momentun=0.0)
