@@ -230,12 +230,13 @@ def test_forward_difference_engine_close_to_brute_force(single):
 
 def test_forward_difference_reuses_the_real_steps_gradient(monkeypatch):
     """The base gradient comes from the real steps: one evaluation per product, same result."""
-    import lfm_core.solver as solver_mod
+    import lfm_core.hypergradient.forward as forward_mod
+    import lfm_core.hypergradient.products as products_mod
 
     w1, w2, enc, upper, data, drop, sim = make(bn=True)
     calls = []
-    original = solver_mod._grad_lam
-    monkeypatch.setattr(solver_mod, "_grad_lam", lambda *a: calls.append(a[-1]) or original(*a))
+    original = products_mod._grad_lam
+    monkeypatch.setattr(products_mod, "_grad_lam", lambda *a: calls.append(a[-1]) or original(*a))
     reused, _ = solver_grads("forward-difference", w1, w2, enc, upper, data, drop, sim)
     assert len(calls) == 2 and all(step != 0 for step in calls)
     calls.clear()
@@ -245,7 +246,7 @@ def test_forward_difference_reuses_the_real_steps_gradient(monkeypatch):
     assert sorted(step != 0 for step in calls) == [False, False, True, True]
     # and the base from the real step equals a recomputed one
     fresh = {}
-    monkeypatch.setattr(solver_mod.TriLevelSolver, "_keeps_base", lambda self, w: False)
+    monkeypatch.setattr(forward_mod, "keeps_base", lambda w: False)
     fresh, _ = solver_grads("forward-difference", w1, w2, enc, upper, data, drop, sim)
     assert rel_err(reused, fresh) < 1e-10
 
@@ -292,3 +293,45 @@ def test_virtual_passes_leave_batchnorm_buffers_alone(engine):
         torch.testing.assert_close(got.bn.running_mean, ref.bn.running_mean)
         torch.testing.assert_close(got.bn.running_var, ref.bn.running_var)
         assert int(got.bn.num_batches_tracked) == 1
+
+
+def test_an_engine_function_gives_the_solvers_hypergradient():
+    """ENGINES[name](setup, problem) is the whole hypergradient of a solver step, bit for bit."""
+    from lfm_core.hypergradient import ENGINES
+
+    w1, w2, enc, upper, data, drop, sim = make(bn=True)
+    via_solver, _ = solver_grads("exact", w1, w2, enc, upper, data, drop, sim)
+    w1, w2, enc = copy.deepcopy(w1), copy.deepcopy(w2), copy.deepcopy(enc)
+    upper = {k: v.clone().requires_grad_() for k, v in upper.items()}
+    opt1 = torch.optim.SGD(w1.parameters(), lr=0.5)
+    opt2 = torch.optim.SGD(w2.parameters(), lr=0.7)
+    solver = TriLevelSolver(w1, w2, upper, opt1, opt2, torch.optim.SGD(upper.values(), lr=0.0), engine="exact",
+                            fd_eps=1e-4, modules=[enc])
+    result = ENGINES["exact"](solver.setup, TinyProblem(w1, w2, enc, data, drop, sim))
+    assert set(result.grads) == set(via_solver)
+    assert all(torch.equal(result.grads[k], via_solver[k]) for k in via_solver)
+
+
+def test_the_forward_differences_base_leaves_the_real_steps_alone():
+    """Keeping grad_lam of the real steps (forward differences) changes none of their values."""
+    from lfm_core.hypergradient.forward import unroll
+
+    runs = []
+    for keep in (False, True):
+        w1, w2, enc, upper, data, drop, sim = make(bn=True)
+        upper = {k: v.clone().requires_grad_() for k, v in upper.items()}
+        solver = TriLevelSolver(w1, w2, upper, torch.optim.SGD(w1.parameters(), lr=0.5, momentum=0.9),
+                                torch.optim.SGD(w2.parameters(), lr=0.7, momentum=0.9),
+                                torch.optim.SGD(upper.values(), lr=0.0), engine="forward-difference", modules=[enc])
+        u = unroll(solver.setup, TinyProblem(w1, w2, enc, data, drop, sim), keep_base=keep)
+        assert (u.base1 is not None) == keep and (u.base2 is not None) == keep
+        runs.append([u.loss1, u.loss2, u.loss3, u.a, *w1.state_dict().values(), *w2.state_dict().values()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_an_unknown_engine_names_the_valid_ones():
+    w1, w2, enc, upper, *_ = make()
+    with pytest.raises(ValueError, match="exact-reverse"):
+        TriLevelSolver(w1, w2, upper, torch.optim.SGD(w1.parameters(), lr=0.1),
+                       torch.optim.SGD(w2.parameters(), lr=0.1), torch.optim.SGD(upper.values(), lr=0.1),
+                       engine="exakt")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lfm_core.errors import UsageError
-from lfm_core.solver import TriLevelSolver
+from lfm_core.hypergradient import ENGINES
 from lfm_dr.methods.base import DRContext
 from lfm_dr.methods.lfm import DRProblem, LFMReweighting
 from lfm_core.registries import MODELS
@@ -59,13 +59,16 @@ def test_meta_every_one_is_the_plain_solver_step_bit_for_bit():
 
 def test_meta_every_k_takes_the_hypergradient_on_every_kth_step_only(monkeypatch):
     calls = []
-    original = TriLevelSolver.hypergradient
 
-    def counted(self, *args, **kwargs):
-        calls.append(len(seen))
-        return original(self, *args, **kwargs)
+    def counted(engine):
+        def run(*args, **kwargs):
+            calls.append(len(seen))
+            return engine(*args, **kwargs)
 
-    monkeypatch.setattr(TriLevelSolver, "hypergradient", counted)
+        return run
+
+    for name, engine in list(ENGINES.items()):
+        monkeypatch.setitem(ENGINES, name, counted(engine))
     method = _method(meta_every=3)
     seen = []
     for x, y, idx in _batches(7):

@@ -14,7 +14,7 @@ from torch import nn
 from lfm_core.runtime import default_dtype
 from lfm_core.solver import frozen_bn_stats, named_params
 from lfm_nas.darts import DartsArchitect
-from lfm_nas.problem import LFMArchitect, LFMNASProblem
+from lfm_nas.problem import ArchitectSettings, LFMArchitect, LFMNASProblem
 from lfm_nas.spaces import Network, PSNetwork
 
 OPS3 = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
@@ -64,11 +64,11 @@ def make(variant, seed=0, similarity="dot", drop="none", bn_encoder=False, steps
 
 def solver_grads(setup, engine="exact", fd_eps=1e-6, recompute_weights=True):
     s = copy.deepcopy(setup)
-    arch = LFMArchitect(s["w1"], s["w2"], s["enc"], n_val=N_VAL, variant=s["variant"], engine=engine,
-                        similarity=s["similarity"], drop=s["drop"], alphas=s["alphas"], w_lr=LR,
-                        ps_features=s.get("ps_features", "grad"),
-                        w_momentum=0.0, w_weight_decay=0.0, grad_clip=None, fd_eps=fd_eps,
-                        recompute_weights=recompute_weights)
+    settings = ArchitectSettings(variant=s["variant"], engine=engine, similarity=s["similarity"], drop=s["drop"],
+                                 w_lr=LR, ps_features=s.get("ps_features", "grad"), w_momentum=0.0,
+                                 w_weight_decay=0.0, grad_clip=None, fd_eps=fd_eps,
+                                 recompute_weights=recompute_weights)
+    arch = LFMArchitect(s["w1"], s["w2"], s["enc"], n_val=N_VAL, settings=settings, alphas=s["alphas"])
     with torch.no_grad():
         arch.upper["r"].copy_(s["r0"])
     upper0 = {k: v.detach().clone() for k, v in arch.upper.items()}
@@ -335,3 +335,21 @@ def test_lfm_exact_full_darts_cell_directional():
         exact = sum(float((got[k] * d[k]).sum()) for k in upper0)
         assert abs(fd) > 0, keys
         assert abs(exact - fd) / abs(fd) < 1e-4, (keys, exact, fd)
+
+
+def test_a_plug_in_similarity_is_accepted_and_an_unknown_one_named(monkeypatch):
+    """The similarity is checked against the registry, as in DR: a registered one works in NAS."""
+    from lfm_core.errors import UsageError
+    from lfm_core.registries import SIMILARITIES
+
+    SIMILARITIES.names()  # the built-ins first, so the plug-in is added to a loaded registry
+    monkeypatch.setitem(SIMILARITIES._items, "neg-dot", lambda f_tr, f_val: -(f_tr @ f_val.T))
+    setup = make("two")
+    setup["similarity"] = "neg-dot"
+    grads, _, _ = solver_grads(setup)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    with pytest.raises(UsageError, match="cosine"):
+        ArchitectSettings(similarity="cosin")
+    with pytest.raises(UsageError, match="w_momentum"):
+        LFMArchitect.from_space("darts", dict(C=2, layers=3, num_classes=3), variant="ps", n_val=4,
+                                w_momentun=0.0)

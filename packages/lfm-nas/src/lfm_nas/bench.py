@@ -22,7 +22,7 @@ from torch import nn
 
 from lfm_nas.darts import DartsArchitect
 from lfm_nas.operations import PRIMITIVES
-from lfm_nas.problem import LFMArchitect
+from lfm_nas.problem import ArchitectSettings, LFMArchitect
 from lfm_nas.spaces import Network, PSNetwork
 
 
@@ -94,8 +94,8 @@ def nas_step_costs(device: torch.device | str, batch: int, warmup: int, repeat: 
 
             w1, w2 = space().to(device), space().to(device)
             enc = ENCODERS.create(encoder, pretrained=False).to(device)
-        return LFMArchitect(w1, w2, enc, n_val=n_val, variant=variant, engine=engine, w_lr=lr,
-                            recompute_weights=recompute_weights)
+        settings = ArchitectSettings(variant=variant, engine=engine, w_lr=lr, recompute_weights=recompute_weights)
+        return LFMArchitect(w1, w2, enc, n_val=n_val, settings=settings)
 
     def memory(fn, key: str) -> float:
         value = float(mem_fn(fn, device))

@@ -7,8 +7,8 @@ validation batch and the current W learning rate ``lr``:
 * first order: ``grad_alpha L_val(w, alpha)``;
 * second order: ``w' = w - lr * grad_w L_train(w, alpha)`` and
   ``grad_alpha L_val(w', alpha) - lr * grad_alpha <grad_w L_train(w, alpha), grad_w' L_val(w', alpha)>``,
-  the mixed product computed by :func:`lfm_core.solver.mvp_exact` (forward-over-reverse, exact)
-  or :func:`lfm_core.solver.mvp_finite_difference` (DARTS' central differences).
+  the mixed product computed by :func:`lfm_core.hypergradient.products.mvp_exact` (forward-over-reverse, exact)
+  or :func:`lfm_core.hypergradient.products.mvp_finite_difference` (DARTS' central differences).
 
 All passes of the architect are virtual: batch-norm running statistics are left alone.
 The W step itself is the caller's (see :func:`lfm_nas.search.search`).
@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lfm_core.errors import check_choice, UsageError
-from lfm_core.solver import detached, frozen_bn_stats, mvp_exact, mvp_finite_difference, named_params
+from lfm_core.hypergradient.products import mvp_exact, mvp_finite_difference
+from lfm_core.hypergradient.tensors import detached, frozen_bn_stats, named_params
 from lfm_nas.genotypes import Genotype
 from lfm_nas.operations import prepare_bn_for_engine
 

@@ -21,6 +21,7 @@ used as both learners: W1 = trunk + head 1, W2 = trunk + head 2, V = W1's trunk)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -29,7 +30,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lfm_core.errors import check_choice, UsageError
-from lfm_core.registries import SEARCH_SPACES
+from lfm_core.hypergradient.steps import SkippedStep
+from lfm_core.registries import SEARCH_SPACES, SIMILARITIES
 from lfm_core.solver import StepStats, TriLevelSolver, check_engine
 from lfm_core.weighting import ABLATIONS, lfm_weights
 from lfm_nas.genotypes import Genotype
@@ -38,7 +40,6 @@ from lfm_nas.spaces import PSNetwork
 
 ALPHA_KEYS = ("alpha_normal", "alpha_reduce")
 VARIANTS = ("two", "single", "ps")
-SIMILARITIES = ("dot", "cosine", "l2")
 PS_FEATURES = ("grad", "detached")
 
 Batch = Sequence[Tensor]
@@ -52,6 +53,31 @@ def model_alphas(upper: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def check_variant(variant: str) -> str:
     check_choice("LFM variant", variant, VARIANTS)
     return variant
+
+
+def check_choices(variant: str, similarity: str, drop: str, ps_features: str) -> None:
+    """The problem's named choices (the similarity against the registry, so a plug-in one works)."""
+    check_variant(variant)
+    check_choice("ps_features", ps_features, PS_FEATURES)
+    SIMILARITIES.get(similarity)
+    check_choice("ablation", drop, ABLATIONS)
+
+
+def check_networks(variant: str, w1: nn.Module, w2: nn.Module | None, encoder: nn.Module | None) -> nn.Module:
+    """The learners and encoder a variant takes; returns W2 (W1 itself for 'single' and 'ps')."""
+    if variant == "two":
+        if w2 is None or w2 is w1:
+            raise UsageError("the 'two' variant needs two distinct supernets w1 and w2")
+    elif w2 is not None and w2 is not w1:
+        raise UsageError(f"the {variant!r} variant uses one module as both learners (leave w2 None)")
+    if variant == "ps":
+        if not isinstance(w1, PSNetwork):
+            raise UsageError("the 'ps' variant needs a PSNetwork (shared trunk, two heads)")
+        if encoder is not None:
+            raise UsageError("the 'ps' variant uses W1's trunk as the encoder; pass encoder=None")
+    elif encoder is None:
+        raise UsageError(f"the {variant!r} variant needs an encoder V")
+    return w1 if w2 is None else w2
 
 
 def _features(f: Tensor) -> Tensor:
@@ -70,14 +96,9 @@ class LFMNASProblem:
     def __init__(self, w1: nn.Module, w2: nn.Module, encoder: nn.Module | None, batch_tr: Batch, batch_val: Batch,
                  batch_tr2: Batch | None = None, variant: str = "two", similarity: str = "dot", drop: str = "none",
                  encoder_input: Callable[[Tensor], Tensor] | None = None, ps_features: str = "grad"):
-        self.variant = check_variant(variant)
-        self.ps_features = check_choice("ps_features", ps_features, PS_FEATURES)
-        check_choice("similarity", similarity, SIMILARITIES)
-        check_choice("ablation", drop, ABLATIONS)
-        if variant == "ps" and not isinstance(w1, PSNetwork):
-            raise UsageError("the 'ps' variant needs a PSNetwork (shared trunk, two heads) as w1 and w2")
-        if variant != "ps" and encoder is None:
-            raise UsageError(f"the {variant!r} variant needs an encoder V")
+        check_choices(variant, similarity, drop, ps_features)
+        check_networks(variant, w1, w2, encoder)
+        self.variant, self.ps_features = variant, ps_features
         if len(batch_val) < 3:
             raise UsageError("the validation batch must carry the examples' data-set indices: (x, y, idx)")
         self.w1, self.w2, self.encoder = w1, w2, encoder
@@ -179,58 +200,69 @@ class LFMNASProblem:
         return F.cross_entropy(self._logits(self.w2, w2, self.x_val, upper, 2), self.y_val)
 
 
-class LFMArchitect:
-    """W1, W2, the upper variables, their optimisers and the tri-level solver for LFM-NAS.
+@dataclass(frozen=True)
+class ArchitectSettings:
+    """The choices and hyperparameters of :class:`LFMArchitect`, checked on construction.
 
-    Defaults follow the DARTS protocol (docs/ARCHITECTURE.md): W1/W2 SGD lr 0.025, momentum 0.9, wd 3e-4, grad clip 5
-    (the cosine schedule is the caller's: :meth:`set_w_lr`); alphas Adam 3e-4, betas
-    (0.5, 0.999), wd 1e-3; V and r Adam 1e-2 (param groups of one Adam).
+    Defaults follow the DARTS protocol (docs/ARCHITECTURE.md): W1/W2 SGD lr 0.025, momentum 0.9,
+    wd 3e-4, grad clip 5 (the cosine schedule is the caller's: :meth:`LFMArchitect.set_w_lr`);
+    alphas Adam 3e-4, betas (0.5, 0.999), wd 1e-3; V and r Adam 1e-2 (param groups of one Adam);
+    the alphas start at ``alpha_scale`` times a normal sample.
     ``recompute_weights`` (default): the weights a are first computed without a graph and, for
     the hypergradient, each of their network passes (W1' on the validation batch, the encoder or
     PS trunk on each batch) is rebuilt and differentiated on its own (``weights_vjp``), so no two
-    network graphs are alive at once (one more forward per pass; CPU peak memory against a
-    DARTS-2nd step: 1.64x -> 1.26x, PS 2.2x -> 1.36x).
+    network graphs are alive at once (one more forward per pass).
+    """
+
+    variant: str = "two"
+    engine: str = "exact"
+    similarity: str = "dot"
+    drop: str = "none"
+    ps_features: str = "grad"
+    encoder_input: Callable[[Tensor], Tensor] | None = None
+    alpha_scale: float = 1e-3
+    w_lr: float = 0.025
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    arch_lr: float = 3e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    encoder_lr: float = 1e-2
+    r_lr: float = 1e-2
+    grad_clip: float | None = 5.0
+    fd_eps: float | None = None
+    recompute_weights: bool = True
+
+    def __post_init__(self) -> None:
+        check_choices(self.variant, self.similarity, self.drop, self.ps_features)
+        check_engine(self.engine)
+
+
+class LFMArchitect:
+    """W1, W2, the upper variables, their optimisers and the tri-level solver for LFM-NAS.
+
+    ``w2`` is the second supernet of the 'two' variant (None for 'single' and 'ps', which use
+    W1 as both learners); ``encoder`` is V (None for 'ps', whose encoder is W1's trunk);
+    ``n_val`` the size of the validation set (the length of r); ``alphas`` the starting
+    architecture (default: drawn from W1's ``new_alphas``).
     """
 
     def __init__(self, w1: nn.Module, w2: nn.Module | None = None, encoder: nn.Module | None = None, *,
-                 n_val: int, variant: str = "two", engine: str = "exact", similarity: str = "dot",
-                 drop: str = "none", alphas: Mapping[str, Tensor] | None = None, alpha_scale: float = 1e-3,
-                 w_lr: float = 0.025, w_momentum: float = 0.9, w_weight_decay: float = 3e-4,
-                 arch_lr: float = 3e-4, arch_betas: tuple[float, float] = (0.5, 0.999),
-                 arch_weight_decay: float = 1e-3, encoder_lr: float = 1e-2, r_lr: float = 1e-2,
-                 grad_clip: float | None = 5.0, fd_eps: float | None = None,
-                 encoder_input: Callable[[Tensor], Tensor] | None = None, ps_features: str = "grad",
-                 recompute_weights: bool = True):
-        self.variant = check_variant(variant)
-        check_choice("ps_features", ps_features, PS_FEATURES)
-        self.ps_features = ps_features
-        self.engine = check_engine(engine)
-        self.similarity, self.drop = similarity, drop
-        self.encoder_input = encoder_input
-        if variant == "two":
-            if w2 is None or w2 is w1:
-                raise UsageError("the 'two' variant needs two distinct supernets w1 and w2")
-        else:
-            if w2 is not None and w2 is not w1:
-                raise UsageError(f"the {variant!r} variant uses one module as both learners (leave w2 None)")
-            w2 = w1
-        if variant == "ps":
-            if not isinstance(w1, PSNetwork):
-                raise UsageError("the 'ps' variant needs a PSNetwork (shared trunk, two heads)")
-            if encoder is not None:
-                raise UsageError("the 'ps' variant uses W1's trunk as the encoder; pass encoder=None")
-        elif encoder is None:
-            raise UsageError(f"the {variant!r} variant needs an encoder V")
+                 n_val: int, settings: ArchitectSettings = ArchitectSettings(),
+                 alphas: Mapping[str, Tensor] | None = None):
+        self.settings = settings
+        self.variant = settings.variant
+        w2 = check_networks(settings.variant, w1, w2, encoder)
         self.w1, self.w2, self.encoder = w1, w2, encoder
         # the exact engine differentiates JVPs of the supernets: composite batch norm there
         for m in {id(w1): w1, id(w2): w2}.values():
-            prepare_bn_for_engine(m, engine == "exact")
+            prepare_bn_for_engine(m, settings.engine == "exact")
         p0 = next(w1.parameters())
         dev, dt = p0.device, p0.dtype
 
         # the upper-level variables
         if alphas is None:
-            alphas = w1.new_alphas(alpha_scale)
+            alphas = w1.new_alphas(settings.alpha_scale)
         self.upper: dict[str, Tensor] = {
             "alpha_normal": alphas["normal"].detach().clone().to(dev, dt).requires_grad_(),
             "alpha_reduce": alphas["reduce"].detach().clone().to(dev, dt).requires_grad_(),
@@ -242,34 +274,38 @@ class LFMArchitect:
                 if p.requires_grad:
                     self.upper[f"V.{k}"] = p  # the encoder's own parameters: it stays in sync
                     enc_params.append(p)
-
-        # optimisers
-        sgd = dict(lr=w_lr, momentum=w_momentum, weight_decay=w_weight_decay)
-        if variant == "ps":
-            self.opt1 = torch.optim.SGD(list(w1.learner_parameters(1).values()), **sgd)
-            self.opt2 = torch.optim.SGD(list(w1.learner_parameters(2).values()), **sgd)
-        else:
-            self.opt1 = torch.optim.SGD(w1.parameters(), **sgd)
-            self.opt2 = torch.optim.SGD(w2.parameters(), **sgd)
-        groups = [{"params": [self.upper["alpha_normal"], self.upper["alpha_reduce"]], "lr": arch_lr,
-                   "betas": tuple(arch_betas), "weight_decay": arch_weight_decay}]
-        if enc_params:
-            groups.append({"params": enc_params, "lr": encoder_lr, "betas": (0.9, 0.999), "weight_decay": 0.0})
-        groups.append({"params": [self.upper["r"]], "lr": r_lr, "betas": (0.9, 0.999), "weight_decay": 0.0})
-        self.upper_optimizer = torch.optim.Adam(groups)
+        self._make_optimizers(enc_params)
         self.solver = TriLevelSolver(w1, w2, self.upper, self.opt1, self.opt2, self.upper_optimizer,
-                                     engine=engine, fd_eps=fd_eps,
-                                     modules=[encoder] if encoder is not None else [], grad_clip=grad_clip,
-                                     recompute_weights=recompute_weights)
+                                     engine=settings.engine, fd_eps=settings.fd_eps,
+                                     modules=[encoder] if encoder is not None else [],
+                                     grad_clip=settings.grad_clip, recompute_weights=settings.recompute_weights)
+
+    def _make_optimizers(self, enc_params: list[Tensor]) -> None:
+        s = self.settings
+        sgd = dict(lr=s.w_lr, momentum=s.w_momentum, weight_decay=s.w_weight_decay)
+        if s.variant == "ps":
+            self.opt1 = torch.optim.SGD(list(self.w1.learner_parameters(1).values()), **sgd)
+            self.opt2 = torch.optim.SGD(list(self.w1.learner_parameters(2).values()), **sgd)
+        else:
+            self.opt1 = torch.optim.SGD(self.w1.parameters(), **sgd)
+            self.opt2 = torch.optim.SGD(self.w2.parameters(), **sgd)
+        groups = [{"params": [self.upper["alpha_normal"], self.upper["alpha_reduce"]], "lr": s.arch_lr,
+                   "betas": tuple(s.arch_betas), "weight_decay": s.arch_weight_decay}]
+        if enc_params:
+            groups.append({"params": enc_params, "lr": s.encoder_lr, "betas": (0.9, 0.999), "weight_decay": 0.0})
+        groups.append({"params": [self.upper["r"]], "lr": s.r_lr, "betas": (0.9, 0.999), "weight_decay": 0.0})
+        self.upper_optimizer = torch.optim.Adam(groups)
 
     # -- construction from a registered search space ------------------------------------
     @classmethod
     def from_space(cls, space: str = "darts", space_kwargs: Mapping[str, Any] | None = None, *,
-                   variant: str = "two", encoder: nn.Module | None = None, device: Any = None,
-                   **kw: Any) -> "LFMArchitect":
+                   variant: str = "two", encoder: nn.Module | None = None, device: Any = None, n_val: int,
+                   alphas: Mapping[str, Tensor] | None = None, **settings: Any) -> "LFMArchitect":
         """Builds W1 (and W2) from ``SEARCH_SPACES[space](**space_kwargs)`` on ``device`` (the
-        encoder is moved there too); ``kw`` as ``__init__``."""
-        check_variant(variant)
+        encoder is moved there too); ``settings`` are the fields of :class:`ArchitectSettings`."""
+        for name in settings:
+            check_choice("architect setting", name, [f.name for f in fields(ArchitectSettings)])
+        checked = ArchitectSettings(variant=variant, **settings)
         space_kwargs = dict(space_kwargs or {})
         factory = SEARCH_SPACES.get(space)
         if variant == "ps":
@@ -283,36 +319,37 @@ class LFMArchitect:
             w1 = w1.to(device)
             w2 = w2.to(device) if w2 is not None else None
             encoder = encoder.to(device) if encoder is not None else None
-        return cls(w1, w2, encoder, variant=variant, **kw)
+        return cls(w1, w2, encoder, n_val=n_val, settings=checked, alphas=alphas)
 
     # -- one step -------------------------------------------------------------------------
     def make_problem(self, batch_tr: Batch, batch_val: Batch, batch_tr2: Batch | None = None) -> LFMNASProblem:
-        return LFMNASProblem(self.w1, self.w2, self.encoder, batch_tr, batch_val, batch_tr2, self.variant,
-                             self.similarity, self.drop, self.encoder_input, self.ps_features)
+        s = self.settings
+        return LFMNASProblem(self.w1, self.w2, self.encoder, batch_tr, batch_val, batch_tr2, s.variant,
+                             s.similarity, s.drop, s.encoder_input, s.ps_features)
 
     def step(self, batch_tr: Batch, batch_val: Batch, batch_tr2: Batch | None = None,
              update_upper: bool = True) -> StepStats:
         """Algorithm 1, one iteration: W1 step, W2 step on the LFM weights, then (B, V, r)."""
         return self.solver.step(self.make_problem(batch_tr, batch_val, batch_tr2), update_upper=update_upper)
 
-    def warmup_step(self, batch_tr: Batch, batch_tr2: Batch | None = None) -> float:
+    def warmup_step(self, batch_tr: Batch, batch_tr2: Batch | None = None) -> float | None:
         """W1 and W2 steps on the plain cross-entropy (all ``a_i = 1``), no upper update: the
-        warm-up before LFM is switched on. Returns W2's loss."""
+        warm-up before LFM is switched on. Returns W2's loss (None: a loss was not finite and the
+        step was skipped, as :meth:`step` skips one)."""
         alphas = self.alphas
         b2 = batch_tr if batch_tr2 is None else batch_tr2
-        loss = None
-        for which, (opt, net, batch) in enumerate(((self.opt1, self.w1, batch_tr), (self.opt2, self.w2, b2)), 1):
-            kw = {"head": which} if self.variant == "ps" else {}
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(net(batch[0], alphas, **kw), batch[1])
-            loss.backward()
-            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            if self.solver.reduce is not None:
-                self.solver.reduce([p.grad for p in params])
-            if self.solver.grad_clip:
-                nn.utils.clip_grad_norm_(params, self.solver.grad_clip)
-            opt.step()
-        return float(loss.detach())
+        done: tuple[Tensor, ...] = ()
+        try:
+            for which, (opt, net, batch) in enumerate(((self.opt1, self.w1, batch_tr), (self.opt2, self.w2, b2)), 1):
+                kw = {"head": which} if self.variant == "ps" else {}
+                loss = F.cross_entropy(net(batch[0], alphas, **kw), batch[1])
+                # the optimiser's own parameters: a PS learner trains the trunk and its own head
+                self.solver.real_step(opt, loss, [p for g in opt.param_groups for p in g["params"]], done=done,
+                                      last=which == 2)
+                done = (*done, loss)
+        except SkippedStep:
+            return None
+        return float(done[-1].detach())
 
     # -- accessors ------------------------------------------------------------------------
     @property

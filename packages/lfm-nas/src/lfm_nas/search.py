@@ -467,14 +467,16 @@ class _LFMRunner:
             w1 = factory(**space_kw).to(device)
             w2 = factory(**space_kw).to(device) if variant == "two" else None
         self.device, self.variant = device, variant
-        self.arch = LFMArchitect(
-            w1, w2, encoder, n_val=cfg["n_val"], variant=variant, engine=cfg["engine"],
-            similarity=cfg["similarity"], drop=cfg["drop"], w_lr=cfg["w_lr"], w_momentum=cfg["w_momentum"],
-            w_weight_decay=cfg["w_weight_decay"], arch_lr=cfg["arch_lr"], arch_betas=cfg["arch_betas"],
-            arch_weight_decay=cfg["arch_weight_decay"], encoder_lr=cfg["encoder_lr"], r_lr=cfg["r_lr"],
-            grad_clip=cfg["grad_clip"], fd_eps=cfg["fd_eps"], encoder_input=cfg["encoder_input"],
-            ps_features=cfg["ps_features"],
+        from lfm_nas.problem import ArchitectSettings
+
+        settings = ArchitectSettings(
+            variant=variant, engine=cfg["engine"], similarity=cfg["similarity"], drop=cfg["drop"],
+            w_lr=cfg["w_lr"], w_momentum=cfg["w_momentum"], w_weight_decay=cfg["w_weight_decay"],
+            arch_lr=cfg["arch_lr"], arch_betas=cfg["arch_betas"], arch_weight_decay=cfg["arch_weight_decay"],
+            encoder_lr=cfg["encoder_lr"], r_lr=cfg["r_lr"], grad_clip=cfg["grad_clip"], fd_eps=cfg["fd_eps"],
+            encoder_input=cfg["encoder_input"], ps_features=cfg["ps_features"],
         )
+        self.arch = LFMArchitect(w1, w2, encoder, n_val=cfg["n_val"], settings=settings)
 
     alphas = property(lambda self: self.arch.alphas)
     edge_ops = property(lambda self: self.arch.w1.edge_ops)
