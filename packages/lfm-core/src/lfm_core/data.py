@@ -155,7 +155,7 @@ class FileImageDataset(IndexedDataset):
             with Image.open(path) as im:
                 im = im.convert("RGB")
                 if im.size != (self.image_size, self.image_size):
-                    im = im.resize((self.image_size, self.image_size), Image.BILINEAR)
+                    im = im.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
                 arr = np.array(im, dtype=np.uint8)
         except OSError as e:  # missing, unreadable or not an image
             raise LFMError(f"cannot read image {path}: {e}") from None

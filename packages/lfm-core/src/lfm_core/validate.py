@@ -12,7 +12,7 @@ from typing import Any, Callable
 from lfm_core.errors import LFMError
 
 # the top-level keys every result.json has, with their types
-RESULT_KEYS: dict[str, type | tuple[type, ...]] = {
+RESULT_KEYS: dict[str, type] = {
     "experiment": str, "profile": str, "row": str, "column": str, "params": dict, "seed": int, "metrics": dict,
 }
 
