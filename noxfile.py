@@ -21,8 +21,9 @@ CONSTRAINTS = ["-c", str(ROOT / "constraints.txt")]
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 DEV = ROOT / ".nox" / "dev"
 # test tools of the shared environment (tensorboard: the --tracker test; scikit-image: the photos of
-# the photo_patches stand-in, lfm-core's ``patches`` extra; submitit: the launcher, lfm-core's ``cluster`` extra)
-DEV_TOOLS = ["pytest>=7", "ruff", "tensorboard", "scikit-image>=0.23", "submitit>=1.5"]
+# the photo_patches stand-in, lfm-core's ``patches`` extra; submitit: the launcher, lfm-core's ``cluster`` extra;
+# mypy: the type check of ``tests``, one major version so that a new release cannot break CI)
+DEV_TOOLS = ["pytest>=7", "ruff", "tensorboard", "scikit-image>=0.23", "submitit>=1.5", "mypy>=2.4,<3"]
 nox.options.sessions = ["tests", "install_alone", "reproduce"]
 nox.options.reuse_existing_virtualenvs = True
 # the test models are tiny: one intra-op thread avoids OpenMP stalls on a busy 2-core machine
@@ -53,8 +54,10 @@ def _dev_env(session: nox.Session) -> Path:
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """Every package's tests and the cross-package tests, in the shared environment."""
+    """The type check (mypy.ini: lfm-core), then every package's tests and the cross-package tests,
+    in the shared environment."""
     env = _dev_env(session)
+    session.run(_bin(env, "python"), "-m", "mypy", "--config-file", str(ROOT / "mypy.ini"), external=True)
     paths = [str(ROOT / "packages" / p / "tests") for p in PACKAGES] + [str(ROOT / "tests")]
     session.run(_bin(env, "python"), "-m", "pytest", "-q", *paths, *session.posargs, external=True)
 

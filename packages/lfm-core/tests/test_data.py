@@ -9,6 +9,7 @@ import torch
 
 from lfm_core.data import (
     IndexedTensorDataset,
+    WithIndices,
     cifar_train_transform,
     load_dataset,
     make_splits,
@@ -62,6 +63,13 @@ def test_tensor_dataset_subset_and_labels():
         ds.with_labels([0, 1, 5, 0])
     with pytest.raises(UsageError):
         ds.with_labels([0, 1])
+
+
+def test_with_indices_adds_the_index_to_any_data_set():
+    plain = torch.utils.data.TensorDataset(torch.arange(6.0).view(3, 2), torch.tensor([2, 0, 1]))
+    ds = WithIndices(plain)
+    assert len(ds) == 3 and [(int(y), i) for _, y, i in ds] == [(2, 0), (0, 1), (1, 2)]
+    assert ds[1][0].tolist() == [2.0, 3.0]
 
 
 def test_synthetic_is_deterministic_and_learnable():

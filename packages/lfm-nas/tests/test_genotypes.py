@@ -3,7 +3,8 @@
 import torch
 
 from lfm_nas.genotypes import (
-    DARTS_V2, Genotype, derive_genotype, format_genotype, from_json, load_genotype, save_genotype, to_json,
+    DARTS_V2, Genotype, derive_genotype, format_genotype, genotype_from_dict, genotype_to_dict, load_genotype,
+    save_genotype,
 )
 from lfm_nas.operations import PRIMITIVES
 
@@ -72,7 +73,7 @@ def test_derive_genotype_accepts_upper_keys_and_per_edge_ops():
 
 
 def test_json_roundtrip_and_file(tmp_path):
-    assert from_json(to_json(EXPECTED)) == EXPECTED
+    assert genotype_from_dict(genotype_to_dict(EXPECTED)) == EXPECTED
     path = tmp_path / "g.json"
     save_genotype(EXPECTED, path)
     assert load_genotype(path) == EXPECTED

@@ -106,6 +106,21 @@ class IndexedDataset(Dataset):
         return out
 
 
+class WithIndices(Dataset):
+    """Any data set of ``(x, y, ...)`` items as ``(x, y, index)``: the form the per-example upper
+    variables need. lfm_core's own data sets (``IndexedDataset``) already yield it."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        x, y = self.dataset[i][:2]
+        return x, y, i
+
+
 class IndexedTensorDataset(IndexedDataset):
     """Images held in one tensor ``[N, 3, H, W]`` (already normalised)."""
 
@@ -155,7 +170,7 @@ class FileImageDataset(IndexedDataset):
             with Image.open(path) as im:
                 im = im.convert("RGB")
                 if im.size != (self.image_size, self.image_size):
-                    im = im.resize((self.image_size, self.image_size), Image.BILINEAR)
+                    im = im.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
                 arr = np.array(im, dtype=np.uint8)
         except OSError as e:  # missing, unreadable or not an image
             raise LFMError(f"cannot read image {path}: {e}") from None

@@ -93,6 +93,7 @@ def _hf_offline() -> Iterator[None]:
     """HF_HUB_OFFLINE=1 for one call (huggingface_hub also reads it once at import)."""
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
+    hc: Any  # huggingface_hub.constants, or None without it; its flag is set and restored
     try:
         import huggingface_hub.constants as hc
     except ImportError:  # pragma: no cover - timm depends on huggingface_hub

@@ -1,6 +1,9 @@
 """User-facing errors: the CLI prints their message on one line, without a traceback."""
 
 import errno
+from typing import Any, Iterable, TypeVar
+
+T = TypeVar("T")
 
 
 class LFMError(Exception):
@@ -27,7 +30,7 @@ class NonFiniteError(LFMError, FloatingPointError):
     """Training produced non-finite values too many times in a row."""
 
 
-def check_choice(kind: str, value, choices) -> object:
+def check_choice(kind: str, value: T, choices: Iterable[Any]) -> T:
     """Return ``value`` if it is one of ``choices``; else raise one line naming the valid ones.
 
     The one check behind every "unknown X" error, with a "did you mean" for near misses.
@@ -72,5 +75,5 @@ def os_error_line(exc: OSError) -> str:
     line = exc.strerror or str(exc) or type(exc).__name__
     if exc.filename:
         line += f": {exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
-    hint = _OS_ERROR_HINTS.get(exc.errno)
+    hint = _OS_ERROR_HINTS.get(exc.errno) if exc.errno is not None else None
     return line + (f" ({hint})" if hint else "")

@@ -86,7 +86,7 @@ def apply_transition(labels: Any, transition: np.ndarray, seed: int = 0) -> Nois
     clean = _check_labels(labels, c.shape[0])
     rng = np.random.default_rng(seed)
     cdf = np.cumsum(c, axis=1)
-    u = rng.random(clean.shape[0])
+    u = rng.random(len(clean))
     noisy = (u[:, None] >= cdf[clean]).sum(axis=1)
     noisy = np.minimum(noisy, c.shape[0] - 1).astype(np.int64)  # guard float round-off in the last bin
     return NoiseResult(labels=noisy, transition=c, corrupted=noisy != clean)

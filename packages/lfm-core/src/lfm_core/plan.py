@@ -85,8 +85,9 @@ class Plan:
     @property
     def hours(self) -> float | None:
         """Device-hours of everything still to run; None when some row's step time is unknown."""
-        known = [r.hours for r in self.rows if r.to_run]
-        return None if any(h is None for h in known) else sum(known)  # type: ignore[misc]
+        hours = [r.hours for r in self.rows if r.to_run]
+        known = [h for h in hours if h is not None]
+        return sum(known) if len(known) == len(hours) else None
 
     @property
     def known_hours(self) -> float:
@@ -111,6 +112,7 @@ def device_costs(name: str) -> DeviceCosts:
 def dr_train_size(data: dict[str, Any]) -> int | None:
     """Training examples of a DR run after its meta set, imbalance and cap (as make_splits builds them)."""
     name = data["dataset"]
+    per_class: list[int] | None
     if name in CLASS_SIZES:
         k, n = CLASS_SIZES[name]
         per_class = [n] * k
@@ -259,9 +261,10 @@ def _seconds(value: float | None, estimated: bool) -> str:
 
 
 def _steps(values: set[int | None]) -> str:
-    if None in values:
+    known = [v for v in values if v is not None]
+    if len(known) < len(values):
         return "?"
-    low, high = min(values), max(values)  # type: ignore[type-var]
+    low, high = min(known), max(known)
     return f"{low:,}" if low == high else f"{low:,}-{high:,}"
 
 

@@ -13,8 +13,6 @@ from typing import Any
 
 import pandas as pd
 
-from lfm_core.identity import config_id
-
 RESULT = "result.json"
 # the identity columns of load_results, first in its frame
 ID_COLUMNS = ["experiment", "profile", "row", "column", "seed", "config_id"]
@@ -25,12 +23,7 @@ def collect_results(results: str | Path) -> list[dict[str, Any]]:
     warning (``lfm_core.validate``), never fatal."""
     from lfm_core.validate import collect_valid_results
 
-    records = collect_valid_results(sorted(Path(results).rglob(RESULT)))
-    for rec in records:
-        if "config_id" not in rec:  # a run recorded before configs were hashed: its own group
-            legacy = {k: rec.get(k) for k in ("experiment", "profile", "row", "column", "params", "options")}
-            rec["config_id"] = "legacy-" + config_id(legacy)
-    return records
+    return collect_valid_results(sorted(Path(results).rglob(RESULT)))
 
 
 def load_results(results: str | Path | list[dict[str, Any]]) -> pd.DataFrame:
@@ -49,8 +42,6 @@ def load_results(results: str | Path | list[dict[str, Any]]) -> pd.DataFrame:
         row: dict[str, Any] = {k: rec.get(k) for k in ID_COLUMNS}
         row.update(rec.get("params") or {})
         rest = {k: v for k, v in config.items() if k not in (*ID_COLUMNS, "params")}
-        if not config and rec.get("options"):
-            rest = {"options": rec["options"]}
         for key, value in _flatten(rest).items():
             row.setdefault(key, value)
         row["run_dir"] = rec.get("run_dir")

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from lfm_core.errors import LFMError
 
 # the top-level keys every result.json has, with their types
-RESULT_KEYS: dict[str, type | tuple[type, ...]] = {
+RESULT_KEYS: dict[str, type] = {
     "experiment": str, "profile": str, "row": str, "column": str, "params": dict, "seed": int, "metrics": dict,
 }
 
@@ -35,6 +35,8 @@ def result_problem(record: Any, metric: str | None = None) -> str | None:
             return f"has no {key!r}"
         if not isinstance(record[key], kind) or (kind is int and isinstance(record[key], bool)):
             return f"its {key!r} is {type(record[key]).__name__}, not {kind.__name__}"
+    if not isinstance(record.get("config_id"), str) or not isinstance(record.get("config"), dict):
+        return "written by an older lfm-bench, without its config and config_id: run it again"
     metric = metric or _experiment_metric(record["experiment"])
     if metric is not None:
         if metric not in record["metrics"]:

@@ -6,60 +6,12 @@
     issues.scores               # suspicion per example, higher = more likely mislabelled
     issues.suggested_labels     # what the label probably should be
 
-LFM (paper eq. 9) trains W1 on a b-weighted loss and W2 on an a-weighted loss, where
-``a_i = sigmoid(sum_j x_ij z_ij u_j r_j)`` asks whether example i looks like clean meta
-examples of its own label. During the run every training example's W1 and W2 cross-entropy
-and its ``a_i`` are recorded *before* the step that trains on it (so each record is one epoch
-out of sample). Every quantity becomes a candidate suspicion score in ``LabelIssues.candidates``:
-
-* ``disagreement``: 1 - sum_j x_ij z_ij with the final encoder over the whole meta set, i.e.
-  the attention mass of eq. 2 on meta examples of *other* labels;
-* ``one_minus_a_avg``: 1 - a_i averaged over the epochs (a_i uses W1's meta losses u and r);
-* ``one_minus_a_final``: 1 - a_i of eq. 5 with the final encoder, r and W1 over the whole meta set;
-* ``w2_loss_avg`` / ``w1_loss_avg``: W2's / W1's loss on the example averaged over the epochs;
-* ``w2_loss_final``: the final W2's loss (in-sample: it has memorised part of the noise);
-* ``b``: B's weight (it *rises* on noisy examples, so it is a suspicion score as it is);
-* ``combined``: the mean rank of ``disagreement``, ``w2_loss_avg`` and ``one_minus_a_avg``;
-* ``networks``: the mean rank of ``w1_loss_avg`` and ``w2_loss_avg`` (W1 and W2 as an ensemble);
-* ``networks_early``: W1's plus W2's loss averaged over the first half of the epochs only, before
-  the networks start to memorise the wrong labels;
-* ``auto`` (the default): the candidate that best ranks probes, i.e. meta examples moved into the
-  training set, half of them given a wrong label (``make_probes``, ``choose_score``). It reads the
-  training and meta sets only, so it adapts to the data (pixel-space terms on digits, the
-  networks' losses on photos) without looking at any test labels.
-
-AUROC of each candidate for "this label was corrupted" (``benchmarks/label_issues.py``:
-1,157 digits at 16x16 with flip / uniform / pair noise at 20% and 40%, 100 clean meta digits,
-``resnet32`` with width 8 and one block per stage, 20 epochs, seed 0; cleanlab 2.9 with 5-fold
-cross-validation of the same network for comparison)::
-
-    noise        flip20 flip40 unif20 unif40 pair20 pair40
-    combined      0.998  0.996  0.997  0.998  0.994  0.976
-    disagreement  0.997  0.997  0.996  0.995  0.992  0.993
-    1 - a avg     0.989  0.991  0.977  0.990  0.970  0.988
-    1 - a final   0.965  0.973  0.932  0.979  0.929  0.979
-    W2 loss avg   0.992  0.969  1.000  0.996  0.985  0.833
-    W1 loss avg   0.989  0.856  0.999  0.990  0.972  0.617
-    W2 loss final 0.953  0.921  0.987  0.975  0.916  0.737
-    b             0.888  0.815  0.919  0.925  0.888  0.908
-    cleanlab      0.973  0.892  0.996  0.976  0.952  0.744
-
-Why ``combined`` was the fixed default before ``auto``: it is the one candidate
-at or above cleanlab's K-fold AUROC on all six settings, with mean AUROC 0.993 and worst case
-0.976. ``disagreement`` alone has the best mean (0.995) but is 0.0004 below cleanlab under 20%
-uniform noise, where the network's loss is nearly perfect (1.000); the network's losses fall
-to 0.83 (W2) and 0.62 (W1) under 40% pair noise, where it learns the systematic flip. Three
-signals that fail in different places rank better together than any two. (The combinations
-were compared on the same six settings they are reported on: one seed, mild selection bias.)
-With the fixed encoder, ``disagreement`` is a soft nearest-neighbour vote of the clean meta set
-in pixel space, which suits digits; on photos raw pixels compare poorly and the network's
-terms have to carry the score (not measured here).
-
-The encoder V is a fixed, label-free one (``PIXEL_ENCODER``: flattened pixels minus their
-mean, L2-normalised, scaled to a softmax temperature), because attention through a randomly
-initialised CNN is close to uniform and a_i then says little about the example. Suggested
-labels are the argmax of W2's epoch-averaged probabilities plus the meta set's attention
-vote (W2 alone learns pair noise, the vote alone misreads atypical handwriting).
+Every training example's W1 and W2 cross-entropy and LFM's a_i (paper eq. 9: does it look like
+the clean meta examples of its own label?) are recorded *before* the step that trains on it, so
+each record is out of sample. Each becomes a candidate suspicion score (``CANDIDATES``); by
+default probes (meta examples moved into the training set, half with a wrong label) choose the
+one that ranks, reading the training and meta sets only. How well each ranks, against cleanlab:
+benchmarks/README.md, "Finding label errors".
 """
 
 from __future__ import annotations
@@ -84,10 +36,24 @@ from lfm_dr.user_data import UserData
 from lfm_dr.methods.lfm import DRProblem
 from lfm_dr.train import TrainConfig, build_method, device_of, gather, lr_factor
 
+# V is fixed and label-free (flattened pixels minus their mean, L2-normalised, scaled to a softmax
+# temperature): attention through a randomly initialised CNN is close to uniform, and a_i then says
+# little about the example
 PIXEL_ENCODER = "pixels"  # lfm_core.encoders.PixelEncoder; its scale is set from the temperature
 AUTO = "auto"
 DEFAULT_SCORE = AUTO
-# the candidates, in the order that breaks a tie of the automatic choice
+# The candidates, in the order that breaks a tie of the automatic choice:
+# * disagreement: 1 - sum_j x_ij z_ij with the final encoder over the whole meta set, i.e. eq. 2's
+#   attention mass on meta examples of *other* labels;
+# * one_minus_a_avg: 1 - a_i averaged over the epochs (a_i uses W1's meta losses u and r);
+# * one_minus_a_final: 1 - a_i of eq. 5 with the final encoder, r and W1 over the whole meta set;
+# * w2_loss_avg / w1_loss_avg: W2's / W1's loss on the example averaged over the epochs;
+# * w2_loss_final: the final W2's loss (in-sample: it has memorised part of the noise);
+# * b: B's weight (it *rises* on noisy examples, so it is a suspicion score as it is);
+# * combined: the mean rank of disagreement, w2_loss_avg and one_minus_a_avg;
+# * networks: the mean rank of w1_loss_avg and w2_loss_avg (W1 and W2 as an ensemble);
+# * networks_early: W1's plus W2's loss averaged over the first half of the epochs only, before the
+#   networks start to memorise the wrong labels.
 CANDIDATES = ("combined", "disagreement", "one_minus_a_avg", "one_minus_a_final", "w2_loss_avg", "w1_loss_avg",
               "w2_loss_final", "b", "networks", "networks_early")
 SCORES = (AUTO, *CANDIDATES)
@@ -105,7 +71,9 @@ class LabelIssues:
     scores: Tensor  # suspicion, higher = more likely mislabelled
     ranked: Tensor  # indices of the training set by decreasing suspicion
     given_labels: Tensor
-    suggested_labels: Tensor  # argmax of predicted_probs + attention_votes
+    # argmax of predicted_probs + attention_votes (W2 alone learns pair noise, the vote alone
+    # misreads atypical handwriting)
+    suggested_labels: Tensor
     flagged: Tensor  # bool: the top-m suspects, m = number of examples whose suggestion differs
     score_name: str  # the candidate that ranks (with score="auto": the one the probes chose)
     candidates: dict[str, Tensor] = field(default_factory=dict)  # every candidate score

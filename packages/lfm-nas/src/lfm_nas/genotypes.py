@@ -141,14 +141,6 @@ def genotype_from_dict(d: Mapping[str, Any]) -> Genotype:
     )
 
 
-def to_json(genotype: Genotype) -> str:
-    return json.dumps(genotype_to_dict(genotype))
-
-
-def from_json(text: str) -> Genotype:
-    return genotype_from_dict(json.loads(text))
-
-
 def save_genotype(genotype: Genotype, path: str | os.PathLike) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(genotype_to_dict(genotype), fh, indent=2)
