@@ -20,6 +20,7 @@ per-epoch diagnostics (a on clean vs corrupted examples, its AUROC as a noise de
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -101,13 +102,12 @@ class AblationDR(DRExperiment):
                                                 **variant}))
         return cells
 
-    def resolve(self, cell, profile, options):
-        settings = super().resolve(cell, profile, options)
-        opts = settings["method"]["options"]
-        opts.update({k: cell.params[k] for k in OPTION_KEYS if k in cell.params})
+    def settings(self, cell, profile, options):
+        settings = super().settings(cell, profile, options)
+        opts = {**settings.method_options, **{k: cell.params[k] for k in OPTION_KEYS if k in cell.params}}
         if opts.get("encoder") in ("smallcnn", "pixels"):  # the variants' encoders have no pretrained weights
             opts["pretrained"] = False  # (the paper profile's True is its ResNet-18's)
-        return settings
+        return replace(settings, method_options=opts)
 
     def run_cell(self, cell, profile, seed, ctx):
         metrics = super().run_cell(cell, profile, seed, ctx)

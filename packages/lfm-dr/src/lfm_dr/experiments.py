@@ -21,9 +21,9 @@ Profiles (``DR_PROFILES``, data rather than code):
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 import torch
@@ -113,6 +113,78 @@ def long_tail_column(data: str, factor: float) -> DRColumn:
     return DRColumn(f"{data} IF {factor:g}", data, factor=float(factor))
 
 
+# -- a run's settings -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSettings:
+    """The data a run trains and is tested on; ``SETTABLE`` fields take ``--set KEY=VALUE``."""
+
+    SETTABLE: ClassVar[tuple[str, ...]] = ("meta_per_class", "max_train", "image_size")
+    dataset: str
+    meta_per_class: int
+    max_train: int | None = None
+    noise: str | None = None
+    rate: float = 0.0
+    imbalance: str | None = None
+    factor: float = 1.0
+    image_size: int | None = None  # the embedded stand-ins' size (recorded for them only)
+
+    def record(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.image_size is None:
+            del out["image_size"]
+        return out
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The optimisation of a run; the defaults are ``TrainConfig``'s (the paper's protocol)."""
+
+    SETTABLE: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "meta_batch_size", "lr", "momentum", "weight_decay")
+    epochs: int
+    batch_size: int
+    meta_batch_size: int
+    lr: float
+    momentum: float = TrainConfig.momentum
+    weight_decay: float = TrainConfig.weight_decay
+    milestones: tuple[float, ...] = TrainConfig.milestones  # fractions of the epochs where lr /= 10
+    augment: str | None = None  # "cifar": the paper's random crop and flip
+    eval_batch_size: int = TrainConfig.eval_batch_size
+
+
+@dataclass(frozen=True)
+class DRSettings:
+    """Everything that can change a DR run's result; ``record()`` is the ``settings`` of its
+    ``config.json`` and ``from_record`` reads them back, so what is recorded is what runs."""
+
+    data: DataSettings
+    train: TrainSettings
+    model: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    method: str = "ce"
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        return {"data": self.data.record(), "model": {"name": self.model, "kwargs": dict(self.model_kwargs)},
+                "train": {**asdict(self.train), "milestones": list(self.train.milestones)},
+                "method": {"name": self.method, "options": dict(self.method_options)}}
+
+    @classmethod
+    def from_record(cls, settings: dict[str, Any]) -> "DRSettings":
+        train = dict(settings["train"])
+        return cls(DataSettings(**settings["data"]),
+                   TrainSettings(**{**train, "milestones": tuple(train["milestones"])}),
+                   settings["model"]["name"], dict(settings["model"]["kwargs"]),
+                   settings["method"]["name"], dict(settings["method"]["options"]))
+
+
+def typed_value(key: str, value: Any, default: Any) -> Any:
+    """A ``--set`` value as its setting's type: an integer where a float is expected becomes
+    that float (``lr=1`` is ``lr=1.0``); anything else is kept (``check_set`` checks kinds)."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def method_options(method: str, given: dict[str, Any]) -> dict[str, Any]:
     """A method's options with its defaults filled in (``DEFAULTS`` of the method's class); of
     the profile's options only those the method takes (a third-party method that declares no
@@ -195,15 +267,18 @@ class DRExperiment(Experiment):
         given = {k: options[k] for k in ("epochs",) if options.get(k) is not None}
         method = METHODS.get(cell.params["method"])
         own = set(getattr(method, "DEFAULTS", None) or getattr(method, "known_options", None) or ())
-        own |= set(self.settable_common(DR_PROFILES["smoke"]))
-        return {**given, **{k: v for k, v in (options.get("set") or {}).items() if k in own}}
+        own |= {*DataSettings.SETTABLE, *TrainSettings.SETTABLE}
+        return {**given, **{k: v for k, v in self.set_values(options).items() if k in own}}
 
     @staticmethod
     def settable_common(s: dict[str, Any]) -> dict[str, Any]:
         """The ``--set`` keys every DR method takes (training and data), with the profile's values."""
-        return {"epochs": s["epochs"], "batch_size": s["batch_size"], "meta_batch_size": s["batch_size"],
-                "lr": s["lr"], "momentum": 0.9, "weight_decay": 5e-4, "meta_per_class": s["meta_per_class"],
-                "max_train": s["max_train"], "image_size": s["image_size"]}
+        profile = {"epochs": s["epochs"], "batch_size": s["batch_size"], "meta_batch_size": s["batch_size"],
+                   "lr": s["lr"], "meta_per_class": s["meta_per_class"], "max_train": s["max_train"],
+                   "image_size": s["image_size"]}
+        defaults = {f.name: f.default for f in fields(TrainSettings)}
+        return {key: profile[key] if key in profile else defaults[key]
+                for key in (*TrainSettings.SETTABLE, *DataSettings.SETTABLE)}
 
     def settable(self, profile: str, options: dict[str, Any]) -> dict[str, Any]:
         """The ``--set`` keys of this run and their defaults: training and data settings, and
@@ -215,6 +290,11 @@ class DRExperiment(Experiment):
             for key, value in defaults.items():
                 known.setdefault(key, value)
         return known
+
+    def set_values(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``--set`` as each setting's type (see ``typed_value``)."""
+        known = self.settable("smoke", {**options, "methods": "all"})
+        return {k: typed_value(k, v, known.get(k)) for k, v in (options.get("set") or {}).items()}
 
     # -- grid -------------------------------------------------------------------------------
     def method_of(self, row: str) -> str:
@@ -356,39 +436,36 @@ class DRExperiment(Experiment):
         return paper_meta_per_class(100 if params["dataset"] == "cifar100" else 10, params)
 
     def resolve(self, cell, profile, options):
+        return self.settings(cell, profile, options).record()
+
+    def settings(self, cell: Cell, profile: str, options: dict[str, Any]) -> DRSettings:
+        """This cell's settings: the profile's, then ``--epochs`` and ``--set``, then the method's
+        options with their defaults."""
         s = DR_PROFILES[profile]
         params = cell.params
-        data: dict[str, Any] = {"dataset": params["dataset"], "meta_per_class": self.meta_per_class(params, profile),
-                                "max_train": s["max_train"], "noise": params.get("noise"),
-                                "rate": params.get("rate", 0.0), "imbalance": params.get("imbalance"),
-                                "factor": params.get("factor", 1.0)}
-        if params["dataset"] in STANDINS:
-            data["image_size"] = self.image_size or s["image_size"]
-        augment = s["augment"] if params["dataset"].startswith("cifar") else None
+        standin = params["dataset"] in STANDINS
+        data = DataSettings(params["dataset"], self.meta_per_class(params, profile), s["max_train"], params.get("noise"),
+                            params.get("rate", 0.0), params.get("imbalance"), params.get("factor", 1.0),
+                            (self.image_size or s["image_size"]) if standin else None)
+        train = TrainSettings(options.get("epochs") or s["epochs"], s["batch_size"], s["batch_size"], s["lr"],
+                              augment=s["augment"] if params["dataset"].startswith("cifar") else None)
         given = {"encoder": s["encoder"], "pretrained": s["pretrained"], "noise_rate": params.get("rate", 0.0),
                  **s["method_options"].get(params["method"], {})}  # e.g. LFM-DR+'s label-free pixel encoder
         if "engine" in params:
             given["engine"] = params["engine"]
         if options.get("encoder_weights"):
             given["encoder_weights"] = file_digest(options["encoder_weights"])
-        train = {"epochs": options.get("epochs") or s["epochs"], "batch_size": s["batch_size"],
-                 "meta_batch_size": s["batch_size"], "lr": s["lr"], "momentum": 0.9, "weight_decay": 5e-4,
-                 "milestones": [0.8, 0.9], "augment": augment, "eval_batch_size": 500}
         method = METHODS.get(params["method"])
         known = set(getattr(method, "DEFAULTS", None) or getattr(method, "known_options", None) or ())
-        for key, value in (options.get("set") or {}).items():  # --set KEY=VALUE, checked by validate
-            if key in train:
-                train[key] = value
-            elif key in data and (key != "image_size" or "image_size" in data):
-                data[key] = value
+        for key, value in self.set_values(options).items():  # --set KEY=VALUE, checked by validate
+            if key in TrainSettings.SETTABLE:
+                train = replace(train, **{key: value})
+            elif key in DataSettings.SETTABLE and (key != "image_size" or standin):
+                data = replace(data, **{key: value})
             elif key in known:
                 given[key] = value
-        return {
-            "data": data,
-            "model": {"name": params["model"], "kwargs": self.model_kwargs(params["model"], profile)},
-            "train": train,
-            "method": {"name": params["method"], "options": method_options(params["method"], given)},
-        }
+        return DRSettings(data, train, params["model"], self.model_kwargs(params["model"], profile),
+                          params["method"], method_options(params["method"], given))
 
     def model_kwargs(self, model: str, profile: str) -> dict[str, Any]:
         return copy.deepcopy(DR_PROFILES[profile]["model_kwargs"][model])
@@ -432,33 +509,33 @@ class DRExperiment(Experiment):
         return self.column_spec(column).data
 
     # -- one run ------------------------------------------------------------------------------
-    def build_splits(self, settings: dict[str, Any], seed: int, ctx) -> Any:
-        data = settings["data"]
+    def build_splits(self, settings: DRSettings, seed: int, ctx) -> Any:
+        data = settings.data
         kwargs: dict[str, Any] = {}
-        if data["dataset"] in STANDINS:
-            kwargs["image_size"] = data["image_size"]
-        bundle = load_dataset(data["dataset"], root=ctx.data_root, download=ctx.download, **kwargs)
+        if data.dataset in STANDINS:
+            kwargs["image_size"] = data.image_size
+        bundle = load_dataset(data.dataset, root=ctx.data_root, download=ctx.download, **kwargs)
         return make_splits(
-            bundle, meta_per_class=data["meta_per_class"], seed=seed, noise=data["noise"], noise_rate=data["rate"],
-            imbalance=data["imbalance"], imbalance_factor=data["factor"], max_train=data["max_train"],
+            bundle, meta_per_class=data.meta_per_class, seed=seed, noise=data.noise, noise_rate=data.rate,
+            imbalance=data.imbalance, imbalance_factor=data.factor, max_train=data.max_train,
         )
 
-    def train_config(self, settings: dict[str, Any], ctx) -> TrainConfig:
-        train, method = settings["train"], settings["method"]
+    def train_config(self, settings: DRSettings, ctx) -> TrainConfig:
+        train = settings.train
         augment = None
-        if train["augment"] == "cifar":
+        if train.augment == "cifar":
             from lfm_core.data import cifar_train_transform
 
             augment = cifar_train_transform()
-        options = dict(method["options"])
+        options = dict(settings.method_options)
         if isinstance(options.get("encoder_weights"), dict):  # the file's identity -> its path
             options["encoder_weights"] = options["encoder_weights"]["path"]
         return TrainConfig(
-            method=method["name"], model=settings["model"]["name"], model_kwargs=dict(settings["model"]["kwargs"]),
-            epochs=train["epochs"], batch_size=train["batch_size"], meta_batch_size=train["meta_batch_size"],
-            lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"],
-            milestones=tuple(train["milestones"]), eval_batch_size=train["eval_batch_size"], device=ctx.device,
-            augment=augment, mixed_precision=ctx.mixed_precision, compile=getattr(ctx, "compile", False), options=options,
+            method=settings.method, model=settings.model, model_kwargs=dict(settings.model_kwargs),
+            epochs=train.epochs, batch_size=train.batch_size, meta_batch_size=train.meta_batch_size,
+            lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, milestones=train.milestones,
+            eval_batch_size=train.eval_batch_size, device=ctx.device, augment=augment,
+            mixed_precision=ctx.mixed_precision, compile=getattr(ctx, "compile", False), options=options,
         )
 
     def step_timer(self, config: dict[str, Any], device: str | None = None):
@@ -473,14 +550,14 @@ class DRExperiment(Experiment):
         from lfm_core.data import synthetic
         from lfm_dr.train import autocast, build_method, gather
 
-        settings = copy.deepcopy(config["settings"])
-        data, train = settings["data"], settings["train"]
-        if "pretrained" in settings["method"]["options"]:
-            settings["method"]["options"]["pretrained"] = False
-        k = {"cifar100": 100}.get(data["dataset"], 10)
-        size = settings["model"]["kwargs"].get("image_size") or data.get("image_size") or 32
-        meta = math.ceil(int(train["meta_batch_size"]) / k)  # a meta set of at least one meta batch
-        per_class = meta + math.ceil(int(train["batch_size"]) / k)
+        settings = DRSettings.from_record(config["settings"])
+        if "pretrained" in settings.method_options:
+            settings = replace(settings, method_options={**settings.method_options, "pretrained": False})
+        data, train = settings.data, settings.train
+        k = {"cifar100": 100}.get(data.dataset, 10)
+        size = settings.model_kwargs.get("image_size") or data.image_size or 32
+        meta = math.ceil(int(train.meta_batch_size) / k)  # a meta set of at least one meta batch
+        per_class = meta + math.ceil(int(train.batch_size) / k)
         bundle = synthetic(num_classes=k, n_train=k * per_class, n_test=k, image_size=size)
         splits = make_splits(bundle, meta_per_class=meta, seed=0)
         runtime = config.get("runtime") or {}
@@ -499,7 +576,7 @@ class DRExperiment(Experiment):
         return step
 
     def run_cell(self, cell, profile, seed, ctx):
-        settings = ctx.config["settings"]
+        settings = DRSettings.from_record(ctx.config["settings"])
         splits = self.build_splits(settings, seed, ctx)
         cfg = self.train_config(settings, ctx)
         chosen = auto_encoder(cfg, splits, profile, seed)

@@ -252,11 +252,11 @@ class Table9(DRExperiment):
         return {**super().model_kwargs(model, profile), "image_size": size}
 
     def build_splits(self, settings, seed, ctx):
-        data = settings["data"]
-        if data["dataset"] != "imagefolder":
+        data = settings.data
+        if data.dataset != "imagefolder":
             return super().build_splits(settings, seed, ctx)
         bundle = load_dataset("imagefolder", root=ctx.data_root, image_size=64)
-        return make_splits(bundle, meta_per_class=data["meta_per_class"], seed=seed, max_train=data["max_train"])
+        return make_splits(bundle, meta_per_class=data.meta_per_class, seed=seed, max_train=data.max_train)
 
 
 class Figure6(Table6):
