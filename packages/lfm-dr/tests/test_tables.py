@@ -77,3 +77,22 @@ def test_the_paper_parser_checks_its_row_count():
         paper_table(["a", "b"], ["x"], "1")
     with pytest.raises(ValueError, match="2 paper numbers for 1 columns"):
         paper_table(["a"], ["x"], "1 2")
+
+
+def test_settings_are_typed_and_recorded_as_before():
+    from lfm_core.errors import UsageError
+    from lfm_dr.experiments import DRSettings
+
+    exp = get_experiment("table7")
+    cell = next(c for c in exp.cells("cpu", {"engine": "exact"}) if c.row == "LFM-DR" and c.column == "CIFAR-10 40%")
+    settings = exp.settings(cell, "cpu", {"engine": "exact", "set": {"lr": 1, "meta_per_class": 3, "lr_b": 1}})
+    assert settings.train.lr == 1.0 and isinstance(settings.train.lr, float) and settings.data.meta_per_class == 3
+    assert settings.method_options["lr_b"] == 1.0 and isinstance(settings.method_options["lr_b"], float)
+    assert (settings.train.momentum, settings.train.weight_decay, settings.train.milestones) == (0.9, 5e-4, (0.8, 0.9))
+    record = exp.resolve(cell, "cpu", {"engine": "exact"})
+    assert DRSettings.from_record(record).record() == record
+    assert list(record) == ["data", "model", "train", "method"] and record["data"]["image_size"] == 16
+    with pytest.raises(UsageError, match=r"unknown --set key 'lrr'. Did you mean 'lr_r' or 'lr'\? Valid choices: b_min, batch_size"):
+        exp.validate("cpu", {"set": {"lrr": 0.1}})
+    with pytest.raises(UsageError, match=r"--set epochs='ten': expected int"):
+        exp.validate("cpu", {"set": {"epochs": "ten"}})
