@@ -92,7 +92,8 @@ def test_settings_are_typed_and_recorded_as_before():
     record = exp.resolve(cell, "cpu", {"engine": "exact"})
     assert DRSettings.from_record(record).record() == record
     assert list(record) == ["data", "model", "train", "method"] and record["data"]["image_size"] == 16
-    with pytest.raises(UsageError, match=r"unknown --set key 'lrr'. Did you mean 'lr_r' or 'lr'\? Valid choices: b_min, batch_size"):
+    did_you_mean = r"unknown --set key 'lrr'. Did you mean 'lr_r' or 'lr'\? Valid choices: b_min, batch_size"
+    with pytest.raises(UsageError, match=did_you_mean):
         exp.validate("cpu", {"set": {"lrr": 0.1}})
     with pytest.raises(UsageError, match=r"--set epochs='ten': expected int"):
         exp.validate("cpu", {"set": {"epochs": "ten"}})
