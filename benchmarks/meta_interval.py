@@ -45,9 +45,9 @@ def run_one(method: str, options: dict, seed: int, engine: str, epochs: int | No
     opts = {"engine": engine, "epochs": epochs}
     row = {"ce": "Base Model", "lfm": "LFM-DR"}[method]
     cell = next(c for c in exp.cells(PROFILE, opts) if c.row == row and c.column == COLUMN)
-    settings = exp.resolve(cell, PROFILE, opts)  # what `lfm-bench run table7` records and trains
+    settings = exp.settings(cell, PROFILE, opts)  # what `lfm-bench run table7` records and trains
     with tempfile.TemporaryDirectory(prefix="lfm-meta-interval-") as tmp:
-        ctx = RunContext(run_dir=Path(tmp), config={"settings": settings}, device="cpu")
+        ctx = RunContext(run_dir=Path(tmp), config={"settings": settings.record()}, device="cpu")
         splits = exp.build_splits(settings, seed, ctx)
         cfg = exp.train_config(settings, ctx)
         cfg.options.update(options)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lfm_core.experiments import PROFILES, get_experiment
+from lfm_core.experiments import PROFILE_NAMES, get_experiment
 from lfm_core.identity import config_id
 from lfm_core.registries import EXPERIMENTS
 from lfm_core.runner import resolve_config, run_dir_for
@@ -15,7 +15,7 @@ from lfm_core.runner import resolve_config, run_dir_for
 NAMES = EXPERIMENTS.names()
 
 
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
 @pytest.mark.parametrize("name", NAMES)
 def test_every_spec_resolves(name, profile, tmp_path):
     exp = get_experiment(name)
@@ -52,7 +52,7 @@ def test_an_override_changes_the_identity(name):
 DR_NAMES = [n for n in NAMES if get_experiment(n).package == "lfm-dr"]
 
 
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
 @pytest.mark.parametrize("name", DR_NAMES)
 def test_every_dr_spec_resolves_on_every_standin(name, profile):
     """``--standin`` picks the embedded data of the cpu/smoke profiles; digits stays the default with

@@ -15,7 +15,7 @@ from lfm_core.registries import METHODS
 from lfm_core.runner import RunContext
 from lfm_core.weighting import lfm_weights
 from lfm_dr.diagnostics import WeightLog, noise_auroc, weight_stats
-from lfm_dr.experiments import METHOD_OF_ROW, PLUS_ROW, paper_meta_per_class
+from lfm_dr.experiments import PLUS_ROW, paper_meta_per_class
 from lfm_dr.methods.baselines import GLC, gold_quota
 from lfm_dr.methods.lfm import DRProblem, LFMReweighting
 from lfm_dr.methods.lfm_plus import LFMPlus
@@ -42,7 +42,7 @@ def test_paper_long_tail_split_has_cifar_counts(monkeypatch, k, per_class, n_max
     exp = get_experiment("table6")
     column = "CIFAR-10 IF 200" if k == 10 else "CIFAR-100 IF 200"
     cell = next(c for c in exp.cells("paper", {}) if c.column == column and c.row == "Base Model")
-    splits = exp.build_splits(exp.resolve(cell, "paper", {}), 0, ctx)
+    splits = exp.build_splits(exp.settings(cell, "paper", {}), 0, ctx)
     counts = splits.info["imbalance_counts"]
     assert splits.info["meta_per_class"] == 10 and len(splits.meta) == 10 * k
     assert counts[0] == n_max and counts[-1] == rarest
@@ -184,10 +184,9 @@ def test_lfm_plus_learns_its_offset_and_checkpoints_it():
 
 
 def test_plus_row_is_ours_and_has_no_paper_number():
-    assert METHOD_OF_ROW[PLUS_ROW] == "lfm_plus"
     for name in ("table6", "table7", "table8"):
         exp = get_experiment(name)
-        assert PLUS_ROW in exp.rows
+        assert PLUS_ROW in exp.rows and exp.method_of(PLUS_ROW) == "lfm_plus"
         assert not any(row == PLUS_ROW for row, _ in exp.paper)
 
 
@@ -200,9 +199,9 @@ def test_ablation_cells_carry_their_variant_options():
     assert len(identities) == len(cells)  # every variant is its own run
     ctx = SimpleNamespace(device="cpu", mixed_precision="no")
     by_row = {c.row: c for c in cells if "flip" in c.column}
-    cfg = exp.train_config(exp.resolve(by_row["B fixed at 1"], "cpu", {}), ctx)
+    cfg = exp.train_config(exp.settings(by_row["B fixed at 1"], "cpu", {}), ctx)
     assert cfg.method == "lfm" and cfg.options["lr_b"] == 0.0 and cfg.options["encoder"] == "smallcnn"
-    cfg = exp.train_config(exp.resolve(by_row["LFM-DR+ w/o offset c"], "cpu", {}), ctx)
+    cfg = exp.train_config(exp.settings(by_row["LFM-DR+ w/o offset c"], "cpu", {}), ctx)
     assert cfg.method == "lfm_plus" and cfg.options["offset"] is False and cfg.options["encoder"] == "pixels"
     assert not any("," in row for row in exp.rows)  # --methods takes them comma-separated
     smoke = exp.cells("smoke", {})

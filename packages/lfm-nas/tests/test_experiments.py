@@ -37,6 +37,20 @@ def test_paper_numbers_as_printed():
     assert E.Figure4.paper == {} and E.Figure5.paper == {}  # bar heights are not printed
 
 
+def test_nas_tables_declare_the_papers_claims_about_them():
+    """Each claim lives on the spec of the table it is about, naming that spec's own rows."""
+    sources = {cls.name: [c.source for c in cls.claims] for cls in ALL}
+    assert sources == {"table1": ["Tables I-III"], "table2": [], "table3": [], "table4": ["Table IV"], "table5": [],
+                       "table10": ["Table X"], "figure4": ["Fig. 4"], "figure5": ["Fig. 5"]}
+    by_name = {cls.name: cls for cls in ALL}
+    for cls in ALL:
+        for claim in cls.claims:
+            for comparison in claim.comparisons:
+                spec = by_name[comparison.experiment]
+                assert {comparison.better, comparison.worse} <= set(spec.rows) - set(spec.cited_rows)
+                assert set(comparison.columns) <= set(spec.columns)
+
+
 @pytest.mark.parametrize("cls", ALL)
 def test_grid_per_profile(cls):
     exp = cls()

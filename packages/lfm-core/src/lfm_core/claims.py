@@ -1,6 +1,8 @@
 """The paper's claims, each checked against this suite's finished runs: ``claims.md``.
 
-A claim is a list of comparisons "row A beats row B" in one experiment and column. For each,
+A claim is a list of comparisons "row A beats row B" in one experiment and column; each
+experiment declares the paper's claims about it (``Experiment.claims``) and ``claims.md`` lists
+those of every registered experiment. For each comparison,
 the seeds of one configuration (same ``config_id``, or same params when records predate it)
 give mean ± std; the comparison
 
@@ -30,7 +32,6 @@ from lfm_core.io import atomic_write_text
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive", "not run"
 PROFILE_ORDER = ("paper", "cpu", "smoke")  # the most faithful profile with runs is used
-OURS_ROWS = ("LFM-DR+ (ours)",)  # beyond the paper: never one of "the implemented baselines"
 # the embedded stand-ins (lfm_core.data); where runs on more than one exist, every claim gets a
 # verdict per stand-in, and runs on other data (e.g. CIFAR-100 on disk) count towards each
 STANDINS = {"digits": "digits", "photo_patches": "photo patches"}
@@ -61,11 +62,12 @@ def rarest_class_recall(record: dict[str, Any]) -> float | None:
 class Comparison:
     experiment: str
     better: str  # the row the paper says wins
-    worse: str | None  # None: every other row with runs (baselines), except ``OURS_ROWS``
+    worse: str | None  # None: every other row with runs (the baselines), except ``not_baselines``
     columns: tuple[str, ...]  # the columns that count (those without runs are skipped)
     higher_is_better: bool = True
     value: Value = metric_value("test_acc")
     quantity: str = "test accuracy (%)"
+    not_baselines: tuple[str, ...] = ()  # rows beyond the paper, never one of "every other row"
 
 
 @dataclass(frozen=True)
@@ -75,46 +77,29 @@ class Claim:
     comparisons: tuple[Comparison, ...]
 
 
-def _acc(experiment: str, better: str, columns: tuple[str, ...], worse: str | None = None) -> Comparison:
-    return Comparison(experiment, better, worse, columns)
+def accuracy_above(experiment: str, better: str, columns: tuple[str, ...], worse: str | None = None,
+                   not_baselines: tuple[str, ...] = ()) -> Comparison:
+    """"``better`` has a higher test accuracy than ``worse`` (None: than every other row)"."""
+    return Comparison(experiment, better, worse, columns, not_baselines=not_baselines)
 
 
-def _err(experiment: str, better: str, worse: str, columns: tuple[str, ...], metric: str = "test_err",
-         quantity: str = "test error (%)") -> Comparison:
+def error_below(experiment: str, better: str, worse: str, columns: tuple[str, ...], metric: str = "test_err",
+                quantity: str = "test error (%)") -> Comparison:
+    """"``better`` has a lower ``metric`` (default: test error) than ``worse``"."""
     return Comparison(experiment, better, worse, columns, False, metric_value(metric), quantity)
 
 
-NOISE_COLUMNS = ("CIFAR-10 20%", "CIFAR-10 40%", "CIFAR-100 20%", "CIFAR-100 40%")
-FIG_COLUMNS = ("LFM-DARTS-2nd", "LFM-PDARTS")
+def registered_claims() -> tuple[Claim, ...]:
+    """The claims every registered experiment declares, in the experiments' name order (a claim
+    an experiment inherits from its parent class is listed once)."""
+    from lfm_core.experiments import get_experiment
+    from lfm_core.registries import EXPERIMENTS
 
-CLAIMS: tuple[Claim, ...] = (
-    Claim("LFM-DR is above every implemented baseline under flip noise (20%, 40%)", "Table VII",
-          (_acc("table7", "LFM-DR", NOISE_COLUMNS),)),
-    Claim("LFM-DR is above every implemented baseline under uniform noise (20%, 40%)", "Table VIII",
-          (_acc("table8", "LFM-DR", NOISE_COLUMNS),)),
-    Claim("LFM-DR improves the rarest class at high imbalance", "Fig. 6 (class 9: 14.4% -> 47.3%)",
-          tuple(Comparison(exp, "LFM-DR", "Base Model", cols, True, rarest_class_recall, "rarest-class recall (%)")
-                for exp, cols in (("figure6", ("CIFAR-10 IF 200",)),
-                                  ("table6", ("CIFAR-10 IF 200", "CIFAR-100 IF 200", "CIFAR-10 IF 20"))))),
-    Claim("each ablation of a_i (w/o x, w/o u, w/o z) loses to the full LFM", "Fig. 4",
-          tuple(_err("figure4", "Full", w, FIG_COLUMNS) for w in ("w/o x", "w/o u", "w/o z"))),
-    Claim("dot-product similarity >= cosine and L2", "Fig. 5",
-          tuple(_err("figure5", "Dot product", w, FIG_COLUMNS) for w in ("Cosine similarity", "L2 distance"))),
-    Claim("two networks >= one network", "Table IV",
-          (_err("table4", "TN+DARTS", "SN+DARTS", ("CIFAR-100",)),
-           _err("table4", "TN+PDARTS", "SN+PDARTS", ("CIFAR-100",)))),
-    Claim("parameter sharing (PS) cuts search memory", "Table X",
-          (_err("table10", "LFM+DARTS+PS", "LFM+DARTS, no PS", ("Memory (MiB)",), "value", "peak search memory (MiB)"),
-           _err("table10", "LFM+PDARTS+PS", "LFM+PDARTS, no PS", ("Memory (MiB)",), "value",
-                "peak search memory (MiB)"))),
-    Claim("LFM-DARTS / LFM-PDARTS beat DARTS / P-DARTS", "Tables I-III",
-          (_err("table1", "LFM-DARTS-2nd-R18", "DARTS-2nd", ("CIFAR-100",)),
-           _err("table1", "LFM-PDARTS-R18", "PDARTS", ("CIFAR-100",)),
-           _err("table2", "LFM-DARTS-2nd-R18", "DARTS-2nd", ("CIFAR-10",)),
-           _err("table2", "LFM-PDARTS-R18", "PDARTS", ("CIFAR-10",)),
-           _err("table3", "LFM-DARTS-2nd-CIFAR10", "DARTS2nd-CIFAR10", ("Top-1 Error (%)",)),
-           _err("table3", "LFM-PDARTS-CIFAR10", "PDARTS (CIFAR10)", ("Top-1 Error (%)",)))),
-)
+    claims: dict[int, Claim] = {}
+    for name in EXPERIMENTS.names():
+        for claim in get_experiment(name).claims:
+            claims.setdefault(id(claim), claim)
+    return tuple(claims.values())
 
 
 @dataclass
@@ -265,7 +250,8 @@ def evaluate(records: list[dict[str, Any]], claim: Claim,
             if comp.worse is not None:
                 rivals = [comp.worse]
             else:
-                rivals = [r for (r, c) in groups if c == column and r != comp.better and r not in OURS_ROWS]
+                rivals = [r for (r, c) in groups if c == column and r != comp.better
+                          and r not in comp.not_baselines]
             for rival in rivals:
                 worse = groups.get((rival, column))
                 if better is None and worse is None:
@@ -292,14 +278,17 @@ def overall_verdict(by_standin: dict[str, str]) -> str:
     return "differs by stand-in: " + ", ".join(f"{STANDINS[k]} {v}" for k, v in ran.items())
 
 
-def write_claims(records: Iterable[dict[str, Any]], out_dir: str | Path) -> Path:
-    """Write ``claims.md`` (every claim, its verdict and the numbers behind it) into ``out_dir``.
-    Where runs on more than one stand-in exist, each claim has a verdict per stand-in and an
-    overall line that says when they disagree."""
+def write_claims(records: Iterable[dict[str, Any]], out_dir: str | Path,
+                 claims: tuple[Claim, ...] | None = None) -> Path:
+    """Write ``claims.md`` (every claim, its verdict and the numbers behind it) into ``out_dir``;
+    ``claims`` defaults to those of the registered experiments. Where runs on more than one
+    stand-in exist, each claim has a verdict per stand-in and an overall line that says when
+    they disagree."""
     records = list(records)
+    claims = registered_claims() if claims is None else claims
     standins = [s for s in STANDINS if any(standin_of(r) == s for r in records)]
     if len(standins) > 1:
-        return _write_claims_per_standin(records, out_dir, standins)
+        return _write_claims_per_standin(records, out_dir, standins, claims)
     out = Path(out_dir) / "claims.md"
     text = ["# The paper's claims at this suite's scale", "",
             "Each claim is checked on the finished runs (the most faithful profile that has them). "
@@ -310,7 +299,7 @@ def write_claims(records: Iterable[dict[str, Any]], out_dir: str | Path) -> Path
             "(digits, a few epochs) cannot separate the methods, not that the paper is wrong.", "",
             "| claim | paper | verdict | comparisons (holds / fails / inconclusive / not run) |", "|---|---|---|---|"]
     details = []
-    for claim in CLAIMS:
+    for claim in claims:
         overall, lines = evaluate(records, claim)
         counts = " / ".join(str(sum(line["verdict"] == v for line in lines))
                             for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_RUN))
@@ -335,7 +324,8 @@ def _details(claim: Claim, lines: list[dict[str, Any]], title: str) -> list[str]
     return out + [""]
 
 
-def _write_claims_per_standin(records: list[dict[str, Any]], out_dir: str | Path, standins: list[str]) -> Path:
+def _write_claims_per_standin(records: list[dict[str, Any]], out_dir: str | Path, standins: list[str],
+                              claims: tuple[Claim, ...]) -> Path:
     out = Path(out_dir) / "claims.md"
     names = [STANDINS[s] for s in standins]
     text = ["# The paper's claims at this suite's scale", "",
@@ -349,7 +339,7 @@ def _write_claims_per_standin(records: list[dict[str, Any]], out_dir: str | Path
             "| claim | paper | " + " | ".join(f"verdict on {n}" for n in names) + " | overall |",
             "|---|---|" + "---|" * len(names) + "---|"]
     details = []
-    for claim in CLAIMS:
+    for claim in claims:
         verdicts = {}
         for standin, name in zip(standins, names):
             verdicts[standin], lines = evaluate(records, claim, standin)

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lfm_core.errors import DataNotFoundError, GracefulStop, LFMError, UsageError, os_error_line
-from lfm_core.experiments import PROFILES, check_profile, get_experiment, parse_set, selected
+from lfm_core.experiments import PROFILE_NAMES, check_profile, get_experiment, parse_set, selected
 from lfm_core.launch import LAUNCH_OPTIONS
 from lfm_core.plan import PLAN_OPTIONS, maybe_plan, take_plan_options
 from lfm_core.registries import ALL, EXPERIMENTS
@@ -83,7 +83,7 @@ def _complete_experiment(_ctx: click.Context, _param: click.Parameter, incomplet
 
 
 COMMON_OPTIONS = [
-    click.Option(["--profile"], type=click.Choice(PROFILES), default="cpu", show_default=True,
+    click.Option(["--profile"], type=click.Choice(PROFILE_NAMES), default="cpu", show_default=True,
                  help="smoke: seconds, for CI; cpu: scaled down to 2 CPU cores on embedded data; "
                       "paper: the paper's protocol (GPU, CIFAR/ANIMAL-10N on disk)."),
     click.Option(["--results"], type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
@@ -309,7 +309,7 @@ def _install_signal_handlers() -> None:
               show_default=True, help="Results root to collect.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
               show_default=True, help="Where to write tables (md/csv/tex), figures (png) and README.md.")
-@click.option("--profile", type=click.Choice(PROFILES), default=None, help="Only runs of this profile.")
+@click.option("--profile", type=click.Choice(PROFILE_NAMES), default=None, help="Only runs of this profile.")
 @click.option("--where", multiple=True, metavar="KEY=VALUE",
               help="Only runs whose results column KEY equals VALUE (repeatable), e.g. engine=exact or "
                    "settings.train.epochs=12; the columns are those of lfm_core.load_results.")

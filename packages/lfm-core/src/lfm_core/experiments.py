@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import click
 
+from lfm_core.claims import Claim
 from lfm_core.errors import UsageError, check_choice
+from lfm_core.paper import PaperValue, pv  # noqa: F401  (pv: the specs' parser of one paper number)
 
-PROFILES = ("smoke", "cpu", "paper")
+PROFILE_NAMES = ("smoke", "cpu", "paper")
 # options that only choose which cells or seeds run, or how results are found: never part of a
 # run's identity (everything else an experiment's options set is, unless ``resolve`` says better)
 SELECTORS = ("methods", "rates", "reuse", "only", "data_root", "download", "print_config")
-
-
-@dataclass(frozen=True)
-class PaperValue:
-    value: float
-    std: float | None = None
 
 
 @dataclass(frozen=True)
@@ -44,12 +41,6 @@ class Cell:
         return ",".join(parts).replace("/", "_").replace(" ", "")
 
 
-def pv(text: str) -> PaperValue:
-    """Parse a paper figure such as ``"89.06±0.17"`` or ``"86.4"``."""
-    value, _, std = text.replace(" ", "").partition("±")
-    return PaperValue(float(value), float(std) if std else None)
-
-
 class Experiment:
     """Base class; subclasses set the class attributes and implement ``cells`` and ``run_cell``."""
 
@@ -64,7 +55,10 @@ class Experiment:
     # (row, column) -> the paper's number; rows we do not run are shown with their cited numbers
     paper: ClassVar[dict[tuple[str, str], PaperValue]] = {}
     cited_rows: ClassVar[tuple[str, ...]] = ()
+    # the seeds each profile runs by default
     seeds: ClassVar[dict[str, list[int]]] = {"smoke": [0], "cpu": [0, 1, 2], "paper": [0, 1, 2]}
+    # what the paper claims about this table, checked against its runs in claims.md
+    claims: ClassVar[tuple[Claim, ...]] = ()
     package: ClassVar[str] = ""
     # the row other rows are compared with when a stand-in makes raw numbers incomparable
     base_row: ClassVar[str | None] = None
@@ -82,6 +76,10 @@ class Experiment:
     def describe(self, profile: str, options: dict[str, Any]) -> str:
         """One line for the start of a run: which data and protocol, and how to get the paper's."""
         return ""
+
+    def run_rows(self, profile: str, options: dict[str, Any]) -> list[str]:
+        """The rows this profile runs by default, or those the options (``--methods``) ask for."""
+        return [r for r in self.rows if r not in self.cited_rows]
 
     def cells(self, profile: str, options: dict[str, Any]) -> list[Cell]:
         raise NotImplementedError
@@ -113,9 +111,18 @@ class Experiment:
         """Why a column can have no run on a machine like this one ("" if it simply was not run)."""
         return ""
 
+    def table_title(self, configs: list[dict[str, Any]]) -> str:
+        """The title of a table of these runs (e.g. naming a noise type other than the paper's)."""
+        return self.title
+
     def column_label(self, column: str, configs: list[dict[str, Any]]) -> str:
         """The header of a column given the configs of its runs (e.g. GPU-days vs CPU-hours)."""
         return column
+
+    def paper_matches(self, column: str, configs: list[dict[str, Any]]) -> bool:
+        """Whether the paper's numbers of ``column`` are for what these runs ran (the same noise
+        type, say); where not, the report shows no paper number beside them."""
+        return True
 
     def includes(self, record: dict[str, Any]) -> bool:
         """Whether a finished run belongs in this table (e.g. only its own noise type)."""
@@ -162,7 +169,16 @@ def check_set(values: dict[str, Any], known: dict[str, Any]) -> None:
 
 
 def check_profile(profile: str) -> str:
-    return check_choice("profile", profile, PROFILES)
+    return check_choice("profile", profile, PROFILE_NAMES)
+
+
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+def has_cifar(root: Any, name: str) -> bool:
+    """Whether CIFAR-10 or CIFAR-100 (``name``) is under ``root`` as the python-pickle folder
+    that ``lfm_core.data.load_dataset`` reads."""
+    return bool(root) and (Path(root).expanduser() / CIFAR_FOLDERS[name]).is_dir()
 
 
 def get_experiment(name: str) -> Experiment:

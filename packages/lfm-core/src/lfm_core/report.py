@@ -103,11 +103,15 @@ def aggregate(exp: Experiment, frame: pd.DataFrame, metric: str | None = None,
             }
             if variant not in variants[row]:
                 variants[row].append(variant)
+    by_column: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records or []:
+        by_column[str(rec.get("column"))].append(rec.get("config") or rec)
+    shows_paper = {c: exp.paper_matches(c, by_column[c]) for c in exp.columns}
     lines = []
     for row in exp.rows:
         for variant in sorted(variants.get(row) or [""]):
             for column in exp.columns:
-                paper = exp.paper.get((row, column))
+                paper = exp.paper.get((row, column)) if shows_paper[column] else None
                 mine = ours.get((row, variant, column))
                 line = {
                     "row": row, "variant": variant, "column": column,
@@ -193,8 +197,13 @@ def _column_modes(exp: Experiment, agg: pd.DataFrame) -> dict[str, bool]:
 
 def column_header(exp: Experiment, agg: pd.DataFrame, column: str, records: list[dict[str, Any]]) -> str:
     """The paper's column name (as the experiment relabels it for what ran, e.g. CPU-hours)."""
-    configs = [r.get("config") or {} for r in records if r.get("column") == column]
+    configs = [r.get("config") or r for r in records if r.get("column") == column]
     return exp.column_label(column, configs)
+
+
+def table_title(exp: Experiment, records: list[dict[str, Any]]) -> str:
+    """The experiment's title for what these runs ran."""
+    return exp.table_title([r.get("config") or r for r in records])
 
 
 def ran_on(agg: pd.DataFrame, column: str) -> str:
@@ -266,7 +275,8 @@ def provenance(exp: Experiment, agg: pd.DataFrame, records: list[dict[str, Any]]
     if stand_in:
         # a paper-profile run is only incomparable through its overrides (--epochs, --set): no stand-in there
         what = "Columns run with overrides of the paper's protocol" if profiles == ["paper"] else "Stand-in columns"
-        lines.append(f"{what} ({', '.join(stand_in)}): our numbers are not comparable with the paper's; "
+        heads = ", ".join(column_header(exp, agg, c, records) for c in stand_in)
+        lines.append(f"{what} ({heads}): our numbers are not comparable with the paper's; "
                      + (f"compare each method's gain over {exp.base_row} and the methods' ranking. "
                         if exp.base_row else "compare the methods' ranking. "))
         tau = rank_agreement(exp, agg)
@@ -299,7 +309,7 @@ def render_terminal(exp: Experiment, records: list[dict], profile: str | None, c
     heads = [column_header(exp, agg, k, records) for k in ran_columns]
     keep = ["Method"] + [c for c in wide.columns[1:] if any(c.startswith(h + " ") for h in heads)]
     wide = wide[keep]
-    title = f"{exp.name}: {exp.title} — {exp.metric_label}: ours (profile {profile}) beside {PAPER}"
+    title = f"{exp.name}: {table_title(exp, records)} — {exp.metric_label}: ours (profile {profile}) beside {PAPER}"
     if console.is_terminal:
         from rich.table import Table
 
@@ -360,10 +370,11 @@ def write_report(results: Path, out_dir: Path, names: list[str], profile: str | 
         stem = out_dir / name
         atomic_write_text(stem.with_suffix(".csv"), agg.to_csv(index=False))
         body = markdown(wide) + ("\n" + "\n\n".join(notes) + "\n" if notes else "")
-        atomic_write_text(stem.with_suffix(".md"), f"## {name}: {exp.title}\n\n{exp.metric_label}.\n\n{body}")
+        title = table_title(exp, mine)
+        atomic_write_text(stem.with_suffix(".md"), f"## {name}: {title}\n\n{exp.metric_label}.\n\n{body}")
         atomic_write_text(stem.with_suffix(".tex"), latex(wide))
         written += [stem.with_suffix(s) for s in (".md", ".csv", ".tex")]
-        index.append(f"## {name}: {exp.title}")
+        index.append(f"## {name}: {title}")
         profiles = ", ".join(sorted(set(frame["profile"]))) if not frame.empty else "none"
         ran = int(agg[agg.status == "ok"][["row", "column"]].drop_duplicates().shape[0])
         cells = len(exp.rows) * len(exp.columns)

@@ -20,13 +20,14 @@ per-epoch diagnostics (a on clean vs corrupted examples, its AUROC as a noise de
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import click
 
 from lfm_core.errors import UsageError
 from lfm_core.experiments import Cell
-from lfm_dr.experiments import DRExperiment
+from lfm_dr.experiments import DRExperiment, long_tail_column, noise_column
 
 SMALLCNN, PIXELS = {"encoder": "smallcnn"}, {"encoder": "pixels"}
 LR_01 = {"lr_b": 0.1, "lr_r": 0.1}
@@ -56,7 +57,8 @@ class AblationDR(DRExperiment):
     kind = "figure"
     title = "Ablation of the LFM-DR weighting (beyond the paper): W2 test accuracy (%)"
     rows = list(VARIANTS)
-    columns = ["CIFAR-10 flip 40%", "CIFAR-10 IF 20"]
+    row_methods = {row: method for row, (method, _) in VARIANTS.items()}
+    column_specs = (noise_column("CIFAR-10", 0.4, "flip"), long_tail_column("CIFAR-10", 20))
     seeds = {"smoke": [0], "cpu": [0, 1, 2, 3, 4], "paper": [0, 1, 2]}
     smoke_rows = ("LFM-DR (paper)", "LFM-DR+ (ours)")
     base_row = "LFM-DR (paper)"  # each variant's gain is over the paper's method
@@ -67,9 +69,6 @@ class AblationDR(DRExperiment):
                          help="Comma-separated variants (rows) to run, or 'all' (the default; smoke: two)."),
             click.Option(["--epochs"], type=click.IntRange(1), default=None, help="Override the profile's epochs."),
         ]
-
-    def method_of(self, row):
-        return VARIANTS[row][0]
 
     def run_rows(self, profile, options):
         text = options.get("methods")
@@ -85,12 +84,6 @@ class AblationDR(DRExperiment):
 
     def run_columns(self, profile, options):
         return self.columns[:1] if profile == "smoke" else list(self.columns)
-
-    def column_params(self, column, profile, options):
-        dataset = self.dataset_for(column, profile, options)
-        if "flip" in column:
-            return {"dataset": dataset, "noise": "flip", "rate": 0.4}
-        return {"dataset": dataset, "imbalance": "longtail", "factor": 20.0}
 
     def validate(self, profile, options):
         self.run_rows(profile, options)
@@ -109,13 +102,12 @@ class AblationDR(DRExperiment):
                                                 **variant}))
         return cells
 
-    def resolve(self, cell, profile, options):
-        settings = super().resolve(cell, profile, options)
-        opts = settings["method"]["options"]
-        opts.update({k: cell.params[k] for k in OPTION_KEYS if k in cell.params})
+    def settings(self, cell, profile, options):
+        settings = super().settings(cell, profile, options)
+        opts = {**settings.method_options, **{k: cell.params[k] for k in OPTION_KEYS if k in cell.params}}
         if opts.get("encoder") in ("smallcnn", "pixels"):  # the variants' encoders have no pretrained weights
             opts["pretrained"] = False  # (the paper profile's True is its ResNet-18's)
-        return settings
+        return replace(settings, method_options=opts)
 
     def run_cell(self, cell, profile, seed, ctx):
         metrics = super().run_cell(cell, profile, seed, ctx)

@@ -1,11 +1,12 @@
 """The paper's data-reweighting tables (VI-IX) and figures (6-8) as registered experiments.
 
-Each table is one declarative spec: a class holding its rows (table row -> method), columns,
-stand-ins, per-profile settings and the paper's numbers. What a run really does is resolved
+Each table is one declarative spec (``lfm_dr.tables``): a class holding its rows (table row ->
+method), its columns as structured parameters (``DRColumn``), stand-ins, seeds, the paper's
+numbers and claims. What a run really does is resolved
 into one config by ``resolve`` (every profile setting after overrides, the method's options with
 their defaults) and ``run_cell`` reads only that config.
 
-Profiles (``PROFILES``, data rather than code):
+Profiles (``DR_PROFILES``, data rather than code):
 * ``paper``: the paper's protocol on CIFAR-10/100 or ANIMAL-10N from ``--data-root``: ResNet-32 /
   WRN-28-10 / VGG19-BN, 100 epochs, batch 100, lr 0.1 (/10 at 80 and 90), an ImageNet-pretrained
   ResNet-18 encoder; meta set 100 per class for CIFAR-10 noise, 10 per class for CIFAR-100 and
@@ -20,8 +21,9 @@ Profiles (``PROFILES``, data rather than code):
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 import torch
@@ -29,7 +31,7 @@ import torch
 from lfm_core.data import load_dataset, make_splits
 from lfm_core.encoders import encoder_label
 from lfm_core.errors import DataNotFoundError, check_choice
-from lfm_core.experiments import Cell, Experiment, check_set, selected
+from lfm_core.experiments import Cell, Experiment, check_set, has_cifar, selected
 from lfm_core.identity import file_digest
 from lfm_core.registries import METHODS
 from lfm_core.runtime import cpu_threads
@@ -39,20 +41,7 @@ from lfm_dr.methods.lfm import LFMReweighting
 from lfm_dr.methods.lfm_plus import AUTO_ENCODER, choose_encoder
 from lfm_dr.train import TrainConfig, device_of, gather, train_dr
 
-# table row -> registered method (rows absent here are cited from the paper, not run)
-METHOD_OF_ROW = {
-    "Base Model": "ce",
-    "Focal Loss": "focal",
-    "Class-Balance": "class_balanced",
-    "Co-teaching": "coteaching",
-    "Fine-tuning": "finetune",
-    "L2RW": "l2rw",
-    "GLC": "glc",
-    "Meta-Net": "mwn",
-    "LFM-DR": "lfm",
-    "LFM-DR+ (ours)": "lfm_plus",  # beyond the paper (no paper number): lfm_dr/methods/lfm_plus.py
-}
-PLUS_ROW = "LFM-DR+ (ours)"
+PLUS_ROW = "LFM-DR+ (ours)"  # beyond the paper (no paper number): lfm_dr/methods/lfm_plus.py
 # the methods the LFM hypergradient engines apply to (the others ignore --engine, so their runs
 # are shared between engines)
 LFM_METHODS = ("lfm", "lfm_plus")
@@ -60,7 +49,7 @@ PAPER_MODELS = {"resnet32": "ResNet-32", "wrn28_10": "WRN-28-10", "vgg19_bn": "V
 
 # Everything a profile sets, per model where the model matters. ``data`` None: the column's own
 # data set; "digits": the embedded stand-in. ``meta_per_class`` None: the paper's rule.
-PROFILES: dict[str, dict[str, Any]] = {
+DR_PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(data="digits", image_size=16, epochs=2, batch_size=50, meta_per_class=5, max_train=300,
                   lr=0.05, encoder="smallcnn", pretrained=False, augment=None, max_columns=1,
                   method_options={"lfm_plus": {"encoder": "pixels"}},
@@ -79,7 +68,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   method_options={"lfm_plus": {"encoder": "auto"}},
                   model_kwargs={"resnet32": {}, "wrn28_10": {}, "vgg19_bn": {}}),
 }
-PAPER_EPOCHS = PROFILES["paper"]["epochs"]
+PAPER_EPOCHS = DR_PROFILES["paper"]["epochs"]
 # the embedded data sets a stand-in profile (cpu, smoke) can run on (``--standin``): digits, the
 # default, and grey patches of ten natural photos shipped with scikit-image (lfm_core.data)
 STANDINS = ("digits", "photo_patches")
@@ -89,19 +78,111 @@ STANDIN_TITLES = {"digits": "digits", "photo_patches": "photo patches"}
 def standin_of(profile: str, options: dict[str, Any]) -> str | None:
     """The embedded data set a stand-in profile runs on (``--standin``, default the profile's), or
     None on the paper profile (its columns' own data)."""
-    data = PROFILES[profile]["data"]
+    data = DR_PROFILES[profile]["data"]
     return None if data is None else (options.get("standin") or data)
 
 
-def cifar_name(column: str) -> str:
-    return "cifar100" if column.startswith("CIFAR-100") else "cifar10"
+NOISE_TITLES = {"flip": "flip noise", "uniform": "uniform noise", "pair": "pair noise"}
 
 
-def has_cifar(root: Any, name: str) -> bool:
-    if not root:
-        return False
-    folder = "cifar-100-python" if name == "cifar100" else "cifar-10-batches-py"
-    return (Path(root) / folder).exists()
+@dataclass(frozen=True)
+class DRColumn:
+    """One column of a DR table as parameters: the paper's data set, its label noise (type and
+    rate) or its long-tail imbalance factor, and the header the paper prints for it."""
+
+    label: str
+    data: str  # the paper's data set as printed: CIFAR-10, CIFAR-100, ANIMAL-10N
+    noise: str | None = None
+    rate: float = 0.0
+    factor: float | None = None  # long-tail imbalance factor
+
+    @property
+    def cifar(self) -> str:
+        """The CIFAR the column needs on disk (ANIMAL-10N columns stand in like CIFAR-10 ones)."""
+        return "cifar100" if self.data == "CIFAR-100" else "cifar10"
+
+
+def noise_column(data: str, rate: float, noise: str | None = None) -> DRColumn:
+    """A label-noise column, headed as the paper heads it ("CIFAR-10 40%"; with ``noise`` named
+    in the header: "CIFAR-10 flip 40%")."""
+    words = [data] + ([noise] if noise else []) + [f"{round(rate * 100)}%"]
+    return DRColumn(" ".join(words), data, noise, rate)
+
+
+def long_tail_column(data: str, factor: float) -> DRColumn:
+    return DRColumn(f"{data} IF {factor:g}", data, factor=float(factor))
+
+
+# -- a run's settings -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataSettings:
+    """The data a run trains and is tested on; ``SETTABLE`` fields take ``--set KEY=VALUE``."""
+
+    SETTABLE: ClassVar[tuple[str, ...]] = ("meta_per_class", "max_train", "image_size")
+    dataset: str
+    meta_per_class: int
+    max_train: int | None = None
+    noise: str | None = None
+    rate: float = 0.0
+    imbalance: str | None = None
+    factor: float = 1.0
+    image_size: int | None = None  # the embedded stand-ins' size (recorded for them only)
+
+    def record(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.image_size is None:
+            del out["image_size"]
+        return out
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The optimisation of a run; the defaults are ``TrainConfig``'s (the paper's protocol)."""
+
+    SETTABLE: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "meta_batch_size", "lr", "momentum", "weight_decay")
+    epochs: int
+    batch_size: int
+    meta_batch_size: int
+    lr: float
+    momentum: float = TrainConfig.momentum
+    weight_decay: float = TrainConfig.weight_decay
+    milestones: tuple[float, ...] = TrainConfig.milestones  # fractions of the epochs where lr /= 10
+    augment: str | None = None  # "cifar": the paper's random crop and flip
+    eval_batch_size: int = TrainConfig.eval_batch_size
+
+
+@dataclass(frozen=True)
+class DRSettings:
+    """Everything that can change a DR run's result; ``record()`` is the ``settings`` of its
+    ``config.json`` and ``from_record`` reads them back, so what is recorded is what runs."""
+
+    data: DataSettings
+    train: TrainSettings
+    model: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    method: str = "ce"
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        return {"data": self.data.record(), "model": {"name": self.model, "kwargs": dict(self.model_kwargs)},
+                "train": {**asdict(self.train), "milestones": list(self.train.milestones)},
+                "method": {"name": self.method, "options": dict(self.method_options)}}
+
+    @classmethod
+    def from_record(cls, settings: dict[str, Any]) -> "DRSettings":
+        train = dict(settings["train"])
+        return cls(DataSettings(**settings["data"]),
+                   TrainSettings(**{**train, "milestones": tuple(train["milestones"])}),
+                   settings["model"]["name"], dict(settings["model"]["kwargs"]),
+                   settings["method"]["name"], dict(settings["method"]["options"]))
+
+
+def typed_value(key: str, value: Any, default: Any) -> Any:
+    """A ``--set`` value as its setting's type: an integer where a float is expected becomes
+    that float (``lr=1`` is ``lr=1.0``); anything else is kept (``check_set`` checks kinds)."""
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def method_options(method: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -137,17 +218,28 @@ def paper_meta_per_class(num_classes: int, params: dict[str, Any]) -> int:
 
 
 class DRExperiment(Experiment):
+    """A DR table: rows run registered methods (``row_methods``; other rows are cited), columns
+    are ``DRColumn`` parameters (``column_specs``), ``paper_noise`` the noise the paper ran."""
+
     package = "lfm-dr"
     model = "resnet32"
     base_row = "Base Model"
     supports_compile = True
+    row_methods: dict[str, str] = {}  # table row -> registered method
+    column_specs: tuple[DRColumn, ...] = ()
     # the rows each profile runs by default ("all": every implemented row)
-    profile_rows: dict[str, tuple[str, ...] | str] = {"smoke": ("Base Model", "LFM-DR"),
-                                                      "cpu": tuple(METHOD_OF_ROW), "paper": "all"}
+    profile_rows: dict[str, tuple[str, ...] | str] = {"smoke": ("Base Model", "LFM-DR"), "cpu": "all", "paper": "all"}
     image_size: int | None = None  # digits' size on the cpu/smoke profiles (default: the profile's)
 
+    @property
+    def columns(self) -> list[str]:  # type: ignore[override]
+        return [c.label for c in self.column_specs]
+
+    def column_spec(self, column: str) -> DRColumn:
+        return {c.label: c for c in self.column_specs}[check_choice(f"{self.name} column", column, self.columns)]
+
     def not_run_reason(self, column):
-        if cifar_name(column) == "cifar100":
+        if self.column_spec(column).cifar == "cifar100":
             return "needs CIFAR-100 under --data-root; the embedded stand-ins (digits, photo patches) cover CIFAR-10 only"
         if self.standin_columns and column not in self.standin_columns:
             return "only the paper profile runs it (needs CIFAR-10 under --data-root)"
@@ -175,20 +267,23 @@ class DRExperiment(Experiment):
         given = {k: options[k] for k in ("epochs",) if options.get(k) is not None}
         method = METHODS.get(cell.params["method"])
         own = set(getattr(method, "DEFAULTS", None) or getattr(method, "known_options", None) or ())
-        own |= set(self.settable_common(PROFILES["smoke"]))
-        return {**given, **{k: v for k, v in (options.get("set") or {}).items() if k in own}}
+        own |= {*DataSettings.SETTABLE, *TrainSettings.SETTABLE}
+        return {**given, **{k: v for k, v in self.set_values(options).items() if k in own}}
 
     @staticmethod
     def settable_common(s: dict[str, Any]) -> dict[str, Any]:
         """The ``--set`` keys every DR method takes (training and data), with the profile's values."""
-        return {"epochs": s["epochs"], "batch_size": s["batch_size"], "meta_batch_size": s["batch_size"],
-                "lr": s["lr"], "momentum": 0.9, "weight_decay": 5e-4, "meta_per_class": s["meta_per_class"],
-                "max_train": s["max_train"], "image_size": s["image_size"]}
+        profile = {"epochs": s["epochs"], "batch_size": s["batch_size"], "meta_batch_size": s["batch_size"],
+                   "lr": s["lr"], "meta_per_class": s["meta_per_class"], "max_train": s["max_train"],
+                   "image_size": s["image_size"]}
+        defaults = {f.name: f.default for f in fields(TrainSettings)}
+        return {key: profile[key] if key in profile else defaults[key]
+                for key in (*TrainSettings.SETTABLE, *DataSettings.SETTABLE)}
 
     def settable(self, profile: str, options: dict[str, Any]) -> dict[str, Any]:
         """The ``--set`` keys of this run and their defaults: training and data settings, and
         the options of the methods its rows run."""
-        known = self.settable_common(PROFILES[profile])
+        known = self.settable_common(DR_PROFILES[profile])
         for row in self.run_rows(profile, options):
             method = METHODS.get(self.method_of(row))
             defaults = getattr(method, "DEFAULTS", None) or {k: None for k in getattr(method, "known_options", ())}
@@ -196,12 +291,17 @@ class DRExperiment(Experiment):
                 known.setdefault(key, value)
         return known
 
+    def set_values(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``--set`` as each setting's type (see ``typed_value``)."""
+        known = self.settable("smoke", {**options, "methods": "all"})
+        return {k: typed_value(k, v, known.get(k)) for k, v in (options.get("set") or {}).items()}
+
     # -- grid -------------------------------------------------------------------------------
     def method_of(self, row: str) -> str:
-        return METHOD_OF_ROW[row]
+        return self.row_methods[row]
 
     def run_rows(self, profile: str, options: dict[str, Any]) -> list[str]:
-        implemented = [r for r in self.rows if r not in self.cited_rows]
+        implemented = [r for r in self.rows if r in self.row_methods]
         text = options.get("methods")
         if text == "all":
             return implemented
@@ -224,11 +324,12 @@ class DRExperiment(Experiment):
         return list(self.columns)
 
     def run_columns(self, profile: str, options: dict[str, Any]) -> list[str]:
-        s = PROFILES[profile]
+        s = DR_PROFILES[profile]
         cols = self.table_columns(profile, options)
         if s["data"] is not None:  # a stand-in profile: digits for CIFAR-10, CIFAR-100 only if on disk
             allowed = self.standin_columns or cols
-            cols = [c for c in cols if c in allowed and (cifar_name(c) == "cifar10" or self.digits_for_cifar100
+            cols = [c for c in cols if c in allowed and (self.column_spec(c).cifar == "cifar10"
+                                                         or self.digits_for_cifar100
                                                          or self.dataset_for(c, profile, options) == "cifar100")]
         if s["max_columns"]:
             pick = [c for c in cols if c == self.smoke_column] or cols[-1:]
@@ -236,7 +337,24 @@ class DRExperiment(Experiment):
         return cols
 
     def column_params(self, column: str, profile: str, options: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        """What a column's cells run on: its data set and its label noise or long tail."""
+        spec = self.column_spec(column)
+        params: dict[str, Any] = {"dataset": self.dataset_for(column, profile, options)}
+        if spec.noise:
+            params.update(noise=self.noise_type(spec, options), rate=spec.rate)
+        if spec.factor is not None:
+            params.update(imbalance="longtail", factor=self.imbalance_factor(spec, profile))
+        return params
+
+    def noise_type(self, spec: DRColumn, options: dict[str, Any]) -> str | None:
+        """The label noise a noise column runs with (the paper's, unless an option says otherwise)."""
+        return spec.noise
+
+    def imbalance_factor(self, spec: DRColumn, profile: str) -> float:
+        """The factor a long-tail column runs with on this profile (the paper's, unless a
+        stand-in cannot hold it)."""
+        assert spec.factor is not None
+        return spec.factor
 
     def cell_params(self, row: str, params: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
         method = self.method_of(row)
@@ -254,8 +372,8 @@ class DRExperiment(Experiment):
         return cells
 
     def dataset_for(self, column: str, profile: str, options: dict[str, Any]) -> str:
-        name = cifar_name(column)
-        if PROFILES[profile]["data"] is None:
+        name = self.column_spec(column).cifar
+        if DR_PROFILES[profile]["data"] is None:
             return name
         return name if name == "cifar100" and has_cifar(options.get("data_root"), name) else standin_of(profile, options)
 
@@ -265,7 +383,7 @@ class DRExperiment(Experiment):
         if any(c.params["method"] in LFM_METHODS for c in self.cells(profile, options)):
             LFMReweighting.check_options({**(options.get("set") or {}),
                                           "engine": options.get("engine") or LFM_DEFAULTS["engine"]})
-        if PROFILES[profile]["data"] is None:
+        if DR_PROFILES[profile]["data"] is None:
             root = options.get("data_root")
             cells = [c for c in self.cells(profile, options) if selected(c, options.get("only"))]
             for column in dict.fromkeys(c.column for c in cells):
@@ -278,7 +396,7 @@ class DRExperiment(Experiment):
                     )
         if options.get("encoder_weights") and not Path(options["encoder_weights"]).is_file():
             raise DataNotFoundError(f"--encoder-weights {options['encoder_weights']} is not a file")
-        if PROFILES[profile]["data"] is None and not options.get("encoder_weights"):
+        if DR_PROFILES[profile]["data"] is None and not options.get("encoder_weights"):
             self.check_pretrained([c for c in self.cells(profile, options) if selected(c, options.get("only"))],
                                   profile, options)
 
@@ -299,7 +417,7 @@ class DRExperiment(Experiment):
                     "or copy that cache here (or set HF_HOME)")
 
     def describe(self, profile, options):
-        if PROFILES[profile]["data"] is None:
+        if DR_PROFILES[profile]["data"] is None:
             return "data: CIFAR from --data-root, the paper's protocol (ResNet-18 ImageNet encoder)."
         if standin_of(profile, options) == "photo_patches":
             return ("data: grey patches of ten scikit-image photos (embedded, offline) stand in for CIFAR-10; "
@@ -312,48 +430,45 @@ class DRExperiment(Experiment):
     def meta_per_class(self, params: dict[str, Any], profile: str) -> int:
         """The paper's (Meta-Weight-Net's) meta set: 10 per class for CIFAR-100 and for every
         long-tailed set, 100 per class for CIFAR-10 under label noise; profiles may fix it."""
-        fixed = PROFILES[profile]["meta_per_class"]
+        fixed = DR_PROFILES[profile]["meta_per_class"]
         if fixed is not None:
             return fixed
         return paper_meta_per_class(100 if params["dataset"] == "cifar100" else 10, params)
 
     def resolve(self, cell, profile, options):
-        s = PROFILES[profile]
+        return self.settings(cell, profile, options).record()
+
+    def settings(self, cell: Cell, profile: str, options: dict[str, Any]) -> DRSettings:
+        """This cell's settings: the profile's, then ``--epochs`` and ``--set``, then the method's
+        options with their defaults."""
+        s = DR_PROFILES[profile]
         params = cell.params
-        data: dict[str, Any] = {"dataset": params["dataset"], "meta_per_class": self.meta_per_class(params, profile),
-                                "max_train": s["max_train"], "noise": params.get("noise"),
-                                "rate": params.get("rate", 0.0), "imbalance": params.get("imbalance"),
-                                "factor": params.get("factor", 1.0)}
-        if params["dataset"] in STANDINS:
-            data["image_size"] = self.image_size or s["image_size"]
-        augment = s["augment"] if params["dataset"].startswith("cifar") else None
+        standin = params["dataset"] in STANDINS
+        data = DataSettings(params["dataset"], self.meta_per_class(params, profile), s["max_train"], params.get("noise"),
+                            params.get("rate", 0.0), params.get("imbalance"), params.get("factor", 1.0),
+                            (self.image_size or s["image_size"]) if standin else None)
+        train = TrainSettings(options.get("epochs") or s["epochs"], s["batch_size"], s["batch_size"], s["lr"],
+                              augment=s["augment"] if params["dataset"].startswith("cifar") else None)
         given = {"encoder": s["encoder"], "pretrained": s["pretrained"], "noise_rate": params.get("rate", 0.0),
                  **s["method_options"].get(params["method"], {})}  # e.g. LFM-DR+'s label-free pixel encoder
         if "engine" in params:
             given["engine"] = params["engine"]
         if options.get("encoder_weights"):
             given["encoder_weights"] = file_digest(options["encoder_weights"])
-        train = {"epochs": options.get("epochs") or s["epochs"], "batch_size": s["batch_size"],
-                 "meta_batch_size": s["batch_size"], "lr": s["lr"], "momentum": 0.9, "weight_decay": 5e-4,
-                 "milestones": [0.8, 0.9], "augment": augment, "eval_batch_size": 500}
         method = METHODS.get(params["method"])
         known = set(getattr(method, "DEFAULTS", None) or getattr(method, "known_options", None) or ())
-        for key, value in (options.get("set") or {}).items():  # --set KEY=VALUE, checked by validate
-            if key in train:
-                train[key] = value
-            elif key in data and (key != "image_size" or "image_size" in data):
-                data[key] = value
+        for key, value in self.set_values(options).items():  # --set KEY=VALUE, checked by validate
+            if key in TrainSettings.SETTABLE:
+                train = replace(train, **{key: value})
+            elif key in DataSettings.SETTABLE and (key != "image_size" or standin):
+                data = replace(data, **{key: value})
             elif key in known:
                 given[key] = value
-        return {
-            "data": data,
-            "model": {"name": params["model"], "kwargs": self.model_kwargs(params["model"], profile)},
-            "train": train,
-            "method": {"name": params["method"], "options": method_options(params["method"], given)},
-        }
+        return DRSettings(data, train, params["model"], self.model_kwargs(params["model"], profile),
+                          params["method"], method_options(params["method"], given))
 
     def model_kwargs(self, model: str, profile: str) -> dict[str, Any]:
-        return copy.deepcopy(PROFILES[profile]["model_kwargs"][model])
+        return copy.deepcopy(DR_PROFILES[profile]["model_kwargs"][model])
 
     def run_labels(self, config):
         st = config.get("settings") or {}
@@ -369,9 +484,11 @@ class DRExperiment(Experiment):
                 labels["data"] += f", {data['max_train']} training images (paper: all)"
             if "meta_per_class" in (config.get("overrides") or {}):
                 labels["data"] += f", meta set {data['meta_per_class']} per class"
-        nominal = self.nominal_factor(config["column"])
-        if nominal is not None and data.get("factor") not in (None, nominal):
-            labels["data"] += f", IF {data['factor']:g} (paper: IF {nominal:g})"
+        spec = self.column_spec(config["column"])
+        if spec.factor is not None and data.get("factor") not in (None, spec.factor):
+            labels["data"] += f", IF {data['factor']:g} (paper: IF {spec.factor:g})"
+        if spec.noise and data.get("noise") not in (None, spec.noise):
+            labels["data"] += f", {NOISE_TITLES[data['noise']]} (paper: {NOISE_TITLES[spec.noise]})"
         if model:
             labels["model"] = model_label(model["name"], model.get("kwargs") or {})
         opts = (st.get("method") or {}).get("options") or {}
@@ -379,7 +496,7 @@ class DRExperiment(Experiment):
             weights = opts.get("encoder_weights")
             if opts["encoder"] == AUTO_ENCODER:
                 labels["encoder"] = (f"{opts['encoder']}, chosen per run from the meta set: pixels or "
-                                     f"{PROFILES[config['profile']]['encoder']}")
+                                     f"{DR_PROFILES[config['profile']]['encoder']}")
             else:
                 labels["encoder"] = encoder_label(opts["encoder"], bool(opts.get("pretrained")),
                                                   weights if isinstance(weights, dict) else None)
@@ -389,39 +506,36 @@ class DRExperiment(Experiment):
         return labels
 
     def paper_data(self, column: str) -> str:
-        return column.split(" ")[0]
-
-    def nominal_factor(self, column: str) -> float | None:
-        return float(column.rsplit(" ", 1)[1]) if " IF " in column else None
+        return self.column_spec(column).data
 
     # -- one run ------------------------------------------------------------------------------
-    def build_splits(self, settings: dict[str, Any], seed: int, ctx) -> Any:
-        data = settings["data"]
+    def build_splits(self, settings: DRSettings, seed: int, ctx) -> Any:
+        data = settings.data
         kwargs: dict[str, Any] = {}
-        if data["dataset"] in STANDINS:
-            kwargs["image_size"] = data["image_size"]
-        bundle = load_dataset(data["dataset"], root=ctx.data_root, download=ctx.download, **kwargs)
+        if data.dataset in STANDINS:
+            kwargs["image_size"] = data.image_size
+        bundle = load_dataset(data.dataset, root=ctx.data_root, download=ctx.download, **kwargs)
         return make_splits(
-            bundle, meta_per_class=data["meta_per_class"], seed=seed, noise=data["noise"], noise_rate=data["rate"],
-            imbalance=data["imbalance"], imbalance_factor=data["factor"], max_train=data["max_train"],
+            bundle, meta_per_class=data.meta_per_class, seed=seed, noise=data.noise, noise_rate=data.rate,
+            imbalance=data.imbalance, imbalance_factor=data.factor, max_train=data.max_train,
         )
 
-    def train_config(self, settings: dict[str, Any], ctx) -> TrainConfig:
-        train, method = settings["train"], settings["method"]
+    def train_config(self, settings: DRSettings, ctx) -> TrainConfig:
+        train = settings.train
         augment = None
-        if train["augment"] == "cifar":
+        if train.augment == "cifar":
             from lfm_core.data import cifar_train_transform
 
             augment = cifar_train_transform()
-        options = dict(method["options"])
+        options = dict(settings.method_options)
         if isinstance(options.get("encoder_weights"), dict):  # the file's identity -> its path
             options["encoder_weights"] = options["encoder_weights"]["path"]
         return TrainConfig(
-            method=method["name"], model=settings["model"]["name"], model_kwargs=dict(settings["model"]["kwargs"]),
-            epochs=train["epochs"], batch_size=train["batch_size"], meta_batch_size=train["meta_batch_size"],
-            lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"],
-            milestones=tuple(train["milestones"]), eval_batch_size=train["eval_batch_size"], device=ctx.device,
-            augment=augment, mixed_precision=ctx.mixed_precision, compile=getattr(ctx, "compile", False), options=options,
+            method=settings.method, model=settings.model, model_kwargs=dict(settings.model_kwargs),
+            epochs=train.epochs, batch_size=train.batch_size, meta_batch_size=train.meta_batch_size,
+            lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, milestones=train.milestones,
+            eval_batch_size=train.eval_batch_size, device=ctx.device, augment=augment,
+            mixed_precision=ctx.mixed_precision, compile=getattr(ctx, "compile", False), options=options,
         )
 
     def step_timer(self, config: dict[str, Any], device: str | None = None):
@@ -436,14 +550,14 @@ class DRExperiment(Experiment):
         from lfm_core.data import synthetic
         from lfm_dr.train import autocast, build_method, gather
 
-        settings = copy.deepcopy(config["settings"])
-        data, train = settings["data"], settings["train"]
-        if "pretrained" in settings["method"]["options"]:
-            settings["method"]["options"]["pretrained"] = False
-        k = {"cifar100": 100}.get(data["dataset"], 10)
-        size = settings["model"]["kwargs"].get("image_size") or data.get("image_size") or 32
-        meta = math.ceil(int(train["meta_batch_size"]) / k)  # a meta set of at least one meta batch
-        per_class = meta + math.ceil(int(train["batch_size"]) / k)
+        settings = DRSettings.from_record(config["settings"])
+        if "pretrained" in settings.method_options:
+            settings = replace(settings, method_options={**settings.method_options, "pretrained": False})
+        data, train = settings.data, settings.train
+        k = {"cifar100": 100}.get(data.dataset, 10)
+        size = settings.model_kwargs.get("image_size") or data.image_size or 32
+        meta = math.ceil(int(train.meta_batch_size) / k)  # a meta set of at least one meta batch
+        per_class = meta + math.ceil(int(train.batch_size) / k)
         bundle = synthetic(num_classes=k, n_train=k * per_class, n_test=k, image_size=size)
         splits = make_splits(bundle, meta_per_class=meta, seed=0)
         runtime = config.get("runtime") or {}
@@ -462,7 +576,7 @@ class DRExperiment(Experiment):
         return step
 
     def run_cell(self, cell, profile, seed, ctx):
-        settings = ctx.config["settings"]
+        settings = DRSettings.from_record(ctx.config["settings"])
         splits = self.build_splits(settings, seed, ctx)
         cfg = self.train_config(settings, ctx)
         chosen = auto_encoder(cfg, splits, profile, seed)
@@ -479,7 +593,7 @@ def auto_encoder(cfg: TrainConfig, splits: Any, profile: str, seed: int) -> dict
     the training or test labels). Returns what to record (the choice and each AUROC)."""
     if cfg.options.get("encoder") != AUTO_ENCODER:
         return {}
-    s = PROFILES[profile]
+    s = DR_PROFILES[profile]
     candidates = [(s["encoder"], bool(s["pretrained"])), ("pixels", False)]
     x, y, _ = gather(splits.meta, torch.arange(len(splits.meta)), device_of(cfg))
     (name, pretrained), aurocs = choose_encoder(candidates, x, y, splits.num_classes, cfg.options.get("similarity", "dot"),

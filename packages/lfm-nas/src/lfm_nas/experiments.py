@@ -4,7 +4,8 @@ Every cell is one architecture search (:func:`lfm_nas.search.search`) followed b
 evaluation of the derived genotype trained from scratch (:func:`lfm_nas.search.train_eval`,
 or :func:`lfm_nas.evaluation.train_eval_imagenet` for the ImageNet transfer columns). Each table
 is a spec: rows (``row_specs``: method, encoder, variant), columns (``column_specs``: data set,
-evaluation, measure), the paper's numbers; the profiles are data in :mod:`lfm_nas.profiles`.
+evaluation, measure), the paper's numbers and the paper's claims about it; the profiles are data
+in :mod:`lfm_nas.profiles`.
 What a run really does is resolved into its config (``resolve``) and read back from there.
 
 A search or an evaluation with identical settings and seed is computed once per results root
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from lfm_core.claims import Claim, error_below
 from lfm_core.experiments import Cell
-from lfm_nas.nas_experiment import NASExperiment, _table, spec
+from lfm_core.paper import paper_table
+from lfm_nas.nas_experiment import NASExperiment, spec
 from lfm_nas.profiles import PROFILE_SETTINGS
 
 # ------------------------------------------------------------------------------------
@@ -47,7 +50,14 @@ class Table1(NASExperiment):
     row_specs = BASE_SPECS
     column_specs = {"CIFAR-100": {"dataset": "cifar100"}}
     cited_rows = tuple(r for r in T1_ROWS if r not in BASE_SPECS)
-    paper = _table(T1_ROWS, ["CIFAR-100"], """
+    claims = (Claim("LFM-DARTS / LFM-PDARTS beat DARTS / P-DARTS", "Tables I-III",
+                    (error_below("table1", "LFM-DARTS-2nd-R18", "DARTS-2nd", ("CIFAR-100",)),
+                     error_below("table1", "LFM-PDARTS-R18", "PDARTS", ("CIFAR-100",)),
+                     error_below("table2", "LFM-DARTS-2nd-R18", "DARTS-2nd", ("CIFAR-10",)),
+                     error_below("table2", "LFM-PDARTS-R18", "PDARTS", ("CIFAR-10",)),
+                     error_below("table3", "LFM-DARTS-2nd-CIFAR10", "DARTS2nd-CIFAR10", ("Top-1 Error (%)",)),
+                     error_below("table3", "LFM-PDARTS-CIFAR10", "PDARTS (CIFAR10)", ("Top-1 Error (%)",)))),)
+    paper = paper_table(T1_ROWS, ["CIFAR-100"], """
 22.10
 17.18
 19.53
@@ -83,7 +93,7 @@ class Table2(NASExperiment):
     row_specs = {k: v for k, v in BASE_SPECS.items() if k != "LFM-PDARTS-R34"}
     column_specs = {"CIFAR-10": {"dataset": "cifar10"}}
     cited_rows = tuple(r for r in T2_ROWS if r not in BASE_SPECS)
-    paper = _table(T2_ROWS, ["CIFAR-10"], """
+    paper = paper_table(T2_ROWS, ["CIFAR-10"], """
 3.46
 3.75±0.12
 3.41±0.09
@@ -147,7 +157,7 @@ class Table3(NASExperiment):
     cpu_rows = ("DARTS2nd-CIFAR10", "LFM-DARTS-2nd-CIFAR10", "PDARTS (CIFAR10)", "LFM-PDARTS-CIFAR10")
     smoke_rows = ("DARTS2nd-CIFAR10", "LFM-DARTS-2nd-CIFAR10")
     uses_imagenet = True
-    paper = _table(T3_ROWS, T3_COLS, """
+    paper = paper_table(T3_ROWS, T3_COLS, """
 30.2 10.1
 29.4 10.5
 26.4 10.2
@@ -205,7 +215,10 @@ class Table4(NASExperiment):
     }
     column_specs = {"CIFAR-100": {"dataset": "cifar100"}}
     smoke_rows = ("SN+DARTS", "TN+DARTS")
-    paper = _table(rows, columns, """
+    claims = (Claim("two networks >= one network", "Table IV",
+                    (error_below("table4", "TN+DARTS", "SN+DARTS", ("CIFAR-100",)),
+                     error_below("table4", "TN+PDARTS", "SN+PDARTS", ("CIFAR-100",)))),)
+    paper = paper_table(rows, columns, """
 19.28±0.31
 17.65±0.45
 17.37±0.23
@@ -232,7 +245,7 @@ class Table5(NASExperiment):
                     "ImageNet": {"dataset": "cifar100", "eval": "imagenet"}}
     smoke_columns = ("CIFAR-100",)
     uses_imagenet = True
-    paper = _table(T5_ROWS, T5_COLS, """
+    paper = paper_table(T5_ROWS, T5_COLS, """
 16.44 24.10
 15.45 23.52
 14.88 23.02
@@ -285,7 +298,11 @@ class Table10(NASExperiment):
         "Search time (s/epoch)": {"dataset": "cifar100", "measure": "epoch"},
     }
     smoke_rows = ("LFM+DARTS, no PS", "LFM+DARTS+PS", "DARTS")
-    paper = _table(T10_ROWS, T10_COLS, """
+    claims = (Claim("parameter sharing (PS) cuts search memory", "Table X",
+                    tuple(error_below("table10", ps, no_ps, ("Memory (MiB)",), "value", "peak search memory (MiB)")
+                          for ps, no_ps in (("LFM+DARTS+PS", "LFM+DARTS, no PS"),
+                                            ("LFM+PDARTS+PS", "LFM+PDARTS, no PS")))),)
+    paper = paper_table(T10_ROWS, T10_COLS, """
 17.65±0.45 23702 5.4 -
 18.77±0.31 12138 1.6 -
 20.58±0.44 11053 1.5 -
@@ -353,6 +370,8 @@ class Figure4(_AblationFigure):
     name = "figure4"
     title = "Ablation on the components of a_i (CIFAR-100, ResNet-18 encoder)"
     rows = ["w/o x", "w/o u", "w/o z", "Full"]
+    claims = (Claim("each ablation of a_i (w/o x, w/o u, w/o z) loses to the full LFM", "Fig. 4",
+                    tuple(error_below("figure4", "Full", w, tuple(FIG_COLS)) for w in ("w/o x", "w/o u", "w/o z"))),)
     row_args = {"w/o x": {"drop": "x"}, "w/o u": {"drop": "u"}, "w/o z": {"drop": "z"}, "Full": {}}
 
 
@@ -365,5 +384,8 @@ class Figure5(_AblationFigure):
     name = "figure5"
     title = "Visual similarity metrics in LFM (CIFAR-100, ResNet-18 encoder)"
     rows = ["Dot product", "Cosine similarity", "L2 distance"]
+    claims = (Claim("dot-product similarity >= cosine and L2", "Fig. 5",
+                    tuple(error_below("figure5", "Dot product", w, tuple(FIG_COLS))
+                          for w in ("Cosine similarity", "L2 distance"))),)
     row_args = {"Dot product": {"similarity": "dot"}, "Cosine similarity": {"similarity": "cosine"},
                 "L2 distance": {"similarity": "l2"}}
