@@ -12,7 +12,7 @@ from lfm_core.identity import canonical
 from lfm_core.runner import resolve_config
 from lfm_nas import experiments as E
 from lfm_nas.cache import _key_hash, eval_key, search_key
-from lfm_nas.profiles import PROFILES, SETTABLE, EvalSettings, NASProfile, SearchSettings, settings
+from lfm_nas.profiles import PROFILES, EvalSettings, NASProfile, SearchSettings, settings
 
 PARAMS = {"dataset": "digits", "method": "lfm-darts", "variant": "two", "encoder": "resnet18", "similarity": "dot",
           "drop": "none", "engine": "exact", "eval": "cifar"}
@@ -32,7 +32,7 @@ def test_the_record_is_every_field():
         assert set(record) == {*SearchSettings.names(), *EvalSettings.names(), "search_dataset"}
         assert SearchSettings.of(record) == p.search and EvalSettings.of(record) == p.evaluation
     assert not set(SearchSettings.names()) & set(EvalSettings.names())
-    assert set(SETTABLE) == set(PROFILES["cpu"].record()) - {"search_dataset"}
+    assert set(PROFILES["cpu"].settable()) == set(PROFILES["cpu"].record()) - {"search_dataset"}
 
 
 def test_overrides_reach_the_right_settings():

@@ -24,7 +24,7 @@ from lfm_core.runtime import PeakMemory, cpu_threads
 from lfm_nas.cache import SearchCache, _key_hash, eval_key, search_key
 from lfm_nas.evaluation import _device, _loader, _warm_up, load_bundle, search_split, train_eval_imagenet
 from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotype
-from lfm_nas.profiles import (ENGINES, PROFILES, SETTABLE, STANDIN_TITLES, STANDINS, EvalSettings, SearchSettings,
+from lfm_nas.profiles import (ENGINES, PROFILES, STANDIN_TITLES, STANDINS, EvalSettings, SearchSettings,
                               has_cifar, imagenet_root, settings)
 
 
@@ -235,7 +235,7 @@ class NASExperiment(Experiment):
 
     # -- checks -----------------------------------------------------------------------------
     def validate(self, profile, options):
-        check_set(options.get("set") or {}, {k: PROFILES[profile].record()[k] for k in SETTABLE})
+        check_set(options.get("set") or {}, PROFILES[profile].settable())
         standin = self.standin(profile, options)
         if standin == "photo_patches":  # scikit-image's bundled photos (a one-line install message if absent)
             from lfm_core.data import photo_patch_arrays

@@ -99,9 +99,13 @@ class NASProfile:
     search: SearchSettings
     evaluation: EvalSettings
 
+    def settable(self) -> dict[str, Any]:
+        """The ``--set`` keys with their values: every search and evaluation setting."""
+        return {**asdict(self.search), **asdict(self.evaluation)}
+
     def record(self) -> dict[str, Any]:
         """The flat settings a run's config records (``config["settings"]["settings"]``)."""
-        return {**asdict(self.search), **asdict(self.evaluation), "search_dataset": self.data}
+        return {**self.settable(), "search_dataset": self.data}
 
 
 PROFILES: dict[str, NASProfile] = {
@@ -127,8 +131,6 @@ PROFILES: dict[str, NASProfile] = {
 }
 # each profile's settings as a run's config records them
 PROFILE_SETTINGS: dict[str, dict[str, Any]] = {name: p.record() for name, p in PROFILES.items()}
-# the ``--set`` keys: every search and evaluation setting
-SETTABLE = (*SearchSettings.names(), *EvalSettings.names())
 
 ENGINES = ("auto", *SOLVER_ENGINES)
 
