@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -104,14 +105,15 @@ def main() -> None:
     ap.add_argument("--random-cells", type=int, default=4)
     ap.add_argument("--results", type=Path, default=Path("/tmp/nasstd-spread"))
     ap.add_argument("--skip-table", action="store_true", help="use table I's finished runs only (run nothing)")
+    ap.add_argument("--note", action="append", default=[], help="a line recorded with the results (repeatable)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     report: dict[str, Any] = {"profile": "cpu", "seeds": seeds, "random_cells": args.random_cells,
                               "machine": f"{platform.processor() or platform.machine()}, CPU, OMP_NUM_THREADS=1",
-                              "commands": [" ".join(sys.argv)], "standins": {}}
+                              "commands": [shlex.join(["python", *sys.argv])], "notes": args.note, "standins": {}}
     for standin in args.standins.split(","):
         command = table_command(standin, args.seeds, args.results)
-        report["commands"].append(" ".join(command))
+        report["commands"].append(shlex.join(command))
         if not args.skip_table:
             subprocess.run([sys.executable, "-m", "lfm_core.cli", *command[1:]], check=True)
         by_row = table_errors(args.results, standin, seeds)

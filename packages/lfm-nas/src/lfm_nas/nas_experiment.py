@@ -172,7 +172,8 @@ class NASExperiment(Experiment):
                          help="Override the profile's search batch size."),
             click.Option(["--standin"], type=click.Choice(STANDINS), default=None,
                          help="Embedded data set of the cpu/smoke profiles (default: digits); photo_patches: "
-                              "natural-photo patches (needs scikit-image). The paper profile ignores it."),
+                              "natural-photo patches (needs scikit-image), which separate architectures where "
+                              "digits do not. The paper profile ignores it."),
             click.Option(["--reuse/--no-reuse"], default=True, show_default=True,
                          help="Reuse a search/evaluation with identical settings and seed found under --results."),
             click.Option(["--encoder-weights"], multiple=True, metavar="[ENCODER=]FILE",

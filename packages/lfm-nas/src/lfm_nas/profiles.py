@@ -14,7 +14,10 @@ and evaluation cache keys are all of their fields (:mod:`lfm_nas.cache`).
   0.2; ImageNet: 14 cells, C=48, 250 epochs) with ImageNet-pretrained ResNet encoders.
 * ``cpu``: an embedded stand-in for CIFAR (16x16; ``--standin``: scikit-learn's digits, the default,
   or ``photo_patches``, grey patches of ten scikit-image photos), a 5-cell C=8 supernet with 5
-  primitives, a few search epochs and a short evaluation; random-init encoders.
+  primitives, a few search epochs and a short evaluation; random-init encoders. For comparing
+  architectures use ``--standin photo_patches``: on digits searched and random cells all land near
+  the same error, on photo patches they separate (``benchmarks/results/nas_standin_spread.json``);
+  digits stays the default so that every earlier run keeps its identity.
 * ``smoke``: the same code path in seconds (8x8 images, 3-cell C=4 supernet, 4 primitives).
 """
 
