@@ -9,10 +9,11 @@ import pytest
 
 from lfm_core.errors import DataNotFoundError
 from lfm_core.experiments import PaperValue
-from lfm_core.runner import RESULT, run_dir_for, run_one
+from lfm_core.runner import RESULT, resolve_config, run_dir_for, run_one
 from lfm_nas import experiments as E
 from lfm_nas.cache import SearchCache
 from lfm_nas.genotypes import DARTS_V2, genotype_to_dict, load_genotype
+from lfm_nas.profiles import STANDIN_TITLES, STANDINS
 
 ALL = [E.Table1, E.Table2, E.Table3, E.Table4, E.Table5, E.Table10, E.Figure4, E.Figure5]
 
@@ -62,12 +63,78 @@ def test_grid_per_profile(cls):
     for profile in ("smoke", "cpu", "paper"):
         cells = exp.cells(profile, {})
         assert cells, (cls.name, profile)
+        assert exp.run_rows(profile) == exp.run_rows(profile, {"engine": "exact"})  # DR's (profile, options)
         slugs = [c.slug() for c in cells]
         assert len(set(slugs)) == len(slugs)  # one run directory per cell
         assert all(c.row in exp.rows and c.column in exp.columns for c in cells)
         if profile != "paper":
             assert {c.params["dataset"] for c in cells} == {"digits"}
         assert exp.seeds[profile]
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_every_spec_resolves_on_every_standin(cls):
+    """``--standin`` picks the embedded data of the cpu/smoke profiles for every cell (the ImageNet
+    stand-in too); digits stays the default with its run identities unchanged, another stand-in
+    makes new runs, and every run's data label names the stand-in. The paper profile ignores it."""
+    exp = cls()
+    for profile in ("smoke", "cpu", "paper"):
+        plain = {(c.row, c.column): resolve_config(exp, c, profile, 0, {}, device="cpu")["config_id"]
+                 for c in exp.cells(profile, {})}
+        for standin in STANDINS:
+            options = {"standin": standin}
+            if profile != "paper":  # the paper profile's validate wants CIFAR on disk
+                exp.validate(profile, options)
+            cells = exp.cells(profile, options)
+            assert [(c.row, c.column) for c in cells] == list(plain)
+            for cell in cells:
+                config = resolve_config(exp, cell, profile, 0, options, device="cpu")
+                same = config["config_id"] == plain[(cell.row, cell.column)]
+                if profile == "paper":
+                    assert same and cell.params["dataset"].startswith("cifar")
+                    continue
+                assert cell.params["dataset"] == config["settings"]["settings"]["search_dataset"] == standin
+                assert same == (standin == "digits"), (cls.name, profile, standin, cell.row, cell.column)
+                label = exp.run_labels(config)["data"]
+                assert label.startswith(STANDIN_TITLES[standin]) and "stand-in" in label
+                if cell.params.get("eval") == "imagenet":
+                    assert f"ImageNet stand-in: {STANDIN_TITLES[standin]}" in label
+            if profile != "paper":
+                assert {"digits": "digits", "photo_patches": "photos"}[standin] in exp.describe(profile, options)
+
+
+def test_standin_errors(monkeypatch):
+    from lfm_core.errors import UsageError
+
+    with pytest.raises(UsageError, match="--standin.*'cifar'.*digits, photo_patches"):
+        E.Table1().cells("cpu", {"standin": "cifar"})
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else find_spec(name, *a))
+    with pytest.raises(DataNotFoundError, match=r"pip install 'lfm-core\[patches\]'"):
+        E.Table1().validate("cpu", {"standin": "photo_patches"})
+    E.Table1().validate("cpu", {"standin": "digits"})
+
+
+def test_printed_table_names_its_standin(tmp_path):
+    """A photo_patches run's table says so, in its column header and its "What ran" line."""
+    import io
+
+    from rich.console import Console
+
+    from lfm_core.report import render_terminal
+
+    exp = E.Table10()
+    options = {"standin": "photo_patches"}
+    cell = next(c for c in exp.cells("smoke", options) if c.row == "DARTS" and c.params["measure"] == "memory")
+    rec, _ = run_one(exp, cell, "smoke", 0, tmp_path, options=options)
+    assert rec["config"]["params"]["dataset"] == "photo_patches"
+    out = io.StringIO()
+    render_terminal(exp, [rec], "smoke", Console(file=out, force_terminal=False))
+    text = out.getvalue()
+    assert "ours (on photo patches 8×8)" in text
+    assert "What ran: data: photo patches 8×8 (stand-in for CIFAR-100)" in text
 
 
 def test_shared_searches_have_one_key():

@@ -1,17 +1,44 @@
 """The search / evaluation cache: a search or an evaluation with identical settings and seed is
 computed once per results root and reused by every cell that needs it (``--no-reuse`` turns that
 off). Entries live in ``<results>/.nas-cache/<profile>/<kind>-<hash of the key>.json``; the key is
-the search's (or evaluation's) whole configuration."""
+the search's (or evaluation's) whole configuration: ``search_key`` and ``eval_key`` take every
+field of the settings dataclass, so a new setting is part of the key by construction."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lfm_core.io import atomic_write_json
 from lfm_nas.genotypes import genotype_from_dict
+from lfm_nas.profiles import EvalSettings, SearchSettings
+
+# a cell's params that only choose how the found cell is evaluated or measured: cells that differ
+# in them alone share one search
+EVAL_PARAMS = ("eval", "measure")
+
+
+def search_key(params: dict[str, Any], settings: SearchSettings, seed: int, device: str,
+               **extras: Any) -> dict[str, Any]:
+    """The search's identity: the cell's search params, every search setting, the seed, the device
+    type, and the ``extras`` that are set (mixed precision, encoder weights, data root; absent
+    otherwise, so that caches made before them stay valid)."""
+    key = {"params": {k: v for k, v in params.items() if k not in EVAL_PARAMS}, "settings": asdict(settings),
+           "seed": int(seed), "device": device}
+    return {**key, **{k: v for k, v in extras.items() if v}}
+
+
+def eval_key(genotype: dict[str, Any], params: dict[str, Any], settings: EvalSettings, seed: int, device: str,
+             **extras: Any) -> dict[str, Any]:
+    """The evaluation's identity: the searched genotype, the evaluation (CIFAR or ImageNet network)
+    and its data set, every evaluation setting, the seed, the device type, and the ``extras`` that
+    are set (data root, ImageNet root)."""
+    key = {"genotype": genotype, "eval": params.get("eval", "cifar"), "dataset": params["dataset"],
+           "settings": asdict(settings), "seed": int(seed), "device": device}
+    return {**key, **{k: v for k, v in extras.items() if v}}
 
 
 def _key_hash(key: dict[str, Any]) -> str:

@@ -348,7 +348,7 @@ class _AblationFigure(NASExperiment):
         for row in self.rows:
             for column in self.run_columns(profile):
                 method = "lfm-darts" if column == "LFM-DARTS-2nd" else "lfm-pdarts"
-                dataset = PROFILE_SETTINGS[profile]["search_dataset"] or "cifar100"
+                dataset = self.standin(profile, options) or "cifar100"
                 params = {"dataset": dataset, **spec(method, "resnet18", **self.row_args[row]), "eval": "cifar",
                           "engine": self.resolve_engine(method, engine)}
                 cells.append(Cell(row, column, params))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ from lfm_core.errors import CheckpointError, DataNotFoundError, UsageError
 from lfm_core.experiments import Cell, Experiment, PaperValue, check_set, pv, selected
 from lfm_core.identity import file_digest
 from lfm_core.runtime import PeakMemory, cpu_threads
-from lfm_nas.cache import SearchCache, _key_hash
+from lfm_nas.cache import SearchCache, _key_hash, eval_key, search_key
 from lfm_nas.evaluation import _device, _loader, _warm_up, load_bundle, search_split, train_eval_imagenet
 from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotype
-from lfm_nas.profiles import ENGINES, PROFILE_SETTINGS, has_cifar, imagenet_root, settings
+from lfm_nas.profiles import (ENGINES, PROFILES, STANDIN_TITLES, STANDINS, EvalSettings, SearchSettings,
+                              has_cifar, imagenet_root, settings)
 
 
 def _drop_eval_records(ctx) -> None:
@@ -168,6 +170,10 @@ class NASExperiment(Experiment):
                          help="Override the profile's evaluation epochs."),
             click.Option(["--batch-size"], type=click.IntRange(2), default=None,
                          help="Override the profile's search batch size."),
+            click.Option(["--standin"], type=click.Choice(STANDINS), default=None,
+                         help="Embedded data set of the cpu/smoke profiles (default: digits); photo_patches: "
+                              "natural-photo patches (needs scikit-image), which separate architectures where "
+                              "digits do not. The paper profile ignores it."),
             click.Option(["--reuse/--no-reuse"], default=True, show_default=True,
                          help="Reuse a search/evaluation with identical settings and seed found under --results."),
             click.Option(["--encoder-weights"], multiple=True, metavar="[ENCODER=]FILE",
@@ -182,7 +188,9 @@ class NASExperiment(Experiment):
         return opts
 
     # -- grid -------------------------------------------------------------------------------
-    def run_rows(self, profile: str) -> list[str]:
+    def run_rows(self, profile: str, options: dict[str, Any] | None = None) -> list[str]:
+        """The rows a profile runs (``options``: the command line's, as DR's ``run_rows`` takes;
+        no NAS option changes the rows)."""
         rows = [r for r in self.rows if r in self.row_specs]
         chosen = {"smoke": self.smoke_rows, "cpu": self.cpu_rows}.get(profile)
         return [r for r in rows if chosen is None or r in chosen]
@@ -196,15 +204,21 @@ class NASExperiment(Experiment):
         """The CIFAR the paper searched on for this cell."""
         return self.column_specs[column].get("dataset", "cifar100")
 
+    @staticmethod
+    def standin(profile: str, options: dict[str, Any]) -> str | None:
+        """The embedded data set the cells search and evaluate on (``--standin``, default the
+        profile's), or None on the paper profile (the columns' CIFAR)."""
+        return settings(profile, options).data
+
     def cells(self, profile, options):
         cells = []
         engine = options.get("engine") or "auto"
-        for row in self.run_rows(profile):
+        standin = self.standin(profile, options)
+        for row in self.run_rows(profile, options):
             for column in self.run_columns(profile):
                 cspec = self.column_specs[column]
-                dataset = self.row_dataset(row, column)
-                dataset = PROFILE_SETTINGS[profile]["search_dataset"] or dataset  # a stand-in, or the paper's
-                params = {"dataset": dataset, **self.row_specs[row], "eval": cspec.get("eval", "cifar")}
+                params = {"dataset": standin or self.row_dataset(row, column), **self.row_specs[row],
+                          "eval": cspec.get("eval", "cifar")}
                 if self.row_specs[row]["method"] in ("darts2", "lfm-darts", "lfm-pdarts"):
                     params["engine"] = self.resolve_engine(self.row_specs[row]["method"], engine)
                 if "measure" in cspec:
@@ -222,8 +236,13 @@ class NASExperiment(Experiment):
 
     # -- checks -----------------------------------------------------------------------------
     def validate(self, profile, options):
-        check_set(options.get("set") or {}, PROFILE_SETTINGS[profile])
-        if PROFILE_SETTINGS[profile]["search_dataset"]:  # embedded stand-in data: nothing to find
+        check_set(options.get("set") or {}, PROFILES[profile].settable())
+        standin = self.standin(profile, options)
+        if standin == "photo_patches":  # scikit-image's bundled photos (a one-line install message if absent)
+            from lfm_core.data import photo_patch_arrays
+
+            photo_patch_arrays()
+        if standin:  # embedded data: nothing to find
             return
         root = options.get("data_root")
         cells = [c for c in self.cells(profile, options) if selected(c, options.get("only"))]
@@ -244,7 +263,7 @@ class NASExperiment(Experiment):
                     "with train/<class>/ and val/<class>/ folders; pass --imagenet-root DIR."
                 )
         files = encoder_weight_files(options)
-        pretrained = {**PROFILE_SETTINGS[profile], **(options.get("set") or {})}["pretrained"]
+        pretrained = settings(profile, options).search.pretrained
         encoders = sorted({c.params["encoder"] for c in cells if c.params.get("encoder")} - set(files))
         if encoders and pretrained:
             from lfm_core.encoders import PRETRAINED_TAG, cached_pretrained_file, hf_cache_dir
@@ -261,22 +280,25 @@ class NASExperiment(Experiment):
                     )
 
     def describe(self, profile, options):
-        if PROFILE_SETTINGS[profile]["search_dataset"] is None:
+        p = settings(profile, options)
+        if p.data is None:
             return ("data: CIFAR-10/100 from --data-root (25k/25k search split), the paper's search and evaluation "
                     "protocol, ImageNet-pretrained ResNet encoders.")
-        s = PROFILE_SETTINGS[profile]
-        return (f"data: scikit-learn digits ({s['image_size']}x{s['image_size']}, embedded) stand in for CIFAR; "
-                f"supernet C={s['C']}, {s['layers']} cells, {len(s['primitives'])} primitives; random-init encoders. "
+        s = p.search
+        what = {"digits": "scikit-learn digits", "photo_patches": "grey patches of ten scikit-image photos"}[p.data]
+        return (f"data: {what} ({s.image_size}x{s.image_size}, embedded) stand in for CIFAR; "
+                f"supernet C={s.C}, {s.layers} cells, {len(s.primitives or ())} primitives; random-init encoders. "
                 "For the paper's numbers: --profile paper --data-root DIR.")
 
     # -- one run ----------------------------------------------------------------------------
     def resolve(self, cell, profile, options):
-        out: dict[str, Any] = {"settings": {**settings(profile, options), **(options.get("set") or {})}}
+        p = settings(profile, options)
+        out: dict[str, Any] = {"settings": p.record()}
         encoder = cell.params.get("encoder")
         files = encoder_weight_files(options)
         if encoder in files:  # the file's content is part of the run's identity
             out["encoder_weights"] = file_digest(files[encoder])
-        if cell.params.get("eval") == "imagenet" and PROFILE_SETTINGS[profile]["search_dataset"] is None:
+        if cell.params.get("eval") == "imagenet" and p.data is None:
             root = imagenet_root(options)
             if root is not None:  # where ImageNet is read from (--imagenet-root or DATA_ROOT/imagenet)
                 out["imagenet_root"] = str(root.resolve())
@@ -290,17 +312,17 @@ class NASExperiment(Experiment):
         s = (config.get("settings") or {}).get("settings") or {}
         if not s:
             return {}
-        p = PROFILE_SETTINGS["paper"]
+        p = {**asdict(SearchSettings()), **asdict(EvalSettings())}  # the paper's protocol
         params = config.get("params") or {}
         labels = {}
-        if params.get("dataset") == "digits":
-            size = s["image_size"]
+        if params.get("dataset") in STANDINS:
+            size, title = s["image_size"], STANDIN_TITLES[params["dataset"]]
             paper = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(
                 self.row_dataset(config["row"], config["column"]) if config["column"] in self.column_specs
                 else "cifar100", "CIFAR")
-            labels["data"] = f"digits {size}×{size} (stand-in for {paper})"
+            labels["data"] = f"{title} {size}×{size} (stand-in for {paper})"
             if params.get("eval") == "imagenet":
-                labels["data"] += f"; ImageNet stand-in: digits {s['imagenet_size']}×{s['imagenet_size']}"
+                labels["data"] += f"; ImageNet stand-in: {title} {s['imagenet_size']}×{s['imagenet_size']}"
         elif params.get("dataset"):
             labels["data"] = str(params["dataset"])
             inet = (config.get("settings") or {}).get("imagenet_root")
@@ -321,43 +343,50 @@ class NASExperiment(Experiment):
             labels["budget"] += f" (paper: {p['search_epochs']} / {p['eval_epochs']})"
         return labels
 
-    def search_config(self, params: dict[str, Any], s: dict[str, Any], seed: int, num_classes: int,
+    def search_config(self, params: dict[str, Any], s: SearchSettings, seed: int, num_classes: int,
                       encoder_weights: str | None = None) -> dict[str, Any]:
         from lfm_nas.operations import PRIMITIVES
 
         method = params["method"]
-        prims = tuple(s["primitives"] or PRIMITIVES)
-        cfg: dict[str, Any] = {"method": method, "C": s["C"], "layers": s["layers"], "primitives": prims,
-                               "num_classes": num_classes, "seed": int(seed),
-                               "steps_per_epoch": s["steps_per_epoch"]}
+        prims = tuple(s.primitives or PRIMITIVES)
+        cfg: dict[str, Any] = {"method": method, "C": s.C, "layers": s.layers, "primitives": prims,
+                               "num_classes": num_classes, "seed": int(seed), "steps_per_epoch": s.steps_per_epoch}
         if method.endswith("pdarts"):
-            ops = (len(prims),) + tuple(s["pdarts_ops"][1:])
-            cfg.update(pdarts_layers=tuple(s["pdarts_layers"]), pdarts_ops=ops,
-                       pdarts_skip_dropout=tuple(s["pdarts_skip_dropout"]), lfm_start=s["pdarts_lfm_start"])
+            ops = (len(prims),) + tuple(s.pdarts_ops[1:])
+            cfg.update(pdarts_layers=tuple(s.pdarts_layers), pdarts_ops=ops,
+                       pdarts_skip_dropout=tuple(s.pdarts_skip_dropout), lfm_start=s.pdarts_lfm_start)
         if "engine" in params:
             cfg["engine"] = params["engine"]
         if method.startswith("lfm-"):
             cfg.update(variant=params["variant"], similarity=params["similarity"], drop=params["drop"])
             if params.get("encoder"):
-                cfg.update(encoder=params["encoder"], encoder_kwargs={"pretrained": bool(s["pretrained"])})
+                cfg.update(encoder=params["encoder"], encoder_kwargs={"pretrained": bool(s.pretrained)})
                 if encoder_weights:  # a local file wins over the Hugging Face cache
                     cfg["encoder_kwargs"]["weights"] = encoder_weights
         return cfg
 
-    def run_search(self, params, profile, seed, ctx, s, device, key=None) -> dict[str, Any]:
+    @staticmethod
+    def bundle(name: str, profile: str, ctx, image_size: int):
+        """A cell's data: an embedded stand-in at ``image_size``, or CIFAR from the data root."""
+        if name in STANDINS:
+            from lfm_core.data import load_dataset
+
+            return load_dataset(name, image_size=image_size)
+        return load_bundle(name, profile, ctx, augment=name.startswith("cifar"))
+
+    def run_search(self, params, profile, seed, ctx, s: SearchSettings, device, key=None) -> dict[str, Any]:
         from lfm_nas.search import search
 
-        name = params["dataset"]
-        bundle = load_bundle(name, profile, ctx, augment=name.startswith("cifar"))
-        tr, va = search_split(bundle, seed, s["search_pool"])
-        bs = s["batch_size"]
+        bundle = self.bundle(params["dataset"], profile, ctx, s.image_size)
+        tr, va = search_split(bundle, seed, s.search_pool)
+        bs = s.batch_size
         train_loader = _loader(tr, bs, True, seed, drop_last=True, device=device)
         val_loader = _loader(va, bs, True, seed + 1, drop_last=True, device=device)
         weights = ctx.config["settings"].get("encoder_weights")
         cfg = self.search_config(params, s, seed, bundle.num_classes, weights["path"] if weights else None)
         if ctx.mixed_precision not in (None, "no"):
             cfg["mixed_precision"] = ctx.mixed_precision
-        epochs = s["pdarts_epochs"] if params["method"].endswith("pdarts") else s["search_epochs"]
+        epochs = s.pdarts_epochs if params["method"].endswith("pdarts") else s.search_epochs
         label = f"search {params['method']}"
 
         def log(record):
@@ -394,40 +423,41 @@ class NASExperiment(Experiment):
         out["nonfinite_steps"] = int(result.get("nonfinite_steps", 0))
         return out
 
-    def run_eval(self, genotype, params, profile, seed, ctx, s, device, checkpoint=None) -> dict[str, Any]:
+    def run_eval(self, genotype, params, profile, seed, ctx, search: SearchSettings, s: EvalSettings, device,
+                 checkpoint=None) -> dict[str, Any]:
         from lfm_nas.search import train_eval
 
         def log(record):
             ctx.log_metrics({"phase": "eval", **record})
 
+        name = params["dataset"]
         if params.get("eval") == "imagenet":
-            if s["search_dataset"] is None:  # the paper's ImageNet
+            if name in STANDINS:  # the stand-in at the ImageNet network's resolution
+                bundle = self.bundle(name, profile, ctx, s.imagenet_size)
+            else:  # the paper's ImageNet
                 from lfm_core.data import load_dataset
 
                 root = ctx.config["settings"].get("imagenet_root") or imagenet_root({"data_root": ctx.data_root})
-                bundle = load_dataset("imagefolder", root=str(root), image_size=s["imagenet_size"])
-            else:
-                bundle = load_bundle("digits", profile, ctx, image_size=s["imagenet_size"])
-            train = _loader(bundle.train, s["imagenet_batch"], True, seed, device=device)
+                bundle = load_dataset("imagefolder", root=str(root), image_size=s.imagenet_size)
+            train = _loader(bundle.train, s.imagenet_batch, True, seed, device=device)
             test = _loader(bundle.test, 256, False, seed, device=device)
-            res = train_eval_imagenet(genotype, train, test, s["imagenet_epochs"], C=s["imagenet_C"],
-                                      layers=s["imagenet_layers"], num_classes=bundle.num_classes,
-                                      lr=s["imagenet_lr"], device=device, seed=seed, log=log,
+            res = train_eval_imagenet(genotype, train, test, s.imagenet_epochs, C=s.imagenet_C,
+                                      layers=s.imagenet_layers, num_classes=bundle.num_classes,
+                                      lr=s.imagenet_lr, device=device, seed=seed, log=log,
                                       progress=lambda d, t: ctx.progress(d, t, "evaluate (ImageNet network)"),
                                       checkpoint=checkpoint)
             return {**res, "test_err": res["top1_err"], "eval_dataset": bundle.name,
-                    "eval_network": f"NetworkImageNet(C={s['imagenet_C']}, layers={s['imagenet_layers']})"}
-        name = params["dataset"]
-        bundle = load_bundle(name, profile, ctx, augment=name.startswith("cifar"))
-        train = _loader(bundle.train, s["eval_batch"], True, seed, device=device)
+                    "eval_network": f"NetworkImageNet(C={s.imagenet_C}, layers={s.imagenet_layers})"}
+        bundle = self.bundle(name, profile, ctx, search.image_size)
+        train = _loader(bundle.train, s.eval_batch, True, seed, device=device)
         test = _loader(bundle.test, 256, False, seed, device=device)
-        res = train_eval(genotype, train, test, s["eval_epochs"], C=s["eval_C"], layers=s["eval_layers"],
-                         auxiliary_weight=s["auxiliary"], drop_path=s["drop_path"], cutout=s["cutout"],
-                         lr=s["eval_lr"], device=device, num_classes=bundle.num_classes, seed=seed, log=log,
+        res = train_eval(genotype, train, test, s.eval_epochs, C=s.eval_C, layers=s.eval_layers,
+                         auxiliary_weight=s.auxiliary, drop_path=s.drop_path, cutout=s.cutout,
+                         lr=s.eval_lr, device=device, num_classes=bundle.num_classes, seed=seed, log=log,
                          progress=lambda d, t: ctx.progress(d, t, "evaluate"), checkpoint=checkpoint)
         return {"test_err": float(res["test_err"]), "test_acc": float(res["test_acc"]),
                 "eval_epoch_s": float(res["epoch_time_s"]), "eval_dataset": bundle.name,
-                "eval_network": f"NetworkCIFAR(C={s['eval_C']}, layers={s['eval_layers']})"}
+                "eval_network": f"NetworkCIFAR(C={s.eval_C}, layers={s.eval_layers})"}
 
     def needs_eval(self, params: dict[str, Any]) -> bool:
         return params.get("measure") in (None, "error", "top1", "top5")
@@ -441,25 +471,19 @@ class NASExperiment(Experiment):
 
     def _run_cell(self, cell, profile, seed, ctx, device):
         opts = getattr(ctx, "options", None) or {}  # (the config holds no selectors such as --no-reuse)
-        s = ctx.config["settings"]["settings"]
+        recorded = ctx.config["settings"]
+        search, evaluation = SearchSettings.of(recorded["settings"]), EvalSettings.of(recorded["settings"])
         params = cell.params
         cache = SearchCache(ctx, profile, enabled=opts.get("reuse", True) is not False)
-        search_params = {k: v for k, v in params.items() if k not in ("eval", "measure")}
-        search_keys = ("image_size", "search_pool", "batch_size", "search_epochs", "steps_per_epoch", "C",
-                       "layers", "primitives", "pdarts_layers", "pdarts_ops", "pdarts_epochs", "pdarts_lfm_start",
-                       "pdarts_skip_dropout", "pretrained")
-        skey = {"params": search_params, "settings": {k: s[k] for k in search_keys}, "seed": int(seed),
-                "device": device.type}
-        if ctx.mixed_precision not in (None, "no"):  # (absent otherwise: earlier caches stay valid)
-            skey["mixed_precision"] = ctx.mixed_precision
-        if ctx.config["settings"].get("encoder_weights"):  # (likewise)
-            skey["encoder_weights"] = ctx.config["settings"]["encoder_weights"]["sha256"]
-        data_root = (ctx.config.get("runtime") or {}).get("data_root")
-        if data_root:  # on-disk data (the paper profile's CIFAR): another folder is another search (likewise)
-            skey["data_root"] = data_root
+        # extras recorded only when set, so that earlier caches stay valid
+        data_root = (ctx.config.get("runtime") or {}).get("data_root")  # on-disk data (the paper profile's CIFAR)
+        skey = search_key(params, search, seed, device.type,
+                          mixed_precision=None if ctx.mixed_precision in (None, "no") else ctx.mixed_precision,
+                          encoder_weights=(recorded.get("encoder_weights") or {}).get("sha256"),
+                          data_root=data_root)
         found = cache.get("search", skey)
         if found is None:
-            found = cache.put("search", skey, self.run_search(params, profile, seed, ctx, s, device, key=skey))
+            found = cache.put("search", skey, self.run_search(params, profile, seed, ctx, search, device, key=skey))
             ctx.checkpoint_path.unlink(missing_ok=True)  # the search's position (supernets, encoder) is done with
         genotype = genotype_from_dict(found["genotype"])
         save_genotype(genotype, Path(ctx.run_dir) / "genotype.json")
@@ -469,17 +493,12 @@ class NASExperiment(Experiment):
         if found["producer"] != str(ctx.run_dir):
             metrics["search_from"] = found["producer"]
         if self.needs_eval(params):
-            eval_keys = [k for k in s if k.startswith(("eval_", "imagenet_"))] + ["cutout", "auxiliary", "drop_path"]
-            ekey = {"genotype": found["genotype"], "eval": params.get("eval", "cifar"),
-                    "dataset": params["dataset"], "settings": {k: s[k] for k in sorted(eval_keys)},
-                    "seed": int(seed), "device": device.type}
-            for key, value in (("data_root", data_root), ("imagenet_root", ctx.config["settings"].get("imagenet_root"))):
-                if value:  # (likewise)
-                    ekey[key] = value
+            ekey = eval_key(found["genotype"], params, evaluation, seed, device.type, data_root=data_root,
+                            imagenet_root=recorded.get("imagenet_root"))
             ev = cache.get("eval", ekey)
             if ev is None:
-                ev = cache.put("eval", ekey, self.run_eval(genotype, params, profile, seed, ctx, s, device,
-                                                           checkpoint=_EvalCheckpoint(ctx, ekey, skey)))
+                ev = cache.put("eval", ekey, self.run_eval(genotype, params, profile, seed, ctx, search, evaluation,
+                                                           device, checkpoint=_EvalCheckpoint(ctx, ekey, skey)))
             ctx.checkpoint_path.unlink(missing_ok=True)  # the evaluation's position is done with
             metrics.update({k: v for k, v in ev.items() if k not in ("key", "producer")})
             if ev["producer"] != str(ctx.run_dir):

@@ -1,0 +1,79 @@
+"""The NAS settings as typed dataclasses: each default once, the run config and both cache keys
+derived from their fields (a new setting cannot be left out), earlier cache keys unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import FrozenInstanceError, asdict, dataclass, fields
+
+import pytest
+
+from lfm_core.errors import UsageError
+from lfm_core.identity import canonical
+from lfm_core.runner import resolve_config
+from lfm_nas import experiments as E
+from lfm_nas.cache import _key_hash, eval_key, search_key
+from lfm_nas.profiles import PROFILES, EvalSettings, NASProfile, SearchSettings, settings
+
+PARAMS = {"dataset": "digits", "method": "lfm-darts", "variant": "two", "encoder": "resnet18", "similarity": "dot",
+          "drop": "none", "engine": "exact", "eval": "cifar"}
+
+
+def test_the_paper_profile_is_the_defaults():
+    assert PROFILES["paper"] == NASProfile(None, SearchSettings(), EvalSettings())
+    assert {p.data for name, p in PROFILES.items() if name != "paper"} == {"digits"}
+    with pytest.raises(FrozenInstanceError):
+        PROFILES["cpu"].search.C = 4  # type: ignore[misc]
+
+
+def test_the_record_is_every_field():
+    """A run's recorded settings are every field of the two dataclasses, and read back equal."""
+    for p in PROFILES.values():
+        record = canonical(p.record())
+        assert set(record) == {*SearchSettings.names(), *EvalSettings.names(), "search_dataset"}
+        assert SearchSettings.of(record) == p.search and EvalSettings.of(record) == p.evaluation
+    assert not set(SearchSettings.names()) & set(EvalSettings.names())
+    assert set(PROFILES["cpu"].settable()) == set(PROFILES["cpu"].record()) - {"search_dataset"}
+
+
+def test_overrides_reach_the_right_settings():
+    p = settings("cpu", {"search_epochs": 1, "eval_epochs": 2, "batch_size": 8, "set": {"C": 6, "cutout": 0}})
+    assert (p.search.search_epochs, p.search.pdarts_epochs, p.search.pdarts_lfm_start) == (1, 1, 0)
+    assert (p.evaluation.eval_epochs, p.evaluation.imagenet_epochs) == (2, 2)
+    assert (p.search.batch_size, p.search.C, p.evaluation.cutout) == (8, 6, 0)
+    assert settings("cpu", {"standin": "photo_patches"}).data == "photo_patches"
+    assert settings("paper", {"standin": "photo_patches"}).data is None  # the paper profile keeps its CIFAR
+    with pytest.raises(UsageError, match="--set key"):
+        E.Table1().validate("cpu", {"set": {"search_dataset": "photo_patches"}})  # that is --standin
+
+
+def test_a_new_setting_changes_the_cache_keys():
+    """Both keys take every field: a setting added to either dataclass is in its key by construction."""
+    @dataclass(frozen=True)
+    class WiderSearch(SearchSettings):
+        new_setting: int = 1
+
+    @dataclass(frozen=True)
+    class WiderEval(EvalSettings):
+        new_setting: int = 1
+
+    search, evaluation = PROFILES["cpu"].search, PROFILES["cpu"].evaluation
+    key = search_key(PARAMS, search, 0, "cpu")
+    assert set(key["settings"]) == {f.name for f in fields(SearchSettings)}
+    assert _key_hash(search_key(PARAMS, WiderSearch(**asdict(search)), 0, "cpu")) != _key_hash(key)
+    ekey = eval_key({"normal": []}, PARAMS, evaluation, 0, "cpu")
+    assert set(ekey["settings"]) == {f.name for f in fields(EvalSettings)}
+    assert _key_hash(eval_key({"normal": []}, PARAMS, WiderEval(**asdict(evaluation)), 0, "cpu")) != _key_hash(ekey)
+
+
+@pytest.mark.parametrize("profile, search_hash, eval_hash", [
+    ("smoke", "84195664b070630f", "c981f7389e16e8df"),
+    ("cpu", "7c2c59e133091865", "4f6bbd44d8ac60aa"),
+    ("paper", "54b15f2ce622e8d6", "5d72e39e654e241f"),
+])
+def test_cache_keys_are_unchanged(profile, search_hash, eval_hash):
+    """Table I's LFM-DARTS-2nd-R18 keys as the hand-written key lists made them: existing caches stay valid."""
+    exp = E.Table1()
+    cell = next(c for c in exp.cells(profile, {}) if c.row == "LFM-DARTS-2nd-R18")
+    s = resolve_config(exp, cell, profile, 0, {}, device="cpu")["settings"]["settings"]
+    assert _key_hash(search_key(cell.params, SearchSettings.of(s), 0, "cpu")) == search_hash
+    assert _key_hash(eval_key({"x": 1}, cell.params, EvalSettings.of(s), 0, "cpu")) == eval_hash
