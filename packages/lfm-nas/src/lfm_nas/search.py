@@ -4,7 +4,8 @@
 trains an evaluation network from a genotype and reports its test accuracy. A search can
 be given a ``checkpoint`` (an object with ``load()`` and ``save(state)``): it then saves its
 exact position after every epoch and on SIGTERM/SIGINT (a graceful stop after the step in
-progress), and resumes from it to the result of an uninterrupted search.
+progress), and resumes from it to the result of an uninterrupted search. Each search stage and
+each evaluation training is one :func:`lfm_core.loop.run_loop`.
 
 Data: loaders yield ``(x, y)`` or ``(x, y, idx)``; LFM methods need the validation loader to
 yield ``idx``, the example's index in the validation data set (it selects ``r_j``), e.g. by
@@ -26,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lfm_core.errors import CheckpointError, UsageError, check_choice
-from lfm_core.runtime import rng_state, set_rng_state
 from lfm_core.loop import Loop, NonFiniteGuard, Position, run_loop
+from lfm_core.runtime import rng_state, set_rng_state
 from lfm_core.stopping import stop_on_signals
 from lfm_nas.darts import DartsArchitect
 from lfm_nas.eval_net import NetworkCIFAR, cutout as apply_cutout, eval_loss
