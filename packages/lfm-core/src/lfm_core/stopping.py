@@ -5,15 +5,13 @@ the exact position and raise :class:`~lfm_core.errors.GracefulStop`. A second si
 loop is still finishing its step aborts at once (``KeyboardInterrupt``): the run then resumes
 from its last checkpoint, as after SIGKILL.
 
-Tests can stop a loop at an exact moment with ``LFM_TEST_STOP_AT="<label>"`` (the loop's
-``inject_test_stop(label)`` sends the signal ``LFM_TEST_STOP_SIGNAL``, default ``TERM``, to its own
-process when the labels match), e.g. ``LFM_TEST_STOP_AT="dr:1:2:mid"``.
+The loops themselves are :func:`lfm_core.loop.run_loop`; tests stop one at an exact moment
+through its callbacks (``LFM_TEST_STOP_AT="dr:1:2:mid"``: :func:`lfm_core.loop.env_test_stop`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 from typing import Iterator
@@ -68,9 +66,3 @@ def stop_if_requested(where: str) -> None:
     if _requested is not None:
         raise stop_error(where)
 
-
-def inject_test_stop(label: str) -> None:
-    """Send the test signal to this process when ``LFM_TEST_STOP_AT`` equals ``label``."""
-    if os.environ.get("LFM_TEST_STOP_AT") == label:
-        name = os.environ.get("LFM_TEST_STOP_SIGNAL", "TERM")
-        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))

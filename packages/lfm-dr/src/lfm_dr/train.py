@@ -1,6 +1,6 @@
-"""The one training loop every DR method shares: data order, lr schedule, evaluation,
-checkpoints (resume at any step), a graceful stop on SIGTERM/SIGINT, and guards against
-non-finite losses."""
+"""The training every DR method shares: data order, lr schedule, evaluation, and what its
+checkpoints hold; the loop itself (resume at any step, a graceful stop on SIGTERM/SIGINT, the
+guard against non-finite losses) is :func:`lfm_core.loop.run_loop`."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lfm_core.errors import check_choice, CheckpointError, NonFiniteError, UsageError
+from lfm_core.errors import check_choice, CheckpointError, UsageError
 from lfm_core.registries import METHODS, MODELS
 from lfm_core.runtime import (
     all_reduce_mean, compile_module, process_accelerator, rng_state, seed_everything, set_rng_state,
 )
-from lfm_core.stopping import inject_test_stop, stop_error, stop_on_signals, stop_requested
+from lfm_core.loop import Loop, NonFiniteGuard, Position, run_loop
+from lfm_core.stopping import stop_requested
 from lfm_dr.diagnostics import clean_mask_of
 from lfm_dr.methods.base import DRContext, DRMethod
 
@@ -181,12 +182,36 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
     SIGTERM/SIGINT during training finish the step in progress (or the epoch's evaluation), save
     the exact position and raise :class:`lfm_core.errors.GracefulStop`; the resumed run then gives
     the result of an uninterrupted one."""
+    device, acc = _process_device(cfg)
+    seed_everything(seed)
+    reduce = all_reduce_mean(acc)
+    method, train_stream, meta_stream = build_method(cfg, splits, seed, device, reduce, log=ctx.log)
+    guard = NonFiniteGuard(MAX_BAD_STEPS, in_a_row=True, advice=lambda epoch: (
+        f" (method {cfg.method}, lr {cfg.lr * lr_factor(cfg, epoch):g}); no result was written and the same "
+        "settings diverge again: change the learning rate, the mixed precision or the seed"))
+    run = _DRRun(cfg, splits, ctx, method, train_stream, meta_stream, device, reduce, guard,
+                 shard=slice(acc.process_index, None, acc.num_processes) if acc is not None else slice(None))
+    start, wall_before = Position(), 0.0
+    state = ctx.load_checkpoint()
+    if state is not None:
+        start, wall_before = run.resume(state)
+    run.t0 = time.perf_counter() - wall_before
+    run_loop(Loop(name="dr", epochs=cfg.epochs, steps=train_stream.per_epoch, step=run.step, end_epoch=run.end_epoch,
+                  begin_epoch=run.begin_epoch, save=run.save, record=ctx.log_metrics, progress=run.progress,
+                  guard=guard, stop_asked=run.stop_asked, log=ctx.log), start)
+    metrics = _final_metrics(method, splits, device, cfg.eval_batch_size, guard.skipped)
+    metrics["_resumed_wall_s"] = wall_before
+    return metrics
+
+
+def _process_device(cfg: TrainConfig):
+    """The device of this process and its accelerator, when launched as several processes
+    (accelerate launch / torchrun): each takes its shard of every training batch, the meta batch
+    is shared, and the solver averages gradients and hypergradients explicitly (DDP has no double
+    backward); the same seed keeps models equal."""
     device = device_of(cfg)
-    # launched as several processes (accelerate launch / torchrun): each takes its shard of every
-    # training batch, the meta batch is shared, and the solver averages gradients and
-    # hypergradients explicitly (DDP has no double backward); the same seed keeps models equal
     acc = process_accelerator(device)
-    world, rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
+    world = acc.num_processes if acc is not None else 1
     if world > 1:
         if cfg.method not in MULTI_PROCESS_METHODS:
             raise UsageError(f"method {cfg.method!r} runs in one process; of the DR methods only "
@@ -194,16 +219,94 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
                              "launched processes (run it in one process: without torchrun or accelerate launch)")
         if device.type == "cuda":
             device = acc.device
-    seed_everything(seed)
-    reduce = all_reduce_mean(acc)
-    method, train_stream, meta_stream = build_method(cfg, splits, seed, device, reduce, log=ctx.log)
-    scheduled = {name: opt for name, opt in method.optimizers().items() if name in method.scheduled}
-    base_lr = {name: [g["lr"] for g in opt.param_groups] for name, opt in scheduled.items()}
-    start_epoch, start_step, bad_in_row, skipped, wall_before = 0, 0, 0, 0, 0.0
-    start_sums: dict[str, float] = {}  # the running train_* sums of a mid-epoch position
+    return device, acc
 
-    state = ctx.load_checkpoint()
-    if state is not None:
+
+@dataclass
+class _DRRun:
+    """One DR run between the loop's calls: the method, its data order, the running train_*
+    sums of the epoch in progress, and what a checkpoint holds."""
+
+    cfg: TrainConfig
+    splits: Any
+    ctx: Any
+    method: DRMethod
+    train_stream: _Stream
+    meta_stream: _Stream
+    device: torch.device
+    reduce: Callable | None
+    guard: NonFiniteGuard
+    shard: slice  # this process's part of every training batch
+    sums: dict[str, float] = field(default_factory=dict)
+    t0: float = 0.0  # perf_counter at the run's start, less the time before a resume
+    base_lr: dict[str, list[float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base_lr = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.scheduled().items()}
+
+    def scheduled(self) -> dict[str, torch.optim.Optimizer]:
+        return {name: opt for name, opt in self.method.optimizers().items() if name in self.method.scheduled}
+
+    def begin_epoch(self, epoch: int) -> None:
+        factor = lr_factor(self.cfg, epoch)
+        for name, opt in self.scheduled().items():
+            for group, lr in zip(opt.param_groups, self.base_lr[name]):
+                group["lr"] = lr * factor
+
+    def step(self, epoch: int, step: int) -> bool:
+        idx = self.train_stream.batch_indices(epoch, step)[self.shard]
+        x, y, idx = gather(self.splits.train, idx, self.device, self.cfg.augment)
+        with autocast(self.cfg, self.device):
+            stats = self.method.train_step(x, y, idx, epoch)
+        finite = bool(stats.pop("finite", 1.0) and math.isfinite(stats.get("loss", 0.0)))
+        if finite:
+            for k, v in stats.items():
+                self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        return finite
+
+    def progress(self, done: int, total: int) -> None:
+        epoch = (done - 1) // self.train_stream.per_epoch
+        self.ctx.progress(done, total, f"{self.cfg.method} epoch {epoch + 1}/{self.cfg.epochs}")
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        self.method.end_epoch(epoch)
+        steps = self.train_stream.per_epoch
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.cfg.lr * lr_factor(self.cfg, epoch),
+                                  "skipped_steps": self.guard.skipped}
+        record.update({f"train_{k}": v / max(steps, 1) for k, v in self.sums.items()})
+        record.update(self.method.epoch_diagnostics(clean_mask_of(self.splits.train)))
+        for name, model in self.method.eval_models().items():
+            acc, _ = evaluate(model, self.splits.test, self.splits.num_classes, self.device, self.cfg.eval_batch_size)
+            record["test_acc" if name == "main" else f"test_acc_{name}"] = acc
+        record["time_s"] = round(time.perf_counter() - self.t0, 2)
+        self.sums = {}
+        return record
+
+    def stop_asked(self) -> bool:
+        asked = stop_requested() is not None
+        if self.reduce is not None:  # launched processes stop together (a lone one would hang the others)
+            flag = torch.tensor([float(asked)], device=self.device)
+            self.reduce([flag])
+            asked = float(flag) > 0
+        return asked
+
+    def save(self, position: Position) -> None:
+        """The position before ``position``: everything a resumed run needs to continue bit for bit."""
+        method = self.method
+        self.ctx.save_checkpoint({
+            "epoch": position.epoch, "step": position.step, "skipped": self.guard.skipped,
+            "wall_s": time.perf_counter() - self.t0, "bad_in_row": self.guard.run, "sums": dict(self.sums),
+            "meta_epoch": self.meta_stream.epoch, "meta_pos": self.meta_stream.pos,
+            "modules": {n: m.state_dict() for n, m in method.modules().items()},
+            "optimizers": {n: o.state_dict() for n, o in method.optimizers().items()},
+            "extra": method.extra_state(), "rng": rng_state(),
+            "weight_log": getattr(getattr(method, "weight_log", None), "values", None),
+            "scaler": method.ctx.grad_scaler.state_dict() if method.ctx.grad_scaler is not None else None,
+        })
+
+    def resume(self, state: dict[str, Any]) -> tuple[Position, float]:
+        """Load a checkpoint of :meth:`save`; returns its position and the wall time before it."""
+        method = self.method
         try:
             for name, module in method.modules().items():
                 module.load_state_dict(state["modules"][name])
@@ -215,96 +318,29 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
             if method.ctx.grad_scaler is not None and state.get("scaler"):
                 method.ctx.grad_scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
-            start_epoch, start_step = int(state["epoch"]), int(state["step"])
-            skipped, wall_before = int(state["skipped"]), float(state["wall_s"])
-            bad_in_row = int(state.get("bad_in_row", 0))
-            start_sums = {k: float(v) for k, v in state.get("sums", {}).items()}
-            meta_stream.epoch, meta_stream.pos = int(state["meta_epoch"]), int(state["meta_pos"])
+            start = Position(int(state["epoch"]), int(state["step"]))
+            self.guard.skipped, wall_before = int(state["skipped"]), float(state["wall_s"])
+            self.guard.run = int(state.get("bad_in_row", 0))
+            self.sums = {k: float(v) for k, v in state.get("sums", {}).items()}
+            self.meta_stream.epoch, self.meta_stream.pos = int(state["meta_epoch"]), int(state["meta_pos"])
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
             what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120]
             raise CheckpointError(
-                f"checkpoint {ctx.checkpoint_path} does not match this run ({what}); "
+                f"checkpoint {self.ctx.checkpoint_path} does not match this run ({what}); "
                 "delete it or rerun with --force to start over"
             ) from None
-        ctx.truncate_metrics(start_epoch)
-        ctx.log(f"resumed at epoch {start_epoch} step {start_step}")
+        self.ctx.truncate_metrics(start.epoch)
+        self.ctx.log(f"resumed at epoch {start.epoch} step {start.step}")
+        return start, wall_before
 
-    def save(epoch: int, step: int, sums: dict[str, float]) -> None:
-        """The position before (epoch, step): everything a resumed run needs to continue bit for bit."""
-        ctx.save_checkpoint({
-            "epoch": epoch, "step": step, "skipped": skipped, "wall_s": time.perf_counter() - t0,
-            "bad_in_row": bad_in_row, "sums": dict(sums),
-            "meta_epoch": meta_stream.epoch, "meta_pos": meta_stream.pos,
-            "modules": {n: m.state_dict() for n, m in method.modules().items()},
-            "optimizers": {n: o.state_dict() for n, o in method.optimizers().items()},
-            "extra": method.extra_state(), "rng": rng_state(),
-            "weight_log": getattr(getattr(method, "weight_log", None), "values", None),
-            "scaler": method.ctx.grad_scaler.state_dict() if method.ctx.grad_scaler is not None else None,
-        })
 
-    def stop_here(epoch: int, step: int, sums: dict[str, float]) -> None:
-        asked = stop_requested() is not None
-        if reduce is not None:  # launched processes stop together (a lone one would hang the others)
-            flag = torch.tensor([float(asked)], device=device)
-            reduce([flag])
-            asked = float(flag) > 0
-        if asked:
-            save(epoch, step, sums)
-            ctx.log(f"stopped by a signal at epoch {epoch} step {step}; checkpoint saved")
-            raise stop_error(f"at epoch {epoch} step {step}")
-
-    steps = train_stream.per_epoch
-    total_steps = cfg.epochs * steps
-    t0 = time.perf_counter() - wall_before
-    with stop_on_signals():
-        for epoch in range(start_epoch, cfg.epochs):
-            factor = lr_factor(cfg, epoch)
-            for name, opt in scheduled.items():
-                for group, lr in zip(opt.param_groups, base_lr[name]):
-                    group["lr"] = lr * factor
-            first = start_step if epoch == start_epoch else 0
-            sums: dict[str, float] = dict(start_sums) if epoch == start_epoch else {}
-            for step in range(first, steps):
-                stop_here(epoch, step, sums)  # a signal during the previous step lands here
-                idx = train_stream.batch_indices(epoch, step)[rank::world]
-                x, y, idx = gather(splits.train, idx, device, cfg.augment)
-                inject_test_stop(f"dr:{epoch}:{step}:mid")
-                with autocast(cfg, device):
-                    stats = method.train_step(x, y, idx, epoch)
-                finite = stats.pop("finite", 1.0) and math.isfinite(stats.get("loss", 0.0))
-                if not finite:
-                    skipped += 1
-                    bad_in_row += 1
-                    ctx.log(f"non-finite loss or hypergradient at epoch {epoch} step {step}; step skipped")
-                    if bad_in_row >= MAX_BAD_STEPS:
-                        raise NonFiniteError(
-                            f"{bad_in_row} non-finite steps in a row at epoch {epoch} step {step} (method "
-                            f"{cfg.method}, lr {cfg.lr * factor:g}); no result was written and the same settings diverge "
-                            "again: change the learning rate, the mixed precision or the seed"
-                        )
-                    continue
-                bad_in_row = 0
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                ctx.progress(epoch * steps + step + 1, total_steps, f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}")
-                inject_test_stop(f"dr:{epoch}:{step}:end")
-            method.end_epoch(epoch)
-            record: dict[str, Any] = {"epoch": epoch + 1, "lr": cfg.lr * factor, "skipped_steps": skipped}
-            record.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
-            inject_test_stop(f"dr:{epoch}:eval")
-            record.update(method.epoch_diagnostics(clean_mask_of(splits.train)))
-            for name, model in method.eval_models().items():
-                acc, _ = evaluate(model, splits.test, splits.num_classes, device, cfg.eval_batch_size)
-                record["test_acc" if name == "main" else f"test_acc_{name}"] = acc
-            record["time_s"] = round(time.perf_counter() - t0, 2)
-            ctx.log_metrics(record)
-            save(epoch + 1, 0, {})
-            stop_here(epoch + 1, 0, {})  # a signal during the evaluation: the epoch is done and saved
-
+def _final_metrics(method: DRMethod, splits, device, batch_size: int, skipped: int) -> dict[str, Any]:
+    """The trained models' test accuracies, the main one's confusion matrix, the skipped steps and
+    the method's summary."""
     metrics: dict[str, Any] = {}
     per_class = None
     for name, model in method.eval_models().items():
-        acc, conf = evaluate(model, splits.test, splits.num_classes, device, cfg.eval_batch_size)
+        acc, conf = evaluate(model, splits.test, splits.num_classes, device, batch_size)
         metrics["test_acc" if name == "main" else f"test_acc_{name}"] = acc
         if name == "main":
             per_class = conf
@@ -314,5 +350,4 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
         clean = getattr(splits.train, "clean_labels", None)
         mask = (clean == splits.train.labels).cpu() if clean is not None else None
         metrics.update(method.summary(mask))
-    metrics["_resumed_wall_s"] = wall_before
     return metrics

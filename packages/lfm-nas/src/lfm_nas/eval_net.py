@@ -9,8 +9,6 @@ are arguments, so a CPU profile can use e.g. ``C=8, layers=5`` on 16x16 images.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,16 +44,6 @@ def cutout(img: Tensor, length: int = 16, generator: torch.Generator | None = No
     mask = ~(in_y[:, :, None] & in_x[:, None, :])
     out = x * mask[:, None].to(device=x.device, dtype=x.dtype)
     return out[0] if single else out
-
-
-class Cutout:
-    """Transform form of :func:`cutout` (for a torchvision ``Compose`` on tensors)."""
-
-    def __init__(self, length: int = 16):
-        self.length = length
-
-    def __call__(self, img: Tensor) -> Tensor:
-        return cutout(img, self.length)
 
 
 class EvalCell(nn.Module):
@@ -205,7 +193,3 @@ def eval_loss(logits: Tensor, logits_aux: Tensor | None, y: Tensor, auxiliary_we
         loss = loss + auxiliary_weight * F.cross_entropy(logits_aux, y, label_smoothing=label_smoothing)
     return loss
 
-
-def count_parameters_mb(model: nn.Module, exclude: Sequence[str] = ("auxiliary",)) -> float:
-    """Parameters in millions, without the auxiliary head (as the papers report)."""
-    return sum(p.numel() for n, p in model.named_parameters() if not any(e in n for e in exclude)) / 1e6

@@ -4,7 +4,8 @@
 trains an evaluation network from a genotype and reports its test accuracy. A search can
 be given a ``checkpoint`` (an object with ``load()`` and ``save(state)``): it then saves its
 exact position after every epoch and on SIGTERM/SIGINT (a graceful stop after the step in
-progress), and resumes from it to the result of an uninterrupted search.
+progress), and resumes from it to the result of an uninterrupted search. Each search stage and
+each evaluation training is one :func:`lfm_core.loop.run_loop`.
 
 Data: loaders yield ``(x, y)`` or ``(x, y, idx)``; LFM methods need the validation loader to
 yield ``idx``, the example's index in the validation data set (it selects ``r_j``), e.g. by
@@ -18,15 +19,17 @@ import math
 import resource
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lfm_core.errors import CheckpointError, NonFiniteError, UsageError, check_choice
+from lfm_core.errors import CheckpointError, UsageError, check_choice
+from lfm_core.loop import Loop, NonFiniteGuard, Position, run_loop
 from lfm_core.runtime import rng_state, set_rng_state
-from lfm_core.stopping import inject_test_stop, stop_error, stop_on_signals, stop_requested
+from lfm_core.stopping import stop_on_signals
 from lfm_nas.darts import DartsArchitect
 from lfm_nas.eval_net import NetworkCIFAR, cutout as apply_cutout, eval_loss
 from lfm_nas.genotypes import Genotype
@@ -248,23 +251,30 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
     its position after every epoch and, on SIGTERM/SIGINT, after the step in progress (then raises
     :class:`lfm_core.errors.GracefulStop`), and resumes from ``load()``'s state.
     """
+    device = torch.device(device)
+    cfg = _search_config(config, train_loader, val_loader)
+    if cfg["seed"] is not None:
+        torch.manual_seed(int(cfg["seed"]))
+    run = _Search(cfg, train_loader, val_loader, epochs, device, log or (lambda record: None), progress, checkpoint)
+    with _stopping(checkpoint):  # also between the stages, where no loop runs
+        run.all_stages()
+    return run.result()
+
+
+def _search_config(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterable) -> dict[str, Any]:
+    """:data:`DEFAULTS` updated by ``config``, checked, with the method-dependent defaults filled in."""
     cfg = {**DEFAULTS, **dict(config)}
     unknown = set(config) - set(DEFAULTS)
     if unknown:
         raise UsageError(f"unknown search option(s): {', '.join(sorted(unknown))}")
     method = cfg["method"]
     check_choice("search method", method, METHODS)
-    device = torch.device(device)
     if cfg["mixed_precision"] not in MIXED_PRECISION:
         raise UsageError(f"mixed precision {cfg['mixed_precision']!r} is not supported by the architecture search "
                          f"(fp16 would need loss scaling in the DARTS steps). Valid choices: {', '.join(MIXED_PRECISION)}.")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["mixed_precision"] == "bf16")
-    if cfg["seed"] is not None:
-        torch.manual_seed(int(cfg["seed"]))
     if cfg["num_classes"] is None:
         cfg["num_classes"] = _infer_num_classes(train_loader, val_loader)
-    lfm = method.startswith("lfm-")
-    pdarts = method.endswith("pdarts")
+    lfm, pdarts = method.startswith("lfm-"), method.endswith("pdarts")
     if cfg["arch_lr"] is None:
         cfg["arch_lr"] = 6e-4 if pdarts else 3e-4
     if cfg["lfm_start"] is None:
@@ -273,125 +283,175 @@ def search(config: Mapping[str, Any], train_loader: Iterable, val_loader: Iterab
         cfg["arch_grad_clip"] = 5.0  # P-DARTS clips the architecture gradient too
     if lfm and cfg["n_val"] is None:
         cfg["n_val"] = len(val_loader.dataset)  # type: ignore[attr-defined]
-    log = log or (lambda record: None)
-    steps_per_epoch = int(cfg["steps_per_epoch"] or len(train_loader))  # type: ignore[arg-type]
-
-    encoder = _make_encoder(cfg, device) if lfm and cfg["variant"] != "ps" else None
-
     if pdarts and int(cfg["pdarts_ops"][0]) != len(cfg["primitives"]):
         raise UsageError(f"pdarts_ops[0] ({cfg['pdarts_ops'][0]}) must equal the number of primitives "
                          f"({len(cfg['primitives'])})")
-    stages = (pdarts_stages(cfg["pdarts_layers"], cfg["pdarts_ops"], cfg["pdarts_skip_dropout"], epochs, cfg["lfm_start"])
-              if pdarts else [None])
-    total = steps_per_epoch * epochs * len(stages)
-    state = {"done": 0, "epoch_times": [], "history": [], "nonfinite": 0}
-    mem = _Memory(device)
-    train_it, val_it = _Cycle(train_loader), _Cycle(val_loader)
-    primitives = tuple(cfg["primitives"])
-    switches = full_switches(len(primitives), cfg["steps"])
-    result: dict[str, Any] = {}
-    saved = checkpoint.load() if checkpoint is not None else None
-    start = (0, 0, 0)  # stage, epoch, step
-    if saved is not None:
+    return cfg
+
+
+@dataclass
+class _EpochTally:
+    """The losses and seconds of the epoch in progress; a resumed epoch starts from its saved part."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds_before: float = 0.0  # spent before the resume
+    started: float | None = None
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.seconds_before + (time.perf_counter() - self.started if self.started is not None else 0.0)
+
+    def mean_loss(self) -> float:
+        return sum(self.losses) / max(1, len(self.losses))
+
+    def reset(self) -> None:
+        self.losses, self.seconds_before, self.started = [], 0.0, None
+
+
+class _Search:
+    """One search between the loop's calls: the stages' supernets (``runner``), the data
+    positions, the P-DARTS switches and what the checkpoint holds. Each stage is one
+    :func:`~lfm_core.loop.run_loop` (test-stop labels ``nas:<stage>:<epoch>:<step>:mid``)."""
+
+    def __init__(self, cfg: dict[str, Any], train_loader: Iterable, val_loader: Iterable, epochs: int,
+                 device: torch.device, log: Callable[[dict], None], progress: Callable[[int, int], None] | None,
+                 checkpoint: Any):
+        self.cfg, self.val_loader, self.epochs, self.device = cfg, val_loader, epochs, device
+        self.log, self.user_progress, self.checkpoint = log, progress, checkpoint
+        method = cfg["method"]
+        self.lfm, self.pdarts = method.startswith("lfm-"), method.endswith("pdarts")
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["mixed_precision"] == "bf16")
+        self.steps = int(cfg["steps_per_epoch"] or len(train_loader))  # type: ignore[arg-type]
+        self.encoder = _make_encoder(cfg, device) if self.lfm and cfg["variant"] != "ps" else None
+        self.stages = (pdarts_stages(cfg["pdarts_layers"], cfg["pdarts_ops"], cfg["pdarts_skip_dropout"], epochs,
+                                     cfg["lfm_start"]) if self.pdarts else [None])
+        self.total = self.steps * epochs * len(self.stages)
+        self.done, self.epoch_times, self.history = 0, [], []
+        self.guard = NonFiniteGuard(int(cfg["max_nonfinite"]) + 1)
+        self.mem = _Memory(device)
+        self.train_it, self.val_it = _Cycle(train_loader), _Cycle(val_loader)
+        self.primitives = tuple(cfg["primitives"])
+        self.switches = full_switches(len(self.primitives), cfg["steps"])
+        self.tally = _EpochTally()
+        self.stage_index, self.stage, self.runner = 0, None, None
+
+    def all_stages(self) -> None:
+        saved = self.checkpoint.load() if self.checkpoint is not None else None
+        first = self._restore(saved) if saved is not None else 0
+        for si, stage in enumerate(self.stages):
+            if si < first:
+                continue
+            self.stage_index, self.stage, self.runner = si, stage, self._new_runner(stage)
+            start = self._restore_stage(saved) if saved is not None and si == first else Position()
+            run_loop(Loop(name=f"nas:{si}", epochs=self.epochs, steps=self.steps, step=self._step,
+                          end_epoch=self._end_epoch, begin_epoch=self._begin_epoch,
+                          save=self._save if self.checkpoint is not None else None, record=self.log,
+                          progress=self._progress if self.user_progress else None, guard=self.guard,
+                          title=f"search stage {si}"), start)
+            if stage and stage.index < len(self.stages) - 1:
+                self.switches = prune_ops(self.runner.alphas, self.switches, stage.keep, self.primitives)
+                self.log({"stage": stage.index, "pruned_to": stage.keep})
+
+    def _new_runner(self, stage) -> _DartsRunner | _LFMRunner:
+        cfg = self.cfg
+        space_kw = dict(C=cfg["C"], num_classes=cfg["num_classes"], layers=stage.layers if stage else cfg["layers"],
+                        steps=cfg["steps"], multiplier=cfg["multiplier"], primitives=self.primitives)
+        if stage:
+            space_kw.update(switches=self.switches, skip_dropout=stage.skip_dropout)
+        if self.lfm:
+            return _LFMRunner(cfg, space_kw, self.encoder, self.device)
+        return _DartsRunner(cfg, space_kw, cfg["method"], self.device)
+
+    def _lr(self, epoch: int) -> float:
+        return cosine_lr(epoch, self.epochs, self.cfg["w_lr"], self.cfg["w_lr_min"])
+
+    def _begin_epoch(self, epoch: int) -> None:
+        if self.stage:
+            self.runner.set_skip_dropout(self.stage.skip_dropout_at(epoch))
+        self.tally.start()
+
+    def _step(self, epoch: int, step: int) -> bool:
+        b_tr, b_val = _to(next(self.train_it), self.device), _to(next(self.val_it), self.device)
+        with self.autocast:  # the solver's hypergradient products run in float32 regardless
+            loss = self.runner.step(b_tr, b_val, self._lr(epoch), epoch >= self.cfg["lfm_start"])
+        if loss is not None:
+            self.tally.losses.append(loss)
+        self.done += 1
+        return loss is not None
+
+    def _progress(self, _done: int, _total: int) -> None:
+        self.user_progress(self.done, self.total)  # counted over all the stages
+
+    def _end_epoch(self, epoch: int) -> dict[str, Any]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = self.tally.seconds()
+        self.epoch_times.append(dt)
+        record = {"stage": self.stage.index if self.stage else 0, "epoch": epoch, "lr": self._lr(epoch),
+                  "arch": epoch >= self.cfg["lfm_start"], "train_loss": self.tally.mean_loss(), "time_s": dt,
+                  "genotype": str(self.runner.genotype())}
+        self.history.append(record)
+        self.tally.reset()
+        return record
+
+    def _save(self, position: Position) -> None:
+        state = {"done": self.done, "epoch_times": self.epoch_times, "history": self.history,
+                 "nonfinite": self.guard.skipped}
+        self.checkpoint.save({
+            "stage": self.stage_index, "epoch": position.epoch, "step": position.step,
+            "losses": list(self.tally.losses), "epoch_s": self.tally.seconds(), "state": state,
+            "switches": self.switches, "runner": self.runner.state_dict(),
+            "data": {"train": self.train_it.state(), "val": self.val_it.state()}, "rng": rng_state()})
+
+    def _restore(self, saved: Mapping[str, Any]) -> int:
+        """The search-wide part of a checkpoint of :meth:`_save`; returns the stage it resumes in."""
         try:
-            start = (int(saved["stage"]), int(saved["epoch"]), int(saved["step"]))
-            state = dict(saved["state"])
-            switches = {kind: [[bool(on) for on in edge] for edge in edges] for kind, edges in saved["switches"].items()}
+            state = saved["state"]
+            self.done, self.guard.skipped = int(state["done"]), int(state["nonfinite"])
+            self.epoch_times, self.history = list(state["epoch_times"]), list(state["history"])
+            self.switches = {kind: [[bool(on) for on in edge] for edge in edges]
+                             for kind, edges in saved["switches"].items()}
+            return int(saved["stage"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"search checkpoint lacks or garbles {exc} (delete it or rerun with --force)") from None
 
-    def position(stage_index: int, epoch: int, step: int, losses: list[float], epoch_s: float) -> dict[str, Any]:
-        return {"stage": stage_index, "epoch": epoch, "step": step, "losses": list(losses), "epoch_s": epoch_s,
-                "state": state, "switches": switches, "runner": runner.state_dict(),
-                "data": {"train": train_it.state(), "val": val_it.state()}, "rng": rng_state()}
+    def _restore_stage(self, saved: Mapping[str, Any]) -> Position:
+        """The stage's part (supernets, data positions, RNG, the epoch in progress)."""
+        try:
+            self.runner.load_state_dict(saved["runner"])
+            self.train_it.load_state(saved["data"]["train"])
+            self.val_it.load_state(saved["data"]["val"])
+            set_rng_state(saved["rng"])  # last: a replayed pass may draw from the global RNG
+            self.tally = _EpochTally([float(v) for v in saved["losses"]], float(saved["epoch_s"]))
+            return Position(int(saved["epoch"]), int(saved["step"]))
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise _mismatch("search", exc) from None
 
-    with _stopping(checkpoint):
-        for si, stage in enumerate(stages):
-            if si < start[0]:
-                continue
-            layers = stage.layers if stage else cfg["layers"]
-            space_kw = dict(C=cfg["C"], num_classes=cfg["num_classes"], layers=layers, steps=cfg["steps"],
-                            multiplier=cfg["multiplier"], primitives=primitives)
-            if stage:
-                space_kw.update(switches=switches, skip_dropout=stage.skip_dropout)
-            if lfm:
-                runner = _LFMRunner(cfg, space_kw, encoder, device)
-            else:
-                runner = _DartsRunner(cfg, space_kw, method, device)
-            first_epoch, first_step, losses, epoch_s = 0, 0, [], 0.0
-            if saved is not None and si == start[0]:
-                try:
-                    runner.load_state_dict(saved["runner"])
-                    train_it.load_state(saved["data"]["train"])
-                    val_it.load_state(saved["data"]["val"])
-                    set_rng_state(saved["rng"])  # last: a replayed pass may draw from the global RNG
-                    first_epoch, first_step = start[1], start[2]
-                    losses, epoch_s = [float(v) for v in saved["losses"]], float(saved["epoch_s"])
-                except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-                    raise _mismatch("search", exc) from None
-            for epoch in range(first_epoch, epochs):
-                lr = cosine_lr(epoch, epochs, cfg["w_lr"], cfg["w_lr_min"])
-                arch_on = epoch >= cfg["lfm_start"]
-                if stage:
-                    runner.set_skip_dropout(stage.skip_dropout_at(epoch))
-                if epoch != first_epoch or si != start[0]:
-                    first_step, losses, epoch_s = 0, [], 0.0
-                t0 = time.perf_counter()
-                for step in range(first_step, steps_per_epoch):
-                    if checkpoint is not None and stop_requested() is not None:
-                        checkpoint.save(position(si, epoch, step, losses, epoch_s + time.perf_counter() - t0))
-                        raise stop_error(f"at search stage {si} epoch {epoch} step {step}")
-                    b_tr, b_val = _to(next(train_it), device), _to(next(val_it), device)
-                    inject_test_stop(f"nas:{si}:{epoch}:{step}:mid")
-                    with autocast:  # the solver's hypergradient products run in float32 regardless
-                        loss = runner.step(b_tr, b_val, lr, arch_on)
-                    if loss is None:
-                        state["nonfinite"] += 1
-                        if state["nonfinite"] > cfg["max_nonfinite"]:
-                            raise NonFiniteError(f"{state['nonfinite']} non-finite hypergradients")
-                    else:
-                        losses.append(loss)
-                    state["done"] += 1
-                    if progress:
-                        progress(state["done"], total)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                dt = epoch_s + time.perf_counter() - t0
-                state["epoch_times"].append(dt)
-                record = {"stage": stage.index if stage else 0, "epoch": epoch, "lr": lr, "arch": arch_on,
-                          "train_loss": sum(losses) / max(1, len(losses)), "time_s": dt,
-                          "genotype": str(runner.genotype())}
-                state["history"].append(record)
-                log(record)
-                if checkpoint is not None:
-                    checkpoint.save(position(si, epoch + 1, 0, [], 0.0))
-                    if stop_requested() is not None:
-                        raise stop_error(f"at search stage {si} epoch {epoch + 1} step 0")
-            if stage and stage.index < len(stages) - 1:
-                switches = prune_ops(runner.alphas, switches, stage.keep, primitives)
-                log({"stage": stage.index, "pruned_to": stage.keep})
-
-    model_ops = runner.edge_ops
-    if pdarts:
-        genotype = limit_skips(runner.alphas, model_ops, cfg["max_skips"], cfg["steps"], cfg["multiplier"])
-        result["switches"] = switches
-    else:
-        genotype = runner.genotype()
-    accs = runner.evaluate(val_loader)
-    result.update({
-        "genotype": genotype,
-        "alphas": {k: v.detach().cpu() for k, v in runner.alphas.items()},
-        "val_acc": accs["val_acc"],
-        "epoch_time_s": sum(state["epoch_times"]) / max(1, len(state["epoch_times"])),
-        "peak_mem_mb": mem.peak_mb(),
-        "history": state["history"],
-        "nonfinite_steps": state["nonfinite"],
-        "method": method,
-    })
-    result.update({k: v for k, v in accs.items() if k != "val_acc"})
-    if lfm:
-        result["r"] = runner.arch.r.cpu()
-    return result
+    def result(self) -> dict[str, Any]:
+        runner, cfg = self.runner, self.cfg
+        result: dict[str, Any] = {}
+        if self.pdarts:
+            genotype = limit_skips(runner.alphas, runner.edge_ops, cfg["max_skips"], cfg["steps"], cfg["multiplier"])
+            result["switches"] = self.switches
+        else:
+            genotype = runner.genotype()
+        accs = runner.evaluate(self.val_loader)
+        result.update({
+            "genotype": genotype,
+            "alphas": {k: v.detach().cpu() for k, v in runner.alphas.items()},
+            "val_acc": accs["val_acc"],
+            "epoch_time_s": sum(self.epoch_times) / max(1, len(self.epoch_times)),
+            "peak_mem_mb": self.mem.peak_mb(),
+            "history": self.history,
+            "nonfinite_steps": self.guard.skipped,
+            "method": cfg["method"],
+        })
+        result.update({k: v for k, v in accs.items() if k != "val_acc"})
+        if self.lfm:
+            result["r"] = runner.arch.r.cpu()
+        return result
 
 
 class _DartsRunner:
@@ -546,65 +606,83 @@ def train_epochs(model: nn.Module, opt: torch.optim.Optimizer, sched, train_load
     epoch and, on SIGTERM/SIGINT, after the step in progress (then raises
     :class:`lfm_core.errors.GracefulStop`), and resumes from ``load()``'s state to the result of an
     uninterrupted run; a kill loses the epoch in progress only."""
-    steps = len(train_loader)  # type: ignore[arg-type]
-    total = epochs * steps
-    train_it = _Cycle(train_loader)
-    times: list[float] = []
-    first_epoch, first_step, losses, epoch_s = 0, 0, [], 0.0
+    run = _EvalTraining(model, opt, sched, _Cycle(train_loader), epochs, device, drop_path, auxiliary_weight,
+                        label_smoothing, cutout, grad_clip, checkpoint)
     saved = checkpoint.load() if checkpoint is not None else None
-    if saved is not None:
+    start = run.restore(saved) if saved is not None else Position()
+    run_loop(Loop(name="eval", epochs=epochs, steps=len(train_loader), step=run.step,  # type: ignore[arg-type]
+                  end_epoch=run.end_epoch, begin_epoch=run.begin_epoch,
+                  save=run.save if checkpoint is not None else None, record=log, progress=progress,
+                  title="evaluation"), start)
+    return run.times
+
+
+@dataclass
+class _EvalTraining:
+    """An evaluation network's training between the loop's calls (test-stop labels
+    ``eval:<epoch>:<step>:mid``)."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    train_it: _Cycle
+    epochs: int
+    device: torch.device
+    drop_path: float
+    auxiliary_weight: float
+    label_smoothing: float
+    cutout: int
+    grad_clip: float | None
+    checkpoint: Any
+    times: list[float] = field(default_factory=list)
+    tally: _EpochTally = field(default_factory=_EpochTally)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.model.drop_path_prob = self.drop_path * epoch / max(1, self.epochs)
+        self.model.train()
+        self.tally.start()
+
+    def step(self, epoch: int, step: int) -> bool:
+        x, y = _to(next(self.train_it)[:2], self.device)
+        if self.cutout:
+            x = apply_cutout(x, self.cutout)
+        self.opt.zero_grad(set_to_none=True)
+        logits, logits_aux = self.model(x)
+        loss = eval_loss(logits, logits_aux, y, self.auxiliary_weight, self.label_smoothing)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.opt.step()
+        self.tally.losses.append(float(loss.detach()))
+        return True
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        self.train_it.end_pass()
+        self.sched.step()
+        self.times.append(self.tally.seconds())
+        record = {"epoch": epoch, "train_loss": self.tally.mean_loss(), "time_s": self.times[-1]}
+        self.tally.reset()
+        return record
+
+    def save(self, position: Position) -> None:
+        self.checkpoint.save({
+            "epoch": position.epoch, "step": position.step, "losses": list(self.tally.losses),
+            "epoch_s": self.tally.seconds(), "epoch_times": list(self.times), "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "data": self.train_it.state(),
+            "rng": rng_state()})
+
+    def restore(self, saved: Mapping[str, Any]) -> Position:
         try:
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["opt"])
-            sched.load_state_dict(saved["sched"])
-            train_it.load_state(saved["data"])
+            self.model.load_state_dict(saved["model"])
+            self.opt.load_state_dict(saved["opt"])
+            self.sched.load_state_dict(saved["sched"])
+            self.train_it.load_state(saved["data"])
             set_rng_state(saved["rng"])  # last: a replayed pass may draw from the global RNG
-            first_epoch, first_step = int(saved["epoch"]), int(saved["step"])
-            times = [float(t) for t in saved["epoch_times"]]
-            losses, epoch_s = [float(v) for v in saved["losses"]], float(saved["epoch_s"])
+            self.times = [float(t) for t in saved["epoch_times"]]
+            self.tally = _EpochTally([float(v) for v in saved["losses"]], float(saved["epoch_s"]))
+            return Position(int(saved["epoch"]), int(saved["step"]))
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise _mismatch("evaluation", exc) from None
-
-    def position(epoch: int, step: int, losses: list[float], epoch_s: float) -> dict[str, Any]:
-        return {"epoch": epoch, "step": step, "losses": list(losses), "epoch_s": epoch_s, "epoch_times": list(times),
-                "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "data": train_it.state(), "rng": rng_state()}
-
-    with _stopping(checkpoint):
-        for epoch in range(first_epoch, epochs):
-            model.drop_path_prob = drop_path * epoch / max(1, epochs)
-            model.train()
-            if epoch != first_epoch:
-                first_step, losses, epoch_s = 0, [], 0.0
-            t0 = time.perf_counter()
-            for step in range(first_step, steps):
-                if checkpoint is not None and stop_requested() is not None:
-                    checkpoint.save(position(epoch, step, losses, epoch_s + time.perf_counter() - t0))
-                    raise stop_error(f"at evaluation epoch {epoch} step {step}")
-                x, y = _to(next(train_it)[:2], device)
-                inject_test_stop(f"eval:{epoch}:{step}:mid")
-                if cutout:
-                    x = apply_cutout(x, cutout)
-                opt.zero_grad(set_to_none=True)
-                logits, logits_aux = model(x)
-                loss = eval_loss(logits, logits_aux, y, auxiliary_weight, label_smoothing)
-                loss.backward()
-                if grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                opt.step()
-                losses.append(float(loss.detach()))
-                if progress:
-                    progress(epoch * steps + step + 1, total)
-            train_it.end_pass()
-            sched.step()
-            times.append(epoch_s + time.perf_counter() - t0)
-            if log:
-                log({"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), "time_s": times[-1]})
-            if checkpoint is not None:
-                checkpoint.save(position(epoch + 1, 0, [], 0.0))
-                if stop_requested() is not None:
-                    raise stop_error(f"at evaluation epoch {epoch + 1} step 0")
-    return times
 
 
 def train_eval(genotype: Genotype, train_loader: Iterable, test_loader: Iterable, epochs: int, C: int = 36,
