@@ -58,7 +58,7 @@ class WeightLog:
     """The latest weight each training example received (NaN until it is seen)."""
 
     def __init__(self, n: int):
-        self.values = torch.full((n,), math.nan)
+        self.values = torch.full((n,), math.nan, dtype=torch.float32)
 
     def record(self, idx: Tensor, weights: Tensor) -> None:
         self.values[idx.cpu()] = weights.detach().float().cpu()
