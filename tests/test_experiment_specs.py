@@ -76,3 +76,24 @@ def test_every_dr_spec_resolves_on_every_standin(name, profile):
                 assert dataset == standin and label.startswith(STANDIN_TITLES[standin]) and "stand-in" in label
             same = config["config_id"] == plain[cell.column + cell.row]["config_id"]
             assert same == (standin == "digits" or dataset not in STANDINS)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+@pytest.mark.parametrize("name", DR_NAMES)
+def test_every_dr_experiment_takes_standin_on_the_command_line(name, profile, tmp_path):
+    """``run EXP --standin photo_patches`` parses for every DR experiment (the ablation included)
+    and resolves to runs on photo patches, the stand-in named in each run's data label."""
+    from click.testing import CliRunner
+
+    from lfm_core.cli import cli
+
+    result = CliRunner().invoke(cli, ["run", name, "--profile", profile, "--standin", "photo_patches",
+                                      "--results", str(tmp_path), "--print-config"])
+    assert result.exit_code == 0, result.output
+    configs = json.loads(result.output[result.output.index("["):])
+    assert configs
+    for config in configs:
+        data = config["settings"]["data"]["dataset"]
+        assert data in ("photo_patches", "cifar100")  # CIFAR-100 columns run only when it is on disk
+        if data == "photo_patches":
+            assert get_experiment(name).run_labels(config)["data"].startswith("photo patches")

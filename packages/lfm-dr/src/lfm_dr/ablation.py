@@ -2,8 +2,9 @@
 
 Rows are variants of the method (its options are part of each cell's params, so every variant
 is its own run), columns the two settings of the issue: 40% flip noise and the IF 20 long tail
-(digits standing in for CIFAR-10 on the cpu/smoke profiles). Starting from the paper's LFM-DR,
-one factor is added at a time; starting from LFM-DR+ (ours), one is removed at a time:
+(digits, or photo patches with ``--standin photo_patches``, standing in for CIFAR-10 on the
+cpu/smoke profiles). Starting from the paper's LFM-DR, one factor is added at a time; starting
+from LFM-DR+ (ours), one is removed at a time:
 
 * the encoder: the random small CNN of the cpu profile vs the label-free ``pixels`` features;
 * the Adam learning rate of the upper variables (paper setting 0.01; 0.1);
@@ -64,10 +65,14 @@ class AblationDR(DRExperiment):
     base_row = "LFM-DR (paper)"  # each variant's gain is over the paper's method
 
     def options(self):
+        """``--methods`` picks variants; ``--epochs`` and ``--standin`` are every DR experiment's
+        (the variants fix their engine and encoder, so the other DR options do not apply)."""
+        shared = {o.name: o for o in super().options()}
         return [
             click.Option(["--methods"], default=None,
                          help="Comma-separated variants (rows) to run, or 'all' (the default; smoke: two)."),
-            click.Option(["--epochs"], type=click.IntRange(1), default=None, help="Override the profile's epochs."),
+            shared["epochs"],
+            shared["standin"],
         ]
 
     def run_rows(self, profile, options):

@@ -6,7 +6,7 @@ numbers and claims. What a run really does is resolved
 into one config by ``resolve`` (every profile setting after overrides, the method's options with
 their defaults) and ``run_cell`` reads only that config.
 
-Profiles (``DR_PROFILES``, data rather than code):
+Profiles (``DR_PROFILES``, one frozen ``DRProfile`` each, data rather than code):
 * ``paper``: the paper's protocol on CIFAR-10/100 or ANIMAL-10N from ``--data-root``: ResNet-32 /
   WRN-28-10 / VGG19-BN, 100 epochs, batch 100, lr 0.1 (/10 at 80 and 90), an ImageNet-pretrained
   ResNet-18 encoder; meta set 100 per class for CIFAR-10 noise, 10 per class for CIFAR-100 and
@@ -47,28 +47,45 @@ PLUS_ROW = "LFM-DR+ (ours)"  # beyond the paper (no paper number): lfm_dr/method
 LFM_METHODS = ("lfm", "lfm_plus")
 PAPER_MODELS = {"resnet32": "ResNet-32", "wrn28_10": "WRN-28-10", "vgg19_bn": "VGG19-BN"}
 
-# Everything a profile sets, per model where the model matters. ``data`` None: the column's own
-# data set; "digits": the embedded stand-in. ``meta_per_class`` None: the paper's rule.
-DR_PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": dict(data="digits", image_size=16, epochs=2, batch_size=50, meta_per_class=5, max_train=300,
-                  lr=0.05, encoder="smallcnn", pretrained=False, augment=None, max_columns=1,
-                  method_options={"lfm_plus": {"encoder": "pixels"}},
-                  model_kwargs={"resnet32": {"width": 4, "blocks_per_stage": 1},
-                                "wrn28_10": {"depth": 10, "widen_factor": 1},
-                                "vgg19_bn": {"width_mult": 0.125}}),
-    "cpu": dict(data="digits", image_size=16, epochs=12, batch_size=50, meta_per_class=10, max_train=None,
-                lr=0.05, encoder="smallcnn", pretrained=False, augment=None, max_columns=None,
-                method_options={"lfm_plus": {"encoder": "pixels"}},
-                model_kwargs={"resnet32": {"width": 8, "blocks_per_stage": 1},
-                              "wrn28_10": {"depth": 10, "widen_factor": 1},
-                              "vgg19_bn": {"width_mult": 0.125}}),
-    "paper": dict(data=None, image_size=32, epochs=100, batch_size=100, meta_per_class=None, max_train=None,
-                  lr=0.1, encoder="resnet18", pretrained=True, augment="cifar", max_columns=None,
-                  # LFM-DR+ picks its encoder from the meta set: the pretrained ResNet-18 or pixels
-                  method_options={"lfm_plus": {"encoder": "auto"}},
-                  model_kwargs={"resnet32": {}, "wrn28_10": {}, "vgg19_bn": {}}),
+
+@dataclass(frozen=True)
+class DRProfile:
+    """Everything a profile sets, per model where the model matters; the defaults are the
+    embedded stand-ins' (cpu and smoke), the paper profile sets its protocol."""
+
+    epochs: int
+    model_kwargs: dict[str, dict[str, Any]]  # model -> its constructor's arguments
+    meta_per_class: int | None  # None: the paper's rule (``paper_meta_per_class``)
+    data: str | None = "digits"  # the embedded stand-in (``--standin`` picks another); None: the column's own
+    image_size: int = 16
+    batch_size: int = 50
+    max_train: int | None = None
+    lr: float = 0.05
+    encoder: str = "smallcnn"
+    pretrained: bool = False
+    augment: str | None = None  # "cifar": the paper's random crop and flip
+    max_columns: int | None = None
+    # per method, options beside the profile's encoder (LFM-DR+'s label-free pixel encoder)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=lambda: {"lfm_plus": {"encoder": "pixels"}})
+
+
+def standin_models(resnet_width: int) -> dict[str, dict[str, Any]]:
+    """The stand-in profiles' networks: ResNet-8 at ``resnet_width``, WRN-10-1, VGG19-BN at 1/8 width."""
+    return {"resnet32": {"width": resnet_width, "blocks_per_stage": 1},
+            "wrn28_10": {"depth": 10, "widen_factor": 1},
+            "vgg19_bn": {"width_mult": 0.125}}
+
+
+DR_PROFILES: dict[str, DRProfile] = {
+    "smoke": DRProfile(epochs=2, meta_per_class=5, max_train=300, max_columns=1, model_kwargs=standin_models(4)),
+    "cpu": DRProfile(epochs=12, meta_per_class=10, model_kwargs=standin_models(8)),
+    "paper": DRProfile(data=None, image_size=32, epochs=100, batch_size=100, meta_per_class=None, lr=0.1,
+                       encoder="resnet18", pretrained=True, augment="cifar",
+                       # LFM-DR+ picks its encoder from the meta set: the pretrained ResNet-18 or pixels
+                       method_options={"lfm_plus": {"encoder": "auto"}},
+                       model_kwargs={"resnet32": {}, "wrn28_10": {}, "vgg19_bn": {}}),
 }
-PAPER_EPOCHS = DR_PROFILES["paper"]["epochs"]
+PAPER_EPOCHS = DR_PROFILES["paper"].epochs
 # the embedded data sets a stand-in profile (cpu, smoke) can run on (``--standin``): digits, the
 # default, and grey patches of ten natural photos shipped with scikit-image (lfm_core.data)
 STANDINS = ("digits", "photo_patches")
@@ -78,7 +95,7 @@ STANDIN_TITLES = {"digits": "digits", "photo_patches": "photo patches"}
 def standin_of(profile: str, options: dict[str, Any]) -> str | None:
     """The embedded data set a stand-in profile runs on (``--standin``, default the profile's), or
     None on the paper profile (its columns' own data)."""
-    data = DR_PROFILES[profile]["data"]
+    data = DR_PROFILES[profile].data
     return None if data is None else (options.get("standin") or data)
 
 
@@ -271,11 +288,11 @@ class DRExperiment(Experiment):
         return {**given, **{k: v for k, v in self.set_values(options).items() if k in own}}
 
     @staticmethod
-    def settable_common(s: dict[str, Any]) -> dict[str, Any]:
+    def settable_common(s: DRProfile) -> dict[str, Any]:
         """The ``--set`` keys every DR method takes (training and data), with the profile's values."""
-        profile = {"epochs": s["epochs"], "batch_size": s["batch_size"], "meta_batch_size": s["batch_size"],
-                   "lr": s["lr"], "meta_per_class": s["meta_per_class"], "max_train": s["max_train"],
-                   "image_size": s["image_size"]}
+        profile = {"epochs": s.epochs, "batch_size": s.batch_size, "meta_batch_size": s.batch_size,
+                   "lr": s.lr, "meta_per_class": s.meta_per_class, "max_train": s.max_train,
+                   "image_size": s.image_size}
         defaults = {f.name: f.default for f in fields(TrainSettings)}
         return {key: profile[key] if key in profile else defaults[key]
                 for key in (*TrainSettings.SETTABLE, *DataSettings.SETTABLE)}
@@ -326,14 +343,14 @@ class DRExperiment(Experiment):
     def run_columns(self, profile: str, options: dict[str, Any]) -> list[str]:
         s = DR_PROFILES[profile]
         cols = self.table_columns(profile, options)
-        if s["data"] is not None:  # a stand-in profile: digits for CIFAR-10, CIFAR-100 only if on disk
+        if s.data is not None:  # a stand-in profile: digits for CIFAR-10, CIFAR-100 only if on disk
             allowed = self.standin_columns or cols
             cols = [c for c in cols if c in allowed and (self.column_spec(c).cifar == "cifar10"
                                                          or self.digits_for_cifar100
                                                          or self.dataset_for(c, profile, options) == "cifar100")]
-        if s["max_columns"]:
+        if s.max_columns:
             pick = [c for c in cols if c == self.smoke_column] or cols[-1:]
-            cols = pick[: s["max_columns"]]
+            cols = pick[: s.max_columns]
         return cols
 
     def column_params(self, column: str, profile: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -373,7 +390,7 @@ class DRExperiment(Experiment):
 
     def dataset_for(self, column: str, profile: str, options: dict[str, Any]) -> str:
         name = self.column_spec(column).cifar
-        if DR_PROFILES[profile]["data"] is None:
+        if DR_PROFILES[profile].data is None:
             return name
         return name if name == "cifar100" and has_cifar(options.get("data_root"), name) else standin_of(profile, options)
 
@@ -383,7 +400,7 @@ class DRExperiment(Experiment):
         if any(c.params["method"] in LFM_METHODS for c in self.cells(profile, options)):
             LFMReweighting.check_options({**(options.get("set") or {}),
                                           "engine": options.get("engine") or LFM_DEFAULTS["engine"]})
-        if DR_PROFILES[profile]["data"] is None:
+        if DR_PROFILES[profile].data is None:
             root = options.get("data_root")
             cells = [c for c in self.cells(profile, options) if selected(c, options.get("only"))]
             for column in dict.fromkeys(c.column for c in cells):
@@ -396,7 +413,7 @@ class DRExperiment(Experiment):
                     )
         if options.get("encoder_weights") and not Path(options["encoder_weights"]).is_file():
             raise DataNotFoundError(f"--encoder-weights {options['encoder_weights']} is not a file")
-        if DR_PROFILES[profile]["data"] is None and not options.get("encoder_weights"):
+        if DR_PROFILES[profile].data is None and not options.get("encoder_weights"):
             self.check_pretrained([c for c in self.cells(profile, options) if selected(c, options.get("only"))],
                                   profile, options)
 
@@ -417,7 +434,7 @@ class DRExperiment(Experiment):
                     "or copy that cache here (or set HF_HOME)")
 
     def describe(self, profile, options):
-        if DR_PROFILES[profile]["data"] is None:
+        if DR_PROFILES[profile].data is None:
             return "data: CIFAR from --data-root, the paper's protocol (ResNet-18 ImageNet encoder)."
         if standin_of(profile, options) == "photo_patches":
             return ("data: grey patches of ten scikit-image photos (embedded, offline) stand in for CIFAR-10; "
@@ -430,7 +447,7 @@ class DRExperiment(Experiment):
     def meta_per_class(self, params: dict[str, Any], profile: str) -> int:
         """The paper's (Meta-Weight-Net's) meta set: 10 per class for CIFAR-100 and for every
         long-tailed set, 100 per class for CIFAR-10 under label noise; profiles may fix it."""
-        fixed = DR_PROFILES[profile]["meta_per_class"]
+        fixed = DR_PROFILES[profile].meta_per_class
         if fixed is not None:
             return fixed
         return paper_meta_per_class(100 if params["dataset"] == "cifar100" else 10, params)
@@ -444,13 +461,13 @@ class DRExperiment(Experiment):
         s = DR_PROFILES[profile]
         params = cell.params
         standin = params["dataset"] in STANDINS
-        data = DataSettings(params["dataset"], self.meta_per_class(params, profile), s["max_train"], params.get("noise"),
+        data = DataSettings(params["dataset"], self.meta_per_class(params, profile), s.max_train, params.get("noise"),
                             params.get("rate", 0.0), params.get("imbalance"), params.get("factor", 1.0),
-                            (self.image_size or s["image_size"]) if standin else None)
-        train = TrainSettings(options.get("epochs") or s["epochs"], s["batch_size"], s["batch_size"], s["lr"],
-                              augment=s["augment"] if params["dataset"].startswith("cifar") else None)
-        given = {"encoder": s["encoder"], "pretrained": s["pretrained"], "noise_rate": params.get("rate", 0.0),
-                 **s["method_options"].get(params["method"], {})}  # e.g. LFM-DR+'s label-free pixel encoder
+                            (self.image_size or s.image_size) if standin else None)
+        train = TrainSettings(options.get("epochs") or s.epochs, s.batch_size, s.batch_size, s.lr,
+                              augment=s.augment if params["dataset"].startswith("cifar") else None)
+        given = {"encoder": s.encoder, "pretrained": s.pretrained, "noise_rate": params.get("rate", 0.0),
+                 **s.method_options.get(params["method"], {})}  # e.g. LFM-DR+'s label-free pixel encoder
         if "engine" in params:
             given["engine"] = params["engine"]
         if options.get("encoder_weights"):
@@ -468,7 +485,7 @@ class DRExperiment(Experiment):
                           params["method"], method_options(params["method"], given))
 
     def model_kwargs(self, model: str, profile: str) -> dict[str, Any]:
-        return copy.deepcopy(DR_PROFILES[profile]["model_kwargs"][model])
+        return copy.deepcopy(DR_PROFILES[profile].model_kwargs[model])
 
     def run_labels(self, config):
         st = config.get("settings") or {}
@@ -496,7 +513,7 @@ class DRExperiment(Experiment):
             weights = opts.get("encoder_weights")
             if opts["encoder"] == AUTO_ENCODER:
                 labels["encoder"] = (f"{opts['encoder']}, chosen per run from the meta set: pixels or "
-                                     f"{DR_PROFILES[config['profile']]['encoder']}")
+                                     f"{DR_PROFILES[config['profile']].encoder}")
             else:
                 labels["encoder"] = encoder_label(opts["encoder"], bool(opts.get("pretrained")),
                                                   weights if isinstance(weights, dict) else None)
@@ -594,7 +611,7 @@ def auto_encoder(cfg: TrainConfig, splits: Any, profile: str, seed: int) -> dict
     if cfg.options.get("encoder") != AUTO_ENCODER:
         return {}
     s = DR_PROFILES[profile]
-    candidates = [(s["encoder"], bool(s["pretrained"])), ("pixels", False)]
+    candidates = [(s.encoder, bool(s.pretrained)), ("pixels", False)]
     x, y, _ = gather(splits.meta, torch.arange(len(splits.meta)), device_of(cfg))
     (name, pretrained), aurocs = choose_encoder(candidates, x, y, splits.num_classes, cfg.options.get("similarity", "dot"),
                                                 seed, weights=cfg.options.get("encoder_weights"))

@@ -229,16 +229,16 @@ class Table9(DRExperiment):
     profile_rows = {p: ("Vgg19-BN", "LFM") for p in DR_PROFILES}
 
     def dataset_for(self, column, profile, options):
-        return "imagefolder" if DR_PROFILES[profile]["data"] is None else standin_of(profile, options)
+        return "imagefolder" if DR_PROFILES[profile].data is None else standin_of(profile, options)
 
     def validate(self, profile, options):
-        if DR_PROFILES[profile]["data"] is None and not options.get("data_root"):
+        if DR_PROFILES[profile].data is None and not options.get("data_root"):
             raise DataNotFoundError("table9's paper profile needs ANIMAL-10N: pass --data-root DIR holding "
                                     "training/ and testing/ (file names like 3_00012.jpg)")
         super().validate(profile, options)
 
     def describe(self, profile, options):
-        if DR_PROFILES[profile]["data"] is None:
+        if DR_PROFILES[profile].data is None:
             return "data: ANIMAL-10N from --data-root (64x64, VGG19-BN)."
         return ("data: digits stand in for ANIMAL-10N (no real label noise: expect no gain); "
                 "paper: --profile paper --data-root DIR.")
@@ -248,7 +248,7 @@ class Table9(DRExperiment):
 
     def model_kwargs(self, model, profile):
         # VGG's five poolings need at least 32x32 (digits), ANIMAL-10N is 64x64
-        size = 64 if DR_PROFILES[profile]["data"] is None else self.image_size
+        size = 64 if DR_PROFILES[profile].data is None else self.image_size
         return {**super().model_kwargs(model, profile), "image_size": size}
 
     def build_splits(self, settings, seed, ctx):
@@ -284,7 +284,7 @@ class Figure6(Table6):
 
     def imbalance_factor(self, spec, profile):
         # digits cannot hold IF 200 (a class would be empty): IF 20 stands in on the cpu/smoke profiles
-        return spec.factor if DR_PROFILES[profile]["data"] is None else STANDIN_MAX_FACTOR
+        return spec.factor if DR_PROFILES[profile].data is None else STANDIN_MAX_FACTOR
 
     def plot(self, frame, out_path):
         from lfm_dr.figures import plot_confusions
