@@ -18,7 +18,7 @@ import torch
 
 from lfm_core.encoders import encoder_label
 from lfm_core.errors import CheckpointError, DataNotFoundError, UsageError
-from lfm_core.experiments import Cell, Experiment, PaperValue, check_set, pv, selected
+from lfm_core.experiments import Cell, Experiment, check_set, selected
 from lfm_core.identity import file_digest
 from lfm_core.runtime import PeakMemory, cpu_threads
 from lfm_nas.cache import SearchCache, _key_hash, eval_key, search_key
@@ -126,19 +126,6 @@ def encoder_weight_files(options: dict[str, Any]) -> dict[str, str]:
             raise DataNotFoundError(f"--encoder-weights {item}: {path} is not a file")
         files[name] = path
     return files
-
-
-def _table(rows: list[str], columns: list[str], text: str) -> dict[tuple[str, str], PaperValue]:
-    """The paper's numbers: one line per row (``-`` for a blank), one item per column."""
-    values = {}
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    if len(lines) != len(rows):
-        raise ValueError(f"{len(lines)} lines of paper numbers for {len(rows)} rows")
-    for row, line in zip(rows, lines):
-        for column, item in zip(columns, line.split()):
-            if item != "-":
-                values[(row, column)] = pv(item)
-    return values
 
 
 class NASExperiment(Experiment):

@@ -9,7 +9,7 @@ each evaluation training is one :func:`lfm_core.loop.run_loop`.
 
 Data: loaders yield ``(x, y)`` or ``(x, y, idx)``; LFM methods need the validation loader to
 yield ``idx``, the example's index in the validation data set (it selects ``r_j``), e.g. by
-wrapping the data set in :class:`IndexedDataset`.
+wrapping the data set in :class:`lfm_core.data.WithIndices`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from lfm_nas.operations import PRIMITIVES
 from lfm_nas.problem import LFMArchitect
 from lfm_nas.spaces import Network, PSNetwork, full_switches, limit_skips, pdarts_stages, prune_ops
 
-METHODS = ("darts1", "darts2", "lfm-darts", "pdarts", "lfm-pdarts")
+SEARCH_METHODS = ("darts1", "darts2", "lfm-darts", "pdarts", "lfm-pdarts")
 
 DEFAULTS: dict[str, Any] = {
     "method": "darts2",
@@ -63,20 +63,6 @@ MIXED_PRECISION = ("no", "bf16")
 # ------------------------------------------------------------------------------------
 # data helpers
 # ------------------------------------------------------------------------------------
-class IndexedDataset(torch.utils.data.Dataset):
-    """Wraps a data set so items are ``(x, y, index)``."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        x, y = self.dataset[i][:2]
-        return x, y, i
-
-
 class _Cycle(Iterator):
     """The batches of a loader, pass after pass, with a resumable position: the state of the
     loader's shuffling generator (the global torch RNG for a loader without one) when the current
@@ -268,7 +254,7 @@ def _search_config(config: Mapping[str, Any], train_loader: Iterable, val_loader
     if unknown:
         raise UsageError(f"unknown search option(s): {', '.join(sorted(unknown))}")
     method = cfg["method"]
-    check_choice("search method", method, METHODS)
+    check_choice("search method", method, SEARCH_METHODS)
     if cfg["mixed_precision"] not in MIXED_PRECISION:
         raise UsageError(f"mixed precision {cfg['mixed_precision']!r} is not supported by the architecture search "
                          f"(fp16 would need loss scaling in the DARTS steps). Valid choices: {', '.join(MIXED_PRECISION)}.")
@@ -570,7 +556,7 @@ class _LFMRunner:
 
     def step(self, b_tr, b_val, lr, arch_on):
         if len(b_val) < 3:
-            raise UsageError("LFM needs the validation loader to yield (x, y, idx); wrap it in IndexedDataset")
+            raise UsageError("LFM needs the validation loader to yield (x, y, idx); wrap it in lfm_core.data.WithIndices")
         self.arch.set_w_lr(lr)
         for m in (self.arch.w1, self.arch.w2):
             m.train()
