@@ -7,8 +7,10 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from lfm_core.errors import UsageError
-from lfm_nas.profiles import PROFILE_SETTINGS
+from lfm_core.errors import check_choice
+from lfm_nas.profiles import STANDINS
+
+CIFARS = ("cifar10", "cifar100")  # the paper's search data sets (read from --data-root)
 
 
 def _device(ctx) -> torch.device:
@@ -54,14 +56,15 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool 
                       drop_last=drop_last and len(dataset) >= batch_size, num_workers=workers, pin_memory=pin)
 
 
-def load_bundle(name: str, profile: str, ctx, image_size: int | None = None, augment: bool = False):
+def load_bundle(name: str, ctx, image_size: int):
+    """A cell's data: an embedded stand-in at ``image_size``, or CIFAR (augmented training images)
+    from the run's data root."""
     from lfm_core.data import load_dataset
 
-    if name == "digits":
-        return load_dataset("digits", image_size=image_size or PROFILE_SETTINGS[profile]["image_size"])
-    if name in ("cifar10", "cifar100"):
-        return load_dataset(name, root=ctx.data_root, download=ctx.download, augment=augment)
-    raise UsageError(f"unknown search data set {name!r}")
+    if name in STANDINS:
+        return load_dataset(name, image_size=image_size)
+    check_choice("search data set", name, (*STANDINS, *CIFARS))
+    return load_dataset(name, root=ctx.data_root, download=ctx.download, augment=True)
 
 
 def search_split(bundle, seed: int, pool: int | None):

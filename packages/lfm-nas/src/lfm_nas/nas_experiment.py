@@ -352,19 +352,10 @@ class NASExperiment(Experiment):
                     cfg["encoder_kwargs"]["weights"] = encoder_weights
         return cfg
 
-    @staticmethod
-    def bundle(name: str, profile: str, ctx, image_size: int):
-        """A cell's data: an embedded stand-in at ``image_size``, or CIFAR from the data root."""
-        if name in STANDINS:
-            from lfm_core.data import load_dataset
-
-            return load_dataset(name, image_size=image_size)
-        return load_bundle(name, profile, ctx, augment=name.startswith("cifar"))
-
     def run_search(self, params, profile, seed, ctx, s: SearchSettings, device, key=None) -> dict[str, Any]:
         from lfm_nas.search import search
 
-        bundle = self.bundle(params["dataset"], profile, ctx, s.image_size)
+        bundle = load_bundle(params["dataset"], ctx, s.image_size)
         tr, va = search_split(bundle, seed, s.search_pool)
         bs = s.batch_size
         train_loader = _loader(tr, bs, True, seed, drop_last=True, device=device)
@@ -420,7 +411,7 @@ class NASExperiment(Experiment):
         name = params["dataset"]
         if params.get("eval") == "imagenet":
             if name in STANDINS:  # the stand-in at the ImageNet network's resolution
-                bundle = self.bundle(name, profile, ctx, s.imagenet_size)
+                bundle = load_bundle(name, ctx, s.imagenet_size)
             else:  # the paper's ImageNet
                 from lfm_core.data import load_dataset
 
@@ -435,7 +426,7 @@ class NASExperiment(Experiment):
                                       checkpoint=checkpoint)
             return {**res, "test_err": res["top1_err"], "eval_dataset": bundle.name,
                     "eval_network": f"NetworkImageNet(C={s.imagenet_C}, layers={s.imagenet_layers})"}
-        bundle = self.bundle(name, profile, ctx, search.image_size)
+        bundle = load_bundle(name, ctx, search.image_size)
         train = _loader(bundle.train, s.eval_batch, True, seed, device=device)
         test = _loader(bundle.test, 256, False, seed, device=device)
         res = train_eval(genotype, train, test, s.eval_epochs, C=s.eval_C, layers=s.eval_layers,
