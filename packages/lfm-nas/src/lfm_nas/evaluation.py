@@ -8,9 +8,10 @@ from typing import Any, Callable, Iterable
 import torch
 
 from lfm_core.errors import check_choice
-from lfm_nas.profiles import STANDINS
+from lfm_nas.profiles import STANDINS, EvalSettings
 
 CIFARS = ("cifar10", "cifar100")  # the paper's search data sets (read from --data-root)
+_EVAL = EvalSettings()  # the paper's evaluation protocol: the defaults of train_eval_imagenet
 
 
 def _device(ctx) -> torch.device:
@@ -82,9 +83,10 @@ def search_split(bundle, seed: int, pool: int | None):
 # ------------------------------------------------------------------------------------
 # ImageNet-style evaluation (top-1 and top-5)
 # ------------------------------------------------------------------------------------
-def train_eval_imagenet(genotype, train_loader: Iterable, test_loader: Iterable, epochs: int, C: int = 48,
-                        layers: int = 14, num_classes: int = 1000, auxiliary_weight: float = 0.4,
-                        drop_path: float = 0.0, lr: float = 0.1, momentum: float = 0.9,
+def train_eval_imagenet(genotype, train_loader: Iterable, test_loader: Iterable, epochs: int,
+                        C: int = _EVAL.imagenet_C, layers: int = _EVAL.imagenet_layers, num_classes: int = 1000,
+                        auxiliary_weight: float = _EVAL.auxiliary, drop_path: float = 0.0,
+                        lr: float = _EVAL.imagenet_lr, momentum: float = 0.9,
                         weight_decay: float = 3e-5, label_smoothing: float = 0.1, gamma: float = 0.97,
                         grad_clip: float | None = 5.0, device: str | torch.device = "cpu", seed: int | None = None,
                         log: Callable[[dict], None] | None = None,
