@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lfm_core.data import WithIndices
 from lfm_core.errors import UsageError
 from lfm_nas.genotypes import Genotype, count_ops
 from lfm_nas.problem import build_lfm_search
-from lfm_nas.search import IndexedDataset, search, train_eval
+from lfm_nas.search import search, train_eval
 
 TINY = dict(C=2, layers=3, steps_per_epoch=2, seed=0)
 
@@ -17,7 +18,7 @@ def loaders(n_tr=16, n_val=12, side=8, classes=3):
     tr = TensorDataset(torch.randn(n_tr, 3, side, side, generator=g), torch.randint(0, classes, (n_tr,), generator=g))
     va = TensorDataset(torch.randn(n_val, 3, side, side, generator=g), torch.randint(0, classes, (n_val,), generator=g))
     return (DataLoader(tr, batch_size=4, shuffle=True),
-            DataLoader(IndexedDataset(va), batch_size=4, shuffle=True))
+            DataLoader(WithIndices(va), batch_size=4, shuffle=True))
 
 
 @pytest.mark.parametrize("method,extra", [

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lfm_core.data import WithIndices
 from lfm_core.errors import GracefulStop
-from lfm_nas.search import IndexedDataset, search
+from lfm_nas.search import search
 
 TINY = dict(C=2, layers=3, steps_per_epoch=3, seed=0)
 
@@ -36,7 +37,7 @@ def loaders(with_generator: bool):
     gens = (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)) if with_generator else (None, None)
     # 20 / 4 = 5 batches a pass: the passes do not line up with the 3-step epochs
     return (DataLoader(tr, batch_size=4, shuffle=True, generator=gens[0]),
-            DataLoader(IndexedDataset(va), batch_size=4, shuffle=True, generator=gens[1]))
+            DataLoader(WithIndices(va), batch_size=4, shuffle=True, generator=gens[1]))
 
 
 def run(config, epochs, with_generator, **kw):

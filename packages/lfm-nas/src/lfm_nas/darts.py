@@ -28,6 +28,7 @@ from lfm_core.hypergradient.products import mvp_exact, mvp_finite_difference
 from lfm_core.hypergradient.tensors import detached, frozen_bn_stats, named_params
 from lfm_nas.genotypes import Genotype
 from lfm_nas.operations import prepare_bn_for_engine
+from lfm_nas.problem import ArchitectSettings
 
 ORDERS = ("first", "second")
 DARTS_ENGINES = ("exact", "finite-difference")
@@ -35,8 +36,9 @@ DARTS_ENGINES = ("exact", "finite-difference")
 
 class DartsArchitect:
     def __init__(self, model: nn.Module, order: str = "second", engine: str = "exact",
-                 alphas: Mapping[str, Tensor] | None = None, alpha_scale: float = 1e-3, arch_lr: float = 3e-4,
-                 arch_betas: tuple[float, float] = (0.5, 0.999), arch_weight_decay: float = 1e-3,
+                 alphas: Mapping[str, Tensor] | None = None, alpha_scale: float = ArchitectSettings.alpha_scale,
+                 arch_lr: float = ArchitectSettings.arch_lr, arch_betas: tuple[float, float] = ArchitectSettings.arch_betas,
+                 arch_weight_decay: float = ArchitectSettings.arch_weight_decay,
                  fd_eps: float = 0.01, arch_grad_clip: float | None = None,
                  w_optimizer: torch.optim.Optimizer | None = None):
         check_choice("DARTS order", order, ORDERS)

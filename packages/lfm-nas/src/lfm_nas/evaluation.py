@@ -7,8 +7,11 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from lfm_core.errors import UsageError
-from lfm_nas.profiles import PROFILE_SETTINGS
+from lfm_core.errors import check_choice
+from lfm_nas.profiles import STANDINS, EvalSettings
+
+CIFARS = ("cifar10", "cifar100")  # the paper's search data sets (read from --data-root)
+_EVAL = EvalSettings()  # the paper's evaluation protocol: the defaults of train_eval_imagenet
 
 
 def _device(ctx) -> torch.device:
@@ -54,14 +57,15 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool 
                       drop_last=drop_last and len(dataset) >= batch_size, num_workers=workers, pin_memory=pin)
 
 
-def load_bundle(name: str, profile: str, ctx, image_size: int | None = None, augment: bool = False):
+def load_bundle(name: str, ctx, image_size: int):
+    """A cell's data: an embedded stand-in at ``image_size``, or CIFAR (augmented training images)
+    from the run's data root."""
     from lfm_core.data import load_dataset
 
-    if name == "digits":
-        return load_dataset("digits", image_size=image_size or PROFILE_SETTINGS[profile]["image_size"])
-    if name in ("cifar10", "cifar100"):
-        return load_dataset(name, root=ctx.data_root, download=ctx.download, augment=augment)
-    raise UsageError(f"unknown search data set {name!r}")
+    if name in STANDINS:
+        return load_dataset(name, image_size=image_size)
+    check_choice("search data set", name, (*STANDINS, *CIFARS))
+    return load_dataset(name, root=ctx.data_root, download=ctx.download, augment=True)
 
 
 def search_split(bundle, seed: int, pool: int | None):
@@ -79,9 +83,10 @@ def search_split(bundle, seed: int, pool: int | None):
 # ------------------------------------------------------------------------------------
 # ImageNet-style evaluation (top-1 and top-5)
 # ------------------------------------------------------------------------------------
-def train_eval_imagenet(genotype, train_loader: Iterable, test_loader: Iterable, epochs: int, C: int = 48,
-                        layers: int = 14, num_classes: int = 1000, auxiliary_weight: float = 0.4,
-                        drop_path: float = 0.0, lr: float = 0.1, momentum: float = 0.9,
+def train_eval_imagenet(genotype, train_loader: Iterable, test_loader: Iterable, epochs: int,
+                        C: int = _EVAL.imagenet_C, layers: int = _EVAL.imagenet_layers, num_classes: int = 1000,
+                        auxiliary_weight: float = _EVAL.auxiliary, drop_path: float = 0.0,
+                        lr: float = _EVAL.imagenet_lr, momentum: float = 0.9,
                         weight_decay: float = 3e-5, label_smoothing: float = 0.1, gamma: float = 0.97,
                         grad_clip: float | None = 5.0, device: str | torch.device = "cpu", seed: int | None = None,
                         log: Callable[[dict], None] | None = None,

@@ -22,7 +22,15 @@ from lfm_core.claims import Claim, error_below
 from lfm_core.experiments import Cell
 from lfm_core.paper import paper_table
 from lfm_nas.nas_experiment import NASExperiment, spec
-from lfm_nas.profiles import PROFILE_SETTINGS
+from lfm_nas.profiles import STANDIN_TITLES, settings
+
+
+def imagenet_standin(profile: str, options: dict) -> str:
+    """What the ImageNet network trains on under a stand-in profile, e.g. "digits at 16x16"."""
+    p = settings(profile, options)
+    size = p.evaluation.imagenet_size
+    return f"{STANDIN_TITLES[p.data]} at {size}x{size}"
+
 
 # ------------------------------------------------------------------------------------
 # Tables I and II: CIFAR-100 / CIFAR-10 test error
@@ -190,11 +198,12 @@ class Table3(NASExperiment):
         return metrics
 
     def describe(self, profile, options):
-        if PROFILE_SETTINGS[profile]["search_dataset"] is None:
+        if self.standin(profile, options) is None:
+            e = settings(profile, options).evaluation
             return ("data: cells searched on CIFAR-10/100 from --data-root, evaluated on ImageNet from --imagenet-root "
-                    "(14 cells, C=48, 250 epochs).")
+                    f"({e.imagenet_layers} cells, C={e.imagenet_C}, {e.imagenet_epochs} epochs).")
         return (super().describe(profile, options) + " ImageNet stand-in: the searched cell in the ImageNet network "
-                "on digits at 2x resolution (top-5 error is near 0 with 10 classes).")
+                f"on {imagenet_standin(profile, options)} (top-5 error is near 0 with 10 classes).")
 
 
 # ------------------------------------------------------------------------------------
@@ -252,11 +261,11 @@ class Table5(NASExperiment):
 """)
 
     def describe(self, profile, options):
-        if PROFILE_SETTINGS[profile]["search_dataset"] is None:
+        if self.standin(profile, options) is None:
             return ("data: LFM-PDARTS searched on CIFAR-100 from --data-root, evaluated on CIFAR-100 and on ImageNet "
                     "from --imagenet-root.")
         return (super().describe(profile, options) + " ImageNet column: the searched cell in the ImageNet network "
-                "on digits at 2x resolution (a stand-in).")
+                f"on {imagenet_standin(profile, options)} (a stand-in).")
 
 
 # ------------------------------------------------------------------------------------

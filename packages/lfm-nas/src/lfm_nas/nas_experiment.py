@@ -18,7 +18,7 @@ import torch
 
 from lfm_core.encoders import encoder_label
 from lfm_core.errors import CheckpointError, DataNotFoundError, UsageError
-from lfm_core.experiments import Cell, Experiment, PaperValue, check_set, pv, selected
+from lfm_core.experiments import Cell, Experiment, check_set, selected
 from lfm_core.identity import file_digest
 from lfm_core.runtime import PeakMemory, cpu_threads
 from lfm_nas.cache import SearchCache, _key_hash, eval_key, search_key
@@ -126,19 +126,6 @@ def encoder_weight_files(options: dict[str, Any]) -> dict[str, str]:
             raise DataNotFoundError(f"--encoder-weights {item}: {path} is not a file")
         files[name] = path
     return files
-
-
-def _table(rows: list[str], columns: list[str], text: str) -> dict[tuple[str, str], PaperValue]:
-    """The paper's numbers: one line per row (``-`` for a blank), one item per column."""
-    values = {}
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    if len(lines) != len(rows):
-        raise ValueError(f"{len(lines)} lines of paper numbers for {len(rows)} rows")
-    for row, line in zip(rows, lines):
-        for column, item in zip(columns, line.split()):
-            if item != "-":
-                values[(row, column)] = pv(item)
-    return values
 
 
 class NASExperiment(Experiment):
@@ -365,19 +352,10 @@ class NASExperiment(Experiment):
                     cfg["encoder_kwargs"]["weights"] = encoder_weights
         return cfg
 
-    @staticmethod
-    def bundle(name: str, profile: str, ctx, image_size: int):
-        """A cell's data: an embedded stand-in at ``image_size``, or CIFAR from the data root."""
-        if name in STANDINS:
-            from lfm_core.data import load_dataset
-
-            return load_dataset(name, image_size=image_size)
-        return load_bundle(name, profile, ctx, augment=name.startswith("cifar"))
-
     def run_search(self, params, profile, seed, ctx, s: SearchSettings, device, key=None) -> dict[str, Any]:
         from lfm_nas.search import search
 
-        bundle = self.bundle(params["dataset"], profile, ctx, s.image_size)
+        bundle = load_bundle(params["dataset"], ctx, s.image_size)
         tr, va = search_split(bundle, seed, s.search_pool)
         bs = s.batch_size
         train_loader = _loader(tr, bs, True, seed, drop_last=True, device=device)
@@ -433,7 +411,7 @@ class NASExperiment(Experiment):
         name = params["dataset"]
         if params.get("eval") == "imagenet":
             if name in STANDINS:  # the stand-in at the ImageNet network's resolution
-                bundle = self.bundle(name, profile, ctx, s.imagenet_size)
+                bundle = load_bundle(name, ctx, s.imagenet_size)
             else:  # the paper's ImageNet
                 from lfm_core.data import load_dataset
 
@@ -448,7 +426,7 @@ class NASExperiment(Experiment):
                                       checkpoint=checkpoint)
             return {**res, "test_err": res["top1_err"], "eval_dataset": bundle.name,
                     "eval_network": f"NetworkImageNet(C={s.imagenet_C}, layers={s.imagenet_layers})"}
-        bundle = self.bundle(name, profile, ctx, search.image_size)
+        bundle = load_bundle(name, ctx, search.image_size)
         train = _loader(bundle.train, s.eval_batch, True, seed, device=device)
         test = _loader(bundle.test, 256, False, seed, device=device)
         res = train_eval(genotype, train, test, s.eval_epochs, C=s.eval_C, layers=s.eval_layers,

@@ -32,7 +32,7 @@ class SearchBatchNorm2d(nn.BatchNorm2d):
     PyTorch's fused ``batch_norm`` has a forward-mode (JVP) formula built on the saved batch
     statistics, whose reverse-mode derivative is not propagated: differentiating a JVP through
     a training-mode batch norm with respect to anything upstream of it (the alphas of a
-    supernet) gives wrong numbers (checked on torch 2.14). ``lfm_core.solver.mvp_exact`` is
+    supernet) gives wrong numbers (checked on torch 2.14). ``lfm_core.hypergradient.products.mvp_exact`` is
     exactly such a reverse-over-forward product. With ``composite=True`` (the default) the
     batch statistics are computed with plain tensor ops, whose derivatives of every order are
     right; ``composite=False`` uses the fused kernel (faster; fine for the finite-difference

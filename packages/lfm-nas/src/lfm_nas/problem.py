@@ -299,7 +299,8 @@ class LFMArchitect:
     # -- construction from a registered search space ------------------------------------
     @classmethod
     def from_space(cls, space: str = "darts", space_kwargs: Mapping[str, Any] | None = None, *,
-                   variant: str = "two", encoder: nn.Module | None = None, device: Any = None, n_val: int,
+                   variant: str = ArchitectSettings.variant, encoder: nn.Module | None = None, device: Any = None,
+                   n_val: int,
                    alphas: Mapping[str, Tensor] | None = None, **settings: Any) -> "LFMArchitect":
         """Builds W1 (and W2) from ``SEARCH_SPACES[space](**space_kwargs)`` on ``device`` (the
         encoder is moved there too); ``settings`` are the fields of :class:`ArchitectSettings`."""
@@ -378,8 +379,9 @@ class LFMArchitect:
         return {"w1": self.w1, "w2": self.w2}
 
 
-def build_lfm_search(space_kwargs: Mapping[str, Any], variant: str = "two", encoder: nn.Module | None = None,
-                     n_val: int | None = None, engine: str = "exact", space: str = "darts", **kw: Any):
+def build_lfm_search(space_kwargs: Mapping[str, Any], variant: str = ArchitectSettings.variant,
+                     encoder: nn.Module | None = None, n_val: int | None = None,
+                     engine: str = ArchitectSettings.engine, space: str = "darts", **kw: Any):
     """``(solver, make_problem)`` for LFM-NAS on a registered search space (see :class:`LFMArchitect`).
 
     ``solver.step(make_problem(batch_tr, batch_val))`` runs one iteration of Algorithm 1;

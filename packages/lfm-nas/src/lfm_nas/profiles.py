@@ -132,8 +132,6 @@ PROFILES: dict[str, NASProfile] = {
     ),
     "paper": NASProfile(None, SearchSettings(), EvalSettings()),
 }
-# each profile's settings as a run's config records them
-PROFILE_SETTINGS: dict[str, dict[str, Any]] = {name: p.record() for name, p in PROFILES.items()}
 
 ENGINES = ("auto", *SOLVER_ENGINES)
 

@@ -9,7 +9,7 @@ each evaluation training is one :func:`lfm_core.loop.run_loop`.
 
 Data: loaders yield ``(x, y)`` or ``(x, y, idx)``; LFM methods need the validation loader to
 yield ``idx``, the example's index in the validation data set (it selects ``r_j``), e.g. by
-wrapping the data set in :class:`IndexedDataset`.
+wrapping the data set in :class:`lfm_core.data.WithIndices`.
 """
 
 from __future__ import annotations
@@ -34,25 +34,32 @@ from lfm_nas.darts import DartsArchitect
 from lfm_nas.eval_net import NetworkCIFAR, cutout as apply_cutout, eval_loss
 from lfm_nas.genotypes import Genotype
 from lfm_nas.operations import PRIMITIVES
-from lfm_nas.problem import LFMArchitect
+from lfm_nas.problem import ArchitectSettings, LFMArchitect
+from lfm_nas.profiles import EvalSettings, SearchSettings
 from lfm_nas.spaces import Network, PSNetwork, full_switches, limit_skips, pdarts_stages, prune_ops
 
-METHODS = ("darts1", "darts2", "lfm-darts", "pdarts", "lfm-pdarts")
+SEARCH_METHODS = ("darts1", "darts2", "lfm-darts", "pdarts", "lfm-pdarts")
+
+# the architect settings a search passes through to LFMArchitect, with their defaults
+ARCHITECT_KEYS = ("variant", "engine", "similarity", "drop", "ps_features", "encoder_input", "w_lr", "w_momentum",
+                  "w_weight_decay", "grad_clip", "arch_betas", "arch_weight_decay", "encoder_lr", "r_lr")
+_ARCHITECT, _SEARCH, _EVAL = ArchitectSettings(), SearchSettings(), EvalSettings()
+PDARTS_ARCH_LR = 6e-4  # P-DARTS' architecture learning rate (DARTS: ArchitectSettings.arch_lr)
 
 DEFAULTS: dict[str, Any] = {
     "method": "darts2",
     # search space
-    "C": 16, "layers": 8, "steps": 4, "multiplier": 4, "primitives": PRIMITIVES, "num_classes": None,
-    # LFM
-    "variant": "two", "engine": "exact", "similarity": "dot", "drop": "none", "ps_features": "grad",
-    "encoder": None, "encoder_kwargs": {}, "encoder_input": None, "n_val": None, "lfm_start": None,
-    # optimisation (the DARTS protocol)
-    "w_lr": 0.025, "w_lr_min": 0.001, "w_momentum": 0.9, "w_weight_decay": 3e-4, "grad_clip": 5.0,
-    "arch_lr": None, "arch_betas": (0.5, 0.999), "arch_weight_decay": 1e-3, "arch_grad_clip": None,
-    "encoder_lr": 1e-2, "r_lr": 1e-2, "fd_eps": 0.01,
+    "C": _SEARCH.C, "layers": _SEARCH.layers, "steps": 4, "multiplier": 4, "primitives": PRIMITIVES,
+    "num_classes": None,
+    # LFM and the optimisers (the DARTS protocol): ArchitectSettings' defaults
+    **{k: getattr(_ARCHITECT, k) for k in ARCHITECT_KEYS},
+    "encoder": None, "encoder_kwargs": {}, "n_val": None,
+    "lfm_start": None,  # None: SearchSettings.pdarts_lfm_start for P-DARTS, 0 for DARTS
+    "w_lr_min": 0.001, "arch_lr": None,  # None: PDARTS_ARCH_LR for P-DARTS, ArchitectSettings.arch_lr for DARTS
+    "arch_grad_clip": None, "fd_eps": 0.01,  # DARTS' central-difference step, for every difference engine
     # P-DARTS
-    "pdarts_layers": (5, 11, 17), "pdarts_ops": (8, 5, 3), "pdarts_skip_dropout": (0.1, 0.4, 0.7),
-    "max_skips": 2,
+    "pdarts_layers": _SEARCH.pdarts_layers, "pdarts_ops": _SEARCH.pdarts_ops,
+    "pdarts_skip_dropout": _SEARCH.pdarts_skip_dropout, "max_skips": 2,
     # misc
     "steps_per_epoch": None, "max_nonfinite": 10, "seed": None,
     "mixed_precision": "no",  # or "bf16": autocast of the search's forward passes
@@ -63,20 +70,6 @@ MIXED_PRECISION = ("no", "bf16")
 # ------------------------------------------------------------------------------------
 # data helpers
 # ------------------------------------------------------------------------------------
-class IndexedDataset(torch.utils.data.Dataset):
-    """Wraps a data set so items are ``(x, y, index)``."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        x, y = self.dataset[i][:2]
-        return x, y, i
-
-
 class _Cycle(Iterator):
     """The batches of a loader, pass after pass, with a resumable position: the state of the
     loader's shuffling generator (the global torch RNG for a loader without one) when the current
@@ -268,7 +261,7 @@ def _search_config(config: Mapping[str, Any], train_loader: Iterable, val_loader
     if unknown:
         raise UsageError(f"unknown search option(s): {', '.join(sorted(unknown))}")
     method = cfg["method"]
-    check_choice("search method", method, METHODS)
+    check_choice("search method", method, SEARCH_METHODS)
     if cfg["mixed_precision"] not in MIXED_PRECISION:
         raise UsageError(f"mixed precision {cfg['mixed_precision']!r} is not supported by the architecture search "
                          f"(fp16 would need loss scaling in the DARTS steps). Valid choices: {', '.join(MIXED_PRECISION)}.")
@@ -276,9 +269,9 @@ def _search_config(config: Mapping[str, Any], train_loader: Iterable, val_loader
         cfg["num_classes"] = _infer_num_classes(train_loader, val_loader)
     lfm, pdarts = method.startswith("lfm-"), method.endswith("pdarts")
     if cfg["arch_lr"] is None:
-        cfg["arch_lr"] = 6e-4 if pdarts else 3e-4
+        cfg["arch_lr"] = PDARTS_ARCH_LR if pdarts else _ARCHITECT.arch_lr
     if cfg["lfm_start"] is None:
-        cfg["lfm_start"] = 10 if pdarts else 0
+        cfg["lfm_start"] = _SEARCH.pdarts_lfm_start if pdarts else 0
     if pdarts and cfg["arch_grad_clip"] is None and not lfm:
         cfg["arch_grad_clip"] = 5.0  # P-DARTS clips the architecture gradient too
     if lfm and cfg["n_val"] is None:
@@ -527,15 +520,8 @@ class _LFMRunner:
             w1 = factory(**space_kw).to(device)
             w2 = factory(**space_kw).to(device) if variant == "two" else None
         self.device, self.variant = device, variant
-        from lfm_nas.problem import ArchitectSettings
-
-        settings = ArchitectSettings(
-            variant=variant, engine=cfg["engine"], similarity=cfg["similarity"], drop=cfg["drop"],
-            w_lr=cfg["w_lr"], w_momentum=cfg["w_momentum"], w_weight_decay=cfg["w_weight_decay"],
-            arch_lr=cfg["arch_lr"], arch_betas=cfg["arch_betas"], arch_weight_decay=cfg["arch_weight_decay"],
-            encoder_lr=cfg["encoder_lr"], r_lr=cfg["r_lr"], grad_clip=cfg["grad_clip"], fd_eps=cfg["fd_eps"],
-            encoder_input=cfg["encoder_input"], ps_features=cfg["ps_features"],
-        )
+        settings = ArchitectSettings(**{k: cfg[k] for k in ARCHITECT_KEYS}, arch_lr=cfg["arch_lr"],
+                                     fd_eps=cfg["fd_eps"])
         self.arch = LFMArchitect(w1, w2, encoder, n_val=cfg["n_val"], settings=settings)
 
     alphas = property(lambda self: self.arch.alphas)
@@ -570,7 +556,7 @@ class _LFMRunner:
 
     def step(self, b_tr, b_val, lr, arch_on):
         if len(b_val) < 3:
-            raise UsageError("LFM needs the validation loader to yield (x, y, idx); wrap it in IndexedDataset")
+            raise UsageError("LFM needs the validation loader to yield (x, y, idx); wrap it in lfm_core.data.WithIndices")
         self.arch.set_w_lr(lr)
         for m in (self.arch.w1, self.arch.w2):
             m.train()
@@ -685,9 +671,10 @@ class _EvalTraining:
             raise _mismatch("evaluation", exc) from None
 
 
-def train_eval(genotype: Genotype, train_loader: Iterable, test_loader: Iterable, epochs: int, C: int = 36,
-               layers: int = 20, auxiliary_weight: float = 0.4, drop_path: float = 0.2, cutout: int = 16,
-               lr: float = 0.025, device: str | torch.device = "cpu", num_classes: int | None = None,
+def train_eval(genotype: Genotype, train_loader: Iterable, test_loader: Iterable, epochs: int,
+               C: int = _EVAL.eval_C, layers: int = _EVAL.eval_layers, auxiliary_weight: float = _EVAL.auxiliary,
+               drop_path: float = _EVAL.drop_path, cutout: int = _EVAL.cutout, lr: float = _EVAL.eval_lr,
+               device: str | torch.device = "cpu", num_classes: int | None = None,
                momentum: float = 0.9, weight_decay: float = 3e-4, grad_clip: float | None = 5.0,
                seed: int | None = None, log: Callable[[dict], None] | None = None,
                progress: Callable[[int, int], None] | None = None, checkpoint: Any = None) -> dict:
