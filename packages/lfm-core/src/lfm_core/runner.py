@@ -43,6 +43,10 @@ TRACKERS = ("tensorboard",)
 RESUME_PREFIX = "resumed "
 
 
+def _no_progress(done: int, total: int, text: str = "") -> None:
+    """The progress callback of a run that reports none."""
+
+
 @dataclass
 class RunContext:
     """What ``Experiment.run_cell`` gets: its directory, logging, checkpoints, progress.
@@ -54,7 +58,7 @@ class RunContext:
 
     run_dir: Path
     config: dict[str, Any]
-    progress: Callable[[int, int, str], None] = lambda done, total, text="": None
+    progress: Callable[[int, int, str], None] = _no_progress
     echo: Callable[[str], None] = lambda text: None
     data_root: str | None = None
     download: bool = False
