@@ -31,7 +31,7 @@ from lfm_core.validate import read_result
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
-# the config keys a result record repeats at its top level, for readers that predate ``config``
+# the config keys a result record repeats at its top level (what results are filtered and grouped by)
 RECORD_KEYS = ("experiment", "profile", "row", "column", "params", "seed")
 
 
