@@ -249,7 +249,7 @@ def evaluate(records: list[dict[str, Any]], claim: Claim,
                     continue  # this column was not run at all
                 v, diff = verdict(better, worse, comp.higher_is_better)
                 ran = better or worse
-                assert ran is not None
+                assert ran is not None  # columns with neither were skipped above
                 lines.append({
                     "experiment": comp.experiment, "column": column, "quantity": comp.quantity,
                     "better": comp.better, "worse": rival, "verdict": v, "diff": diff,
