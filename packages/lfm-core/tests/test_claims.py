@@ -1,5 +1,6 @@
 """claims.md from synthetic result records: verdicts, grouping by config, commands."""
 
+import json
 import math
 
 from lfm_core.claims import (
@@ -16,12 +17,17 @@ from lfm_core.claims import (
 )
 
 
-def rec(experiment, row, column, seed, value, key="test_acc", profile="cpu", config_id=None, **params):
-    out = {"experiment": experiment, "profile": profile, "row": row, "column": column, "seed": seed,
-           "params": {"dataset": "digits", **params}, "metrics": {key: value}, "options": {"noise": "flip"}}
-    if config_id:
-        out["config_id"] = config_id
-    return out
+def rec(experiment, row, column, seed, value, key="test_acc", profile="cpu", config_id=None, overrides=None,
+        **params):
+    """A result record; its config_id defaults to one per (profile, row, column, params, overrides)."""
+    params = {"dataset": "digits", **params}
+    overrides = overrides or {}
+    if config_id is None:
+        config_id = json.dumps([profile, row, column, params, overrides], sort_keys=True)
+    config = {"experiment": experiment, "profile": profile, "row": row, "column": column, "seed": seed,
+              "params": params, "overrides": overrides, "config_id": config_id}
+    return {"experiment": experiment, "profile": profile, "row": row, "column": column, "seed": seed,
+            "params": params, "metrics": {key: value}, "config": config, "config_id": config_id}
 
 
 def series(experiment, row, column, values, **kw):
@@ -47,8 +53,9 @@ def test_verdict_uses_the_seeds_spread():
 
 
 def test_flip_claim_compares_with_every_baseline_but_ours():
-    records = (series("table7", "LFM-DR", "CIFAR-10 40%", [90, 91, 92], noise="flip")
-               + series("table7", "L2RW", "CIFAR-10 40%", [95, 96, 97], noise="flip")
+    epochs = {"train.epochs": 3}
+    records = (series("table7", "LFM-DR", "CIFAR-10 40%", [90, 91, 92], noise="flip", overrides=epochs)
+               + series("table7", "L2RW", "CIFAR-10 40%", [95, 96, 97], noise="flip", overrides=epochs)
                + series("table7", "Base Model", "CIFAR-10 40%", [70, 71, 72], noise="flip")
                + series("table7", "LFM-DR+ (ours)", "CIFAR-10 40%", [99, 99, 99], noise="flip"))
     overall, lines = evaluate(records, claim("LFM-DR is above every implemented baseline under flip"))
@@ -56,7 +63,7 @@ def test_flip_claim_compares_with_every_baseline_but_ours():
     assert {line["worse"]: line["verdict"] for line in lines} == {"L2RW": FAILS, "Base Model": HOLDS}
     l2rw = next(line for line in lines if line["worse"] == "L2RW")
     assert l2rw["better_text"] == "91.00 ± 1.00 (n=3)" and l2rw["diff"] == -5.0
-    assert l2rw["command"] == 'lfm-bench run table7 --profile cpu --noise flip --methods "LFM-DR,L2RW" --seeds 0,1,2'
+    assert l2rw["command"] == 'lfm-bench run table7 --profile cpu --set train.epochs=3 --methods "LFM-DR,L2RW" --seeds 0,1,2'
 
 
 def test_seeds_group_by_config_and_the_most_faithful_profile_wins():

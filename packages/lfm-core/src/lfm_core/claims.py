@@ -3,8 +3,7 @@
 A claim is a list of comparisons "row A beats row B" in one experiment and column; each
 experiment declares the paper's claims about it (``Experiment.claims``) and ``claims.md`` lists
 those of every registered experiment. For each comparison,
-the seeds of one configuration (same ``config_id``, or same params when records predate it)
-give mean ± std; the comparison
+the seeds of one configuration (same ``config_id``) give mean ± std; the comparison
 
 * **holds** when A is better than B by more than the seeds' spread (the larger sample standard
   deviation of the two),
@@ -143,24 +142,16 @@ def standin_of(record: dict[str, Any]) -> str:
     return dataset if dataset in STANDINS else ""
 
 
-def _config_key(record: dict[str, Any]) -> str:
-    if record.get("config_id"):
-        return str(record["config_id"])
-    return json.dumps(record.get("params") or {}, sort_keys=True, default=str)
-
-
 def _command_options(record: dict[str, Any]) -> dict[str, Any]:
     """The command-line options that reproduce a run: its engine (where it has one) and its
-    overrides as ``--set`` (older records keep their options as they were given)."""
+    overrides as ``--set``."""
     options: dict[str, Any] = {}
     if standin_of(record) not in ("", "digits"):  # digits is the default
         options["standin"] = standin_of(record)
-    if "config" not in record:
-        return {**(record.get("options") or {}), **options}
     engine = (record.get("params") or {}).get("engine")
     if engine:
         options["engine"] = engine
-    overrides = (record.get("config") or {}).get("overrides") or {}
+    overrides = record["config"].get("overrides") or {}
     if overrides:
         options["set"] = overrides
     return options
@@ -180,7 +171,7 @@ def groups_of(records: Iterable[dict[str, Any]], comparison: Comparison,
         if value is None or not math.isfinite(value):
             continue
         profile = str(rec.get("profile", ""))
-        key = (profile, str(rec.get("row")), str(rec.get("column")), _config_key(rec))
+        key = (profile, str(rec.get("row")), str(rec.get("column")), str(rec["config_id"]))
         group = by_key.setdefault(key, Group(comparison.experiment, profile, key[1], key[2], [], [],
                                              _command_options(rec)))
         group.values.append(value)
@@ -258,6 +249,7 @@ def evaluate(records: list[dict[str, Any]], claim: Claim,
                     continue  # this column was not run at all
                 v, diff = verdict(better, worse, comp.higher_is_better)
                 ran = better or worse
+                assert ran is not None  # columns with neither were skipped above
                 lines.append({
                     "experiment": comp.experiment, "column": column, "quantity": comp.quantity,
                     "better": comp.better, "worse": rival, "verdict": v, "diff": diff,

@@ -131,8 +131,8 @@ def run_cmd(experiment: str, args: tuple[str, ...]) -> None:
 
     command = click.Command(
         name=experiment,
-        params=COMMON_OPTIONS + LAUNCH_OPTIONS + PLAN_OPTIONS + exp.options() + [
-            click.Option(["-h", "--help"], is_flag=True, expose_value=False, is_eager=True, callback=_show_help)],
+        params=[*COMMON_OPTIONS, *LAUNCH_OPTIONS, *PLAN_OPTIONS, *exp.options(),
+                click.Option(["-h", "--help"], is_flag=True, expose_value=False, is_eager=True, callback=_show_help)],
         callback=body,
         help=f"{exp.title}\n\n{exp.__doc__ or ''}",
     )
@@ -197,8 +197,8 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
         cells = [c for c in cells if selected(c, only)]
     if not cells:
         raise UsageError(f"no cell of {exp.name} matches --only {only!r}")
-    runtime = dict(data_root=str(data_root) if data_root else None, device=device, mixed_precision=mixed_precision,
-                   compile=compile)
+    runtime: dict[str, Any] = dict(data_root=str(data_root) if data_root else None, device=device,
+                                   mixed_precision=mixed_precision, compile=compile)
     if print_config:
         configs = []
         for cell in cells:
@@ -220,7 +220,7 @@ def _run(exp, profile: str, results: Path, seeds: str | None, data_root: Path | 
     jobs = shard_of([(c, s) for c in cells for s in seed_list], launch.shard)
     if launch.shard:
         console.print(f"shard {launch.shard[0]}/{launch.shard[1]}: {len(jobs)} of the {len(cells) * len(seed_list)} runs")
-    failed = 0
+    failed: int | None = 0
     if launch.launcher == "inline":
         _run_inline(exp, jobs, profile, results, force, _jsonable(options), download, trackers, runtime)
     else:

@@ -45,8 +45,7 @@ def variant_labels(records: Iterable[dict[str, Any]]) -> dict[str, str]:
     (e.g. ``engine=forward-difference``); empty where a cell has one configuration."""
     by_cell: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for rec in records:
-        config = rec.get("config") or {k: rec.get(k) for k in ("profile", "params", "options")}
-        flat = {k: v for k, v in _flatten(config).items() if k.split(".")[0] not in _UNLABELLED}
+        flat = {k: v for k, v in _flatten(rec["config"]).items() if k.split(".")[0] not in _UNLABELLED}
         by_cell[(rec.get("experiment"), rec.get("row"), rec.get("column"))][rec["config_id"]] = flat
     labels: dict[str, str] = {}
     for configs in by_cell.values():

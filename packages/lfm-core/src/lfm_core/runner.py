@@ -31,7 +31,7 @@ from lfm_core.validate import read_result
 
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
-# the config keys a result record repeats at its top level, for readers that predate ``config``
+# the config keys a result record repeats at its top level (what results are filtered and grouped by)
 RECORD_KEYS = ("experiment", "profile", "row", "column", "params", "seed")
 
 
@@ -41,6 +41,10 @@ LOGGER = logging.getLogger("lfm.run")
 TRACKERS = ("tensorboard",)
 # log lines of experiments that say where a run resumed ("resumed at epoch 1 step 3"); also echoed
 RESUME_PREFIX = "resumed "
+
+
+def _no_progress(done: int, total: int, text: str = "") -> None:
+    """The progress callback of a run that reports none."""
 
 
 @dataclass
@@ -54,7 +58,7 @@ class RunContext:
 
     run_dir: Path
     config: dict[str, Any]
-    progress: Callable[[int, int, str], None] = lambda done, total, text="": None
+    progress: Callable[[int, int, str], None] = _no_progress
     echo: Callable[[str], None] = lambda text: None
     data_root: str | None = None
     download: bool = False

@@ -22,11 +22,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    assert isinstance(numpy_state, tuple)  # the legacy form: (name, keys, pos, has_gauss, gauss)
     state = {
         "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
         "python_version": random.getstate()[0],
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-        "numpy_pos": int(np.random.get_state()[2]),
+        "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
+        "numpy_pos": int(numpy_state[2]),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

@@ -134,7 +134,8 @@ class TriLevelSolver:
         try:
             if not update_upper:
                 u = unroll(self.setup, problem)
-                return StepStats(*read_scalars(u.loss1, u.loss2, u.loss3, u.a.detach().mean()))
+                loss1, loss2, loss3, a_mean = read_scalars(u.loss1, u.loss2, u.loss3, u.a.detach().mean())
+                return StepStats(loss1, loss2, loss3, a_mean)
             result = ENGINES[self.engine](self.setup, problem)
         except SkippedStep as skipped:
             return skipped.stats()

@@ -10,7 +10,7 @@ W2' -> (a, upper) -> (W1', V, r, upper) -> upper with the engine's product.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -135,7 +135,7 @@ def _product(setup: Setup, product: Product, loss: LossFn, w: Params, lam: Param
 # ------------------------------------------------------------------------------------
 # the chain rule through the unrolled steps
 # ------------------------------------------------------------------------------------
-def _accumulate(total: Params, upper: Params, terms: Params, scale: float = 1.0) -> None:
+def _accumulate(total: Params, upper: Params, terms: Mapping[str, Tensor | None], scale: float = 1.0) -> None:
     """``total += scale * terms`` for the upper names, in place and without copies: an encoder's
     gradient is as large as the encoder, and every copy alive during the next product adds to the
     peak memory. Terms are kept only for the upper variables they touch."""
@@ -154,7 +154,10 @@ def _through_w2_step(setup: Setup, problem, u: Unrolled, product: Product, g2: P
     key = "__a__"
     with stage("lfm.mvp_w2"), setup.fixed_trunk(problem):
         lam = {key: u.a.detach(), **u.upper3}
-        base = None if u.base2 is None else {**u.base2.upper, key: u.base2.a}
+        base = None
+        if u.base2 is not None:
+            assert u.base2.a is not None  # W2's real step always fills dL2/da
+            base = {**u.base2.upper, key: u.base2.a}
         m2 = _product(setup, product, lambda w, lam: problem.loss2(w, lam[key], lam), u.w2_old, lam, g2, base)
     da = -u.scale2 * m2.pop(key, torch.zeros_like(u.a))
     return da, m2

@@ -4,7 +4,7 @@ differences of ``grad_lam loss`` along ``v``."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from torch import Tensor
@@ -25,14 +25,15 @@ def mvp_exact(loss: LossFn, w: Params, lam: Params, v: Params) -> Params:
     fixed = {k: t for k, t in w_.items() if k not in v}
     moving = {k: w_[k] for k in v}
     v_ = {k: v[k].detach() for k in moving}
-    _, tangent = jvp(lambda w_in: loss({**fixed, **w_in} if fixed else w_in, lam_), (moving,), (v_,))
+    _, tangent = cast(tuple[Tensor, Tensor],
+                      jvp(lambda w_in: loss({**fixed, **w_in} if fixed else w_in, lam_), (moving,), (v_,)))
     grads = torch.autograd.grad(tangent, list(lam_.values()), allow_unused=True)
     return {k: g for k, g in zip(lam_, grads) if g is not None}
 
 
 def _fd_step(v: Params, eps: float) -> float | None:
     """The step along ``v`` whose length is ``eps`` (None when ``v`` is zero or not finite)."""
-    norm = torch.sqrt(sum((t.detach().double() ** 2).sum() for t in v.values()))
+    norm = torch.sqrt(cast(Tensor, sum((t.detach().double() ** 2).sum() for t in v.values())))
     if not torch.isfinite(norm) or norm == 0:
         return None
     return eps / float(norm)

@@ -11,6 +11,7 @@ processes first, and at ``a`` when its graph is rebuilt (``recompute_weights``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -140,7 +141,7 @@ def _through_rebuilt_weights(setup: Setup, problem, u: GraphUnrolled, da: Tensor
     with frozen_bn_stats(*setup.bn_layers):
         if hasattr(problem, "weights_vjp"):
             vjp = problem.weights_vjp(w1_live, u.up, da)
-            ga = [vjp.get(k) for k in (*u.w1_in, *u.up)]
+            ga: Sequence[Tensor | None] = [vjp.get(k) for k in (*u.w1_in, *u.up)]
         else:
             targets = [w1_live[k] for k in u.w1_in] + list(u.up.values())
             ga = torch.autograd.grad(problem.weights(w1_live, u.up), targets, grad_outputs=da, allow_unused=True)
@@ -161,7 +162,7 @@ def meta_backward(setup: Setup, problem, u: GraphUnrolled) -> Params:
                   *(u.w1_in.values() if u.split else [])]
         grads = list(torch.autograd.grad(u.loss3 * loss_scale if loss_scale != 1.0 else u.loss3, inputs,
                                          allow_unused=True))
-        total = dict(zip(names, grads[: len(names)]))
+        total: dict[str, Tensor | None] = dict(zip(names, grads[: len(names)]))
         if u.split:
             h = dict(zip(u.w1_in, zeros_for_none(grads[len(inputs) - len(u.w1_in):], u.w1_in.values())))
             if setup.recompute_weights:
@@ -175,13 +176,14 @@ def meta_backward(setup: Setup, problem, u: GraphUnrolled) -> Params:
             if keys:
                 _add(total, names, torch.autograd.grad([u.w1_graph[k] for k in keys], list(u.up.values()),
                                                        grad_outputs=[h[k] for k in keys], allow_unused=True))
-    total = {k: torch.zeros_like(setup.upper[k]) if total[k] is None else total[k] / loss_scale if loss_scale != 1.0
-             else total[k] for k in names}
+    # (total's keys are names, in order)
+    grad: Params = {k: torch.zeros_like(setup.upper[k]) if g is None else g / loss_scale if loss_scale != 1.0 else g
+                    for k, g in total.items()}
     if reduce is not None:
-        values = [total[k] for k in names]
+        values = [grad[k] for k in names]
         reduce(values)
-        total = dict(zip(names, values))
-    return total
+        grad = dict(zip(names, values))
+    return grad
 
 
 def exact_reverse(setup: Setup, problem) -> Hypergradient:

@@ -38,7 +38,13 @@ class SkippedStep(Exception):
 
     def stats(self, a_mean: float = math.nan) -> StepStats:
         values = [float(loss.detach()) for loss in self.losses]
-        return StepStats(*values, *[math.nan] * (3 - len(values)), a_mean, finite=False)
+        loss1, loss2, loss3 = values + [math.nan] * (3 - len(values))
+        return StepStats(loss1, loss2, loss3, a_mean, finite=False)
+
+
+def _grads(params: Iterable[Tensor]) -> list[Tensor]:
+    """The gradients of those of ``params`` that have one."""
+    return [p.grad for p in params if p.grad is not None]
 
 
 def unroll_scale(optimizer: torch.optim.Optimizer) -> float:
@@ -79,13 +85,13 @@ class RealStep:
             self.scaler.unscale_(opt)
         with_grad = [p for p in params if p.grad is not None]
         if self.reduce is not None:
-            self.reduce([p.grad for p in with_grad])
+            self.reduce(_grads(with_grad))
         if self.grad_clip:
             nn.utils.clip_grad_norm_(with_grad, self.grad_clip)
         if self.scaler is None:
             opt.step()
             return
-        finite = bool(finite_flag([p.grad for p in with_grad]))
+        finite = bool(finite_flag(_grads(with_grad)))
         self.scaler.step(opt)  # skips the step itself when unscale_ found an inf or nan
         if last or not finite:
             self.scaler.update()  # once for both real steps

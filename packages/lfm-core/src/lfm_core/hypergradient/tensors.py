@@ -39,6 +39,7 @@ def _plain_batch_norm(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tenso
         mean = x.mean(dims, keepdim=True)
         var = ((x - mean) ** 2).mean(dims, keepdim=True)
     else:
+        assert self.running_var is not None  # tracked with running_mean
         mean, var = self.running_mean.view(shape), self.running_var.view(shape)
     y = (x - mean) / torch.sqrt(var + self.eps)
     if self.affine:
@@ -56,7 +57,7 @@ def plain_batch_norm(*modules: nn.Module | None) -> Iterator[None]:
             continue
         for m in module.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and "forward" not in m.__dict__:
-                m.forward = _plain_batch_norm.__get__(m)
+                setattr(m, "forward", _plain_batch_norm.__get__(m))  # an instance attribute, deleted after
                 swapped.append(m)
     try:
         yield
