@@ -1,4 +1,5 @@
-"""claims.md from synthetic result records: verdicts, grouping by config, commands."""
+"""claims.md from synthetic result records of the registered experiments (the claims live on the DR and NAS
+table specs, so this is a cross-package test): verdicts, grouping by config, commands."""
 
 import json
 import math
