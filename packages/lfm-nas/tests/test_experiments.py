@@ -74,6 +74,7 @@ def test_grid_per_profile(cls):
 
 @pytest.mark.parametrize("cls", ALL)
 def test_every_spec_resolves_on_every_standin(cls):
+    pytest.importorskip("skimage", reason="photo_patches needs lfm-core[patches] (scikit-image)")
     """``--standin`` picks the embedded data of the cpu/smoke profiles for every cell (the ImageNet
     stand-in too); digits stays the default with its run identities unchanged, another stand-in
     makes new runs, and every run's data label names the stand-in. The paper profile ignores it."""
@@ -118,6 +119,7 @@ def test_standin_errors(monkeypatch):
 
 
 def test_printed_table_names_its_standin(tmp_path):
+    pytest.importorskip("skimage", reason="photo_patches needs lfm-core[patches] (scikit-image)")
     """A photo_patches run's table says so, in its column header and its "What ran" line."""
     import io
 
