@@ -22,9 +22,14 @@ TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 DEV = ROOT / ".nox" / "dev"
 # test tools of the shared environment (tensorboard: the --tracker test; scikit-image: the photos of
 # the photo_patches stand-in, lfm-core's ``patches`` extra; submitit: the launcher, lfm-core's ``cluster`` extra;
-# mypy: the type check of ``tests``, one major version so that a new release cannot break CI)
-DEV_TOOLS = ["pytest>=7", "ruff", "tensorboard", "scikit-image>=0.23", "submitit>=1.5", "mypy>=2.4,<3"]
+# mypy: the type check of ``tests``, one major version so that a new release cannot break CI;
+# pytest-xdist: the tests on two worker processes, see ``tests``)
+DEV_TOOLS = ["pytest>=7", "pytest-xdist>=3.5", "ruff", "tensorboard", "scikit-image>=0.23", "submitit>=1.5", "mypy>=2.4,<3"]
 nox.options.sessions = ["tests", "install_alone", "reproduce"]
+# two test processes (the tests are single-threaded, CI has two cores or more); each file's tests stay on
+# one worker, so a module's fixtures are built once and the Slurm tests (all in tests/test_launch.py) never
+# share the one-node Slurm with each other; LFM_TEST_WORKERS=0 runs them in this process
+XDIST = ["-n", os.environ.get("LFM_TEST_WORKERS", "2"), "--dist", "loadfile"]
 nox.options.reuse_existing_virtualenvs = True
 # the test models are tiny: one intra-op thread avoids OpenMP stalls on a busy 2-core machine
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -59,7 +64,7 @@ def tests(session: nox.Session) -> None:
     env = _dev_env(session)
     session.run(_bin(env, "python"), "-m", "mypy", "--config-file", str(ROOT / "mypy.ini"), external=True)
     paths = [str(ROOT / "packages" / p / "tests") for p in PACKAGES] + [str(ROOT / "tests")]
-    session.run(_bin(env, "python"), "-m", "pytest", "-q", *paths, *session.posargs, external=True)
+    session.run(_bin(env, "python"), "-m", "pytest", "-q", *XDIST, *paths, *session.posargs, external=True)
 
 
 @nox.session(venv_backend="none")
@@ -123,9 +128,10 @@ def install_alone(session: nox.Session, package: str) -> None:
         pip = [_bin(env, "python"), "-m", "pip", "install", "-q", *CONSTRAINTS]
         session.run(*pip, *TORCH, external=True)
         wanted = ["lfm-core"] if package == "lfm-core" else ["lfm-core", package]
-        session.run(*pip, *[str(ROOT / "packages" / p) for p in wanted], "pytest>=7", external=True)
+        session.run(*pip, *[str(ROOT / "packages" / p) for p in wanted], "pytest>=7", "pytest-xdist>=3.5",
+                    external=True)
         py = _bin(env, "python")
-        session.run(py, "-m", "pytest", "-q", str(ROOT / "packages" / package / "tests"), external=True)
+        session.run(py, "-m", "pytest", "-q", *XDIST, str(ROOT / "packages" / package / "tests"), external=True)
         session.run(_bin(env, "lfm-bench"), "--help", external=True)
         session.run(_bin(env, "lfm-bench"), "list", external=True)
         if package == "lfm-dr":

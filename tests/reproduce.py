@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lfm_core.experiments import get_experiment
@@ -25,15 +26,27 @@ def main(out: Path) -> int:
         print(f"missing experiments: {', '.join(missing)}", file=sys.stderr)
         return 1
     results, report = out / "results", out / "report"
+    # one lane per package, side by side: a package's experiments share cached work (the NAS searches),
+    # so each lane runs its own one after the other
+    lanes: dict[str, list[str]] = {}
     for name in names:
-        start = time.perf_counter()
-        cmd = [*CLI, "run", name, "--profile", "smoke", "--results", str(results)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        took = time.perf_counter() - start
-        print(f"{name}: exit {proc.returncode} in {took:.0f}s")
-        if proc.returncode != 0:
-            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-            return 1
+        lanes.setdefault(get_experiment(name).package, []).append(name)
+
+    def run_lane(lane: list[str]) -> str | None:
+        for name in lane:
+            start = time.perf_counter()
+            cmd = [*CLI, "run", name, "--profile", "smoke", "--results", str(results)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            print(f"{name}: exit {proc.returncode} in {time.perf_counter() - start:.0f}s", flush=True)
+            if proc.returncode != 0:
+                return f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
+        failures = [f for f in pool.map(run_lane, lanes.values()) if f is not None]
+    if failures:
+        print("\n".join(failures), file=sys.stderr)
+        return 1
     proc = subprocess.run([*CLI, "report", "--results", str(results), "--out", str(report)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
