@@ -77,3 +77,32 @@ def test_cache_keys_are_unchanged(profile, search_hash, eval_hash):
     s = resolve_config(exp, cell, profile, 0, {}, device="cpu")["settings"]["settings"]
     assert _key_hash(search_key(cell.params, SearchSettings.of(s), 0, "cpu")) == search_hash
     assert _key_hash(eval_key({"x": 1}, cell.params, EvalSettings.of(s), 0, "cpu")) == eval_hash
+    recorded = resolve_config(exp, cell, profile, 0, {}, device="cpu")["settings"]
+    assert _key_hash(exp.eval_cache_key({"x": 1}, cell.params, profile, recorded, 0, "cpu", None)) == eval_hash
+
+
+def _eval_key_hash(exp, cell, changes):
+    recorded = resolve_config(exp, cell, "cpu", 0, {"set": changes}, device="cpu")["settings"]
+    return _key_hash(exp.eval_cache_key({"x": 1}, cell.params, "cpu", recorded, 0, "cpu", None))
+
+
+def test_every_setting_the_evaluation_reads_changes_its_key():
+    """Each evaluation setting, and the search's image size that the CIFAR network reads, changes
+    the evaluation's key; the image size only where it differs from the profile's."""
+    p = PROFILES["cpu"]
+    exp = E.Table5()
+    cifar, imagenet = (next(c for c in exp.cells("cpu", {}) if c.params["eval"] == kind) for kind in ("cifar", "imagenet"))
+    for cell in (cifar, imagenet):
+        base = _eval_key_hash(exp, cell, {})
+        assert _eval_key_hash(exp, cell, {"image_size": p.search.image_size}) == base
+        for name, value in asdict(p.evaluation).items():
+            assert _eval_key_hash(exp, cell, {name: value + 1}) != base, name
+    assert _eval_key_hash(exp, cifar, {"image_size": 12}) != _eval_key_hash(exp, cifar, {})
+    assert _eval_key_hash(exp, imagenet, {"image_size": 12}) == _eval_key_hash(exp, imagenet, {})  # imagenet_size
+
+
+def test_drop_path_is_refused_for_imagenet_columns():
+    """The ImageNet evaluation trains without drop path (DARTS's protocol): setting it there is an error."""
+    with pytest.raises(UsageError, match=r"--set drop_path=0\.3: the ImageNet evaluation \(ImageNet\)"):
+        E.Table5().validate("cpu", {"set": {"drop_path": 0.3}})
+    E.Table5().validate("cpu", {"set": {"drop_path": 0.3}, "only": "CIFAR"})

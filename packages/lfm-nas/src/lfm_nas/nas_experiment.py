@@ -223,7 +223,14 @@ class NASExperiment(Experiment):
 
     # -- checks -----------------------------------------------------------------------------
     def validate(self, profile, options):
-        check_set(options.get("set") or {}, PROFILES[profile].settable())
+        given = options.get("set") or {}
+        check_set(given, PROFILES[profile].settable())
+        cells = [c for c in self.cells(profile, options) if selected(c, options.get("only"))]
+        imagenet = sorted({c.column for c in cells if c.params.get("eval") == "imagenet"})
+        if "drop_path" in given and imagenet:
+            raise UsageError(f"--set drop_path={given['drop_path']!r}: the ImageNet evaluation ({', '.join(imagenet)}) "
+                             "trains without drop path, as DARTS's; the setting is the CIFAR evaluation's "
+                             "(pick CIFAR columns with --only)")
         standin = self.standin(profile, options)
         if standin == "photo_patches":  # scikit-image's bundled photos (a one-line install message if absent)
             from lfm_core.data import photo_patch_arrays
@@ -232,7 +239,6 @@ class NASExperiment(Experiment):
         if standin:  # embedded data: nothing to find
             return
         root = options.get("data_root")
-        cells = [c for c in self.cells(profile, options) if selected(c, options.get("only"))]
         for name in sorted({c.params["dataset"] for c in cells}):
             if name.startswith("cifar") and not has_cifar(root, name) and not options.get("download"):
                 folder = "cifar-100-python" if name == "cifar100" else "cifar-10-batches-py"
@@ -421,7 +427,7 @@ class NASExperiment(Experiment):
             test = _loader(bundle.test, 256, False, seed, device=device)
             res = train_eval_imagenet(genotype, train, test, s.imagenet_epochs, C=s.imagenet_C,
                                       layers=s.imagenet_layers, num_classes=bundle.num_classes,
-                                      lr=s.imagenet_lr, device=device, seed=seed, log=log,
+                                      auxiliary_weight=s.auxiliary, lr=s.imagenet_lr, device=device, seed=seed, log=log,
                                       progress=lambda d, t: ctx.progress(d, t, "evaluate (ImageNet network)"),
                                       checkpoint=checkpoint)
             return {**res, "test_err": res["top1_err"], "eval_dataset": bundle.name,
@@ -447,6 +453,18 @@ class NASExperiment(Experiment):
         metrics["threads"] = torch.get_num_threads() if device.type == "cpu" else None
         return metrics
 
+    @staticmethod
+    def eval_cache_key(genotype: dict[str, Any], params: dict[str, Any], profile: str, recorded: dict[str, Any],
+                       seed: int, device: str, data_root: str | None) -> dict[str, Any]:
+        """The evaluation's cache key from a run's recorded settings (``recorded``: its
+        ``config["settings"]``). The CIFAR network reads the search's ``image_size``: it is in the
+        key where it differs from the profile's, so that keys made before it stay valid."""
+        search, evaluation = SearchSettings.of(recorded["settings"]), EvalSettings.of(recorded["settings"])
+        cifar = params.get("eval", "cifar") == "cifar"
+        image_size = search.image_size if cifar and search.image_size != PROFILES[profile].search.image_size else None
+        return eval_key(genotype, params, evaluation, seed, device, data_root=data_root,
+                        imagenet_root=recorded.get("imagenet_root"), image_size=image_size)
+
     def _run_cell(self, cell, profile, seed, ctx, device):
         opts = getattr(ctx, "options", None) or {}  # (the config holds no selectors such as --no-reuse)
         recorded = ctx.config["settings"]
@@ -471,8 +489,7 @@ class NASExperiment(Experiment):
         if found["producer"] != str(ctx.run_dir):
             metrics["search_from"] = found["producer"]
         if self.needs_eval(params):
-            ekey = eval_key(found["genotype"], params, evaluation, seed, device.type, data_root=data_root,
-                            imagenet_root=recorded.get("imagenet_root"))
+            ekey = self.eval_cache_key(found["genotype"], params, profile, recorded, seed, device.type, data_root)
             ev = cache.get("eval", ekey)
             if ev is None:
                 ev = cache.put("eval", ekey, self.run_eval(genotype, params, profile, seed, ctx, search, evaluation,
