@@ -8,9 +8,10 @@ tool (``lfm_core.report``) turns run directories back into tables and figures.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from types import UnionType
+from typing import Any, ClassVar, Mapping, Sequence, Union, get_args, get_origin, get_type_hints
 
 import click
 
@@ -146,11 +147,7 @@ def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"bad --set {item!r}: expected KEY=VALUE, e.g. --set lr=0.02")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        out[key.strip()] = value
+        out[key.strip()] = _json_or_text(text)
     return out
 
 
@@ -166,6 +163,58 @@ def check_set(values: dict[str, Any], known: dict[str, Any]) -> None:
         if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
             raise UsageError(f"--set {key}={value!r}: expected {type(default).__name__} like the default "
                              f"{default!r}")
+
+
+def typed_set(values: Mapping[str, Any], settings: Sequence[type],
+              choices: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """``--set`` values checked against the fields of the ``settings`` dataclasses and read as
+    their types: a key must be a field; a value must have the field's type (``X | None`` also
+    takes null; a tuple takes a JSON list or comma-separated text, each element checked, names
+    against ``choices[key]`` where given). A bad one is a one-line UsageError."""
+    hints = {f.name: get_type_hints(cls)[f.name] for cls in settings for f in fields(cls)}
+    out = {}
+    for key, value in values.items():
+        check_choice("--set key", key, sorted(hints))
+        out[key] = _typed_value(key, value, hints[key], (choices or {}).get(key, ()))
+    return out
+
+
+def _typed_value(key: str, value: Any, hint: Any, choices: Sequence[str]) -> Any:
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise UsageError(f"--set {key}=null: expected {_type_name(hint)}")
+    kind = next(a for a in options if a is not type(None))
+    if get_origin(kind) is not tuple:
+        return _typed_scalar(key, value, value, kind, hint, choices)
+    items = [_json_or_text(t.strip()) for t in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise UsageError(f"--set {key}={value!r}: expected {_type_name(hint)}, as a list or comma-separated")
+    return tuple(_typed_scalar(key, value, item, get_args(kind)[0], hint, choices) for item in items)
+
+
+def _typed_scalar(key: str, value: Any, item: Any, kind: type, hint: Any, choices: Sequence[str]) -> Any:
+    kinds = (int, float) if kind is float else (kind,)
+    if not isinstance(item, kinds) or (isinstance(item, bool) and kind is not bool):
+        raise UsageError(f"--set {key}={value!r}: expected {_type_name(hint)}")
+    return check_choice(f"--set {key} value", item, choices) if choices else item
+
+
+def _json_or_text(text: str) -> Any:
+    """``text`` read as JSON where it parses (numbers, true/false, null, lists), else as it is."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _type_name(hint: Any) -> str:
+    """A field type in words: ``int``, ``int or null``, ``a tuple of str``."""
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    words = [f"a tuple of {_type_name(get_args(a)[0])}" if get_origin(a) is tuple else
+             "null" if a is type(None) else a.__name__ for a in options]
+    return " or ".join(words)
 
 
 def check_profile(profile: str) -> str:

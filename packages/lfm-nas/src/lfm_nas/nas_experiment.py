@@ -18,14 +18,14 @@ import torch
 
 from lfm_core.encoders import encoder_label
 from lfm_core.errors import CheckpointError, DataNotFoundError, UsageError
-from lfm_core.experiments import Cell, Experiment, check_set, selected
+from lfm_core.experiments import Cell, Experiment, selected
 from lfm_core.identity import file_digest
 from lfm_core.runtime import PeakMemory, cpu_threads
 from lfm_nas.cache import SearchCache, _key_hash, eval_key, search_key
 from lfm_nas.evaluation import _device, _loader, _warm_up, load_bundle, search_split, train_eval_imagenet
 from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotype
 from lfm_nas.profiles import (ENGINES, PROFILES, STANDIN_TITLES, STANDINS, EvalSettings, SearchSettings,
-                              has_cifar, imagenet_root, settings)
+                              has_cifar, imagenet_root, set_values, settings)
 
 
 def _drop_eval_records(ctx) -> None:
@@ -223,8 +223,7 @@ class NASExperiment(Experiment):
 
     # -- checks -----------------------------------------------------------------------------
     def validate(self, profile, options):
-        given = options.get("set") or {}
-        check_set(given, PROFILES[profile].settable())
+        given = set_values(options)
         cells = [c for c in self.cells(profile, options) if selected(c, options.get("only"))]
         imagenet = sorted({c.column for c in cells if c.params.get("eval") == "imagenet"})
         if "drop_path" in given and imagenet:

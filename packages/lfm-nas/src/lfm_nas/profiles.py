@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lfm_core.errors import check_choice
+from lfm_core.experiments import typed_set
 from lfm_core.solver import ENGINES as SOLVER_ENGINES
 
 P4 = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
@@ -152,6 +153,14 @@ def imagenet_root(options: dict[str, Any]) -> Path | None:
     return None
 
 
+def set_values(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``--set`` values, checked against the two settings' field types and read as them
+    (``primitives``: names of ``lfm_nas.operations.OPS``)."""
+    from lfm_nas.operations import OPS
+
+    return typed_set(options.get("set") or {}, (SearchSettings, EvalSettings), {"primitives": tuple(OPS)})
+
+
 def settings(profile: str, options: dict[str, Any]) -> NASProfile:
     """A profile after the command line: its stand-in (``--standin``; the paper profile keeps its
     CIFAR), the epoch and batch-size overrides, then ``--set``."""
@@ -166,8 +175,8 @@ def settings(profile: str, options: dict[str, Any]) -> NASProfile:
                              imagenet_epochs=int(options["eval_epochs"]))
     if options.get("batch_size"):
         search = replace(search, batch_size=int(options["batch_size"]))
-    given = options.get("set") or {}
-    search = replace(search, **{k: _untuple(v) for k, v in given.items() if k in SearchSettings.names()})
+    given = set_values(options)
+    search = replace(search, **{k: v for k, v in given.items() if k in SearchSettings.names()})
     evaluation = replace(evaluation, **{k: v for k, v in given.items() if k in EvalSettings.names()})
     standin = options.get("standin") and check_choice("--standin", options["standin"], STANDINS)
     data = p.data and (standin or p.data)
