@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Mapping, Sequence, Union, get_args, get_origin
 import click
 
 from lfm_core.claims import Claim
+from lfm_core.data import CIFAR_FOLDERS
 from lfm_core.errors import UsageError, check_choice
 from lfm_core.paper import PaperValue, pv  # noqa: F401  (pv: the specs' parser of one paper number)
 
@@ -221,13 +222,13 @@ def check_profile(profile: str) -> str:
     return check_choice("profile", profile, PROFILE_NAMES)
 
 
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-
-
 def has_cifar(root: Any, name: str) -> bool:
-    """Whether CIFAR-10 or CIFAR-100 (``name``) is under ``root`` as the python-pickle folder
-    that ``lfm_core.data.load_dataset`` reads."""
-    return bool(root) and (Path(root).expanduser() / CIFAR_FOLDERS[name]).is_dir()
+    """Whether CIFAR-10 or CIFAR-100 (``name``) is at ``root`` as the python-pickle folder that
+    ``lfm_core.data.load_dataset`` reads: a folder holding it, or that folder itself."""
+    if not root:
+        return False
+    base, folder = Path(root).expanduser(), CIFAR_FOLDERS[name]
+    return (base / folder).is_dir() or (base.name == folder and base.is_dir())
 
 
 def get_experiment(name: str) -> Experiment:

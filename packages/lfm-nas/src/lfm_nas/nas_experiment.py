@@ -18,14 +18,15 @@ import torch
 
 from lfm_core.encoders import encoder_label
 from lfm_core.errors import CheckpointError, DataNotFoundError, UsageError
-from lfm_core.experiments import Cell, Experiment, selected
+from lfm_core.data import CIFAR_FOLDERS
+from lfm_core.experiments import Cell, Experiment, has_cifar, selected
 from lfm_core.identity import file_digest
 from lfm_core.runtime import PeakMemory, cpu_threads
 from lfm_nas.cache import SearchCache, _key_hash, eval_key, search_key
 from lfm_nas.evaluation import _device, _loader, _warm_up, load_bundle, search_split, train_eval_imagenet
 from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotype
 from lfm_nas.profiles import (ENGINES, PROFILES, STANDIN_TITLES, STANDINS, EvalSettings, SearchSettings,
-                              has_cifar, imagenet_root, set_values, settings)
+                              imagenet_root, set_values, settings)
 
 
 def _drop_eval_records(ctx) -> None:
@@ -240,7 +241,7 @@ class NASExperiment(Experiment):
         root = options.get("data_root")
         for name in sorted({c.params["dataset"] for c in cells}):
             if name.startswith("cifar") and not has_cifar(root, name) and not options.get("download"):
-                folder = "cifar-100-python" if name == "cifar100" else "cifar-10-batches-py"
+                folder = CIFAR_FOLDERS[name]
                 where = Path(root).expanduser() / folder if root else "(no --data-root given)"
                 title = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
                 raise DataNotFoundError(

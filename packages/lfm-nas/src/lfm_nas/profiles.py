@@ -137,14 +137,6 @@ PROFILES: dict[str, NASProfile] = {
 ENGINES = ("auto", *SOLVER_ENGINES)
 
 
-def has_cifar(root: Any, name: str) -> bool:
-    if not root:
-        return False
-    folder = "cifar-100-python" if name == "cifar100" else "cifar-10-batches-py"
-    base = Path(root).expanduser()
-    return (base / folder).is_dir() or base.name == folder
-
-
 def imagenet_root(options: dict[str, Any]) -> Path | None:
     if options.get("imagenet_root"):
         return Path(options["imagenet_root"]).expanduser()
