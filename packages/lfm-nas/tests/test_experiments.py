@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from lfm_core.data import STANDIN_TITLES, STANDINS
 from lfm_core.errors import DataNotFoundError
 from lfm_core.experiments import PaperValue, has_cifar
 from lfm_core.runner import RESULT, resolve_config, run_dir_for, run_one
 from lfm_nas import experiments as E
 from lfm_nas.cache import SearchCache
 from lfm_nas.genotypes import DARTS_V2, genotype_to_dict, load_genotype
-from lfm_nas.profiles import STANDIN_TITLES, STANDINS
 
 ALL = [E.Table1, E.Table2, E.Table3, E.Table4, E.Table5, E.Table10, E.Figure4, E.Figure5]
 

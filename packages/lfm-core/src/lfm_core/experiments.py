@@ -18,7 +18,7 @@ import click
 from lfm_core.claims import Claim
 from lfm_core.data import CIFAR_FOLDERS
 from lfm_core.errors import UsageError, check_choice
-from lfm_core.paper import PaperValue, pv  # noqa: F401  (pv: the specs' parser of one paper number)
+from lfm_core.paper import PaperValue
 
 PROFILE_NAMES = ("smoke", "cpu", "paper")
 # options that only choose which cells or seeds run, or how results are found: never part of a
@@ -78,10 +78,6 @@ class Experiment:
     def describe(self, profile: str, options: dict[str, Any]) -> str:
         """One line for the start of a run: which data and protocol, and how to get the paper's."""
         return ""
-
-    def run_rows(self, profile: str, options: dict[str, Any]) -> list[str]:
-        """The rows this profile runs by default, or those the options (``--methods``) ask for."""
-        return [r for r in self.rows if r not in self.cited_rows]
 
     def cells(self, profile: str, options: dict[str, Any]) -> list[Cell]:
         raise NotImplementedError

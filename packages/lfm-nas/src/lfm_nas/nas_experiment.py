@@ -16,17 +16,16 @@ from typing import Any
 import click
 import torch
 
+from lfm_core.data import CIFAR_FOLDERS, STANDIN_TITLES, STANDINS
 from lfm_core.encoders import encoder_label
 from lfm_core.errors import CheckpointError, DataNotFoundError, UsageError
-from lfm_core.data import CIFAR_FOLDERS
 from lfm_core.experiments import Cell, Experiment, has_cifar, selected
 from lfm_core.identity import file_digest
 from lfm_core.runtime import PeakMemory, cpu_threads
 from lfm_nas.cache import SearchCache, _key_hash, eval_key, search_key
 from lfm_nas.evaluation import _device, _loader, _warm_up, load_bundle, search_split, train_eval_imagenet
 from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotype
-from lfm_nas.profiles import (ENGINES, PROFILES, STANDIN_TITLES, STANDINS, EvalSettings, SearchSettings,
-                              imagenet_root, set_values, settings)
+from lfm_nas.profiles import ENGINES, PROFILES, EvalSettings, SearchSettings, imagenet_root, set_values, settings
 
 
 def _drop_eval_records(ctx) -> None:
@@ -358,7 +357,7 @@ class NASExperiment(Experiment):
                     cfg["encoder_kwargs"]["weights"] = encoder_weights
         return cfg
 
-    def run_search(self, params, profile, seed, ctx, s: SearchSettings, device, key=None) -> dict[str, Any]:
+    def run_search(self, params, seed, ctx, s: SearchSettings, device, key=None) -> dict[str, Any]:
         from lfm_nas.search import search
 
         bundle = load_bundle(params["dataset"], ctx, s.image_size)
@@ -407,7 +406,7 @@ class NASExperiment(Experiment):
         out["nonfinite_steps"] = int(result.get("nonfinite_steps", 0))
         return out
 
-    def run_eval(self, genotype, params, profile, seed, ctx, search: SearchSettings, s: EvalSettings, device,
+    def run_eval(self, genotype, params, seed, ctx, search: SearchSettings, s: EvalSettings, device,
                  checkpoint=None) -> dict[str, Any]:
         from lfm_nas.search import train_eval
 
@@ -479,7 +478,7 @@ class NASExperiment(Experiment):
                           data_root=data_root)
         found = cache.get("search", skey)
         if found is None:
-            found = cache.put("search", skey, self.run_search(params, profile, seed, ctx, search, device, key=skey))
+            found = cache.put("search", skey, self.run_search(params, seed, ctx, search, device, key=skey))
             ctx.checkpoint_path.unlink(missing_ok=True)  # the search's position (supernets, encoder) is done with
         genotype = genotype_from_dict(found["genotype"])
         save_genotype(genotype, Path(ctx.run_dir) / "genotype.json")
@@ -492,7 +491,7 @@ class NASExperiment(Experiment):
             ekey = self.eval_cache_key(found["genotype"], params, profile, recorded, seed, device.type, data_root)
             ev = cache.get("eval", ekey)
             if ev is None:
-                ev = cache.put("eval", ekey, self.run_eval(genotype, params, profile, seed, ctx, search, evaluation,
+                ev = cache.put("eval", ekey, self.run_eval(genotype, params, seed, ctx, search, evaluation,
                                                            device, checkpoint=_EvalCheckpoint(ctx, ekey, skey)))
             ctx.checkpoint_path.unlink(missing_ok=True)  # the evaluation's position is done with
             metrics.update({k: v for k, v in ev.items() if k not in ("key", "producer")})

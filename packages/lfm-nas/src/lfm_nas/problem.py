@@ -38,7 +38,6 @@ from lfm_nas.genotypes import Genotype
 from lfm_nas.operations import prepare_bn_for_engine
 from lfm_nas.spaces import PSNetwork
 
-ALPHA_KEYS = ("alpha_normal", "alpha_reduce")
 VARIANTS = ("two", "single", "ps")
 PS_FEATURES = ("grad", "detached")
 

@@ -27,16 +27,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from lfm_core.data import STANDINS
 from lfm_core.errors import check_choice
 from lfm_core.experiments import typed_set
 from lfm_core.solver import ENGINES as SOLVER_ENGINES
 
 P4 = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
 P5 = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
-
-# the embedded data sets a stand-in profile (cpu, smoke) can run on (``--standin``; lfm_core.data)
-STANDINS = ("digits", "photo_patches")
-STANDIN_TITLES = {"digits": "digits", "photo_patches": "photo patches"}
 
 
 class _Settings:
