@@ -247,8 +247,9 @@ def train_loop(cfg: TrainConfig, splits, seed: int, step=None, progress: Progres
     if setup is not None:
         setup(method)
     guard = NonFiniteGuard(MAX_BAD_STEPS, in_a_row=True, advice=lambda epoch: (
-        f" (method {cfg.method}, lr {cfg.lr * lr_factor(cfg, epoch):g}); no scores were computed and the same "
-        "settings diverge again: lower the learning rate or change the seed"))
+        f" (method {cfg.method}, lr {cfg.lr * lr_factor(cfg, epoch):g}); the same settings diverge again: "
+        "lower the learning rate or change the seed"))
+    # the DR run without a run context: its lr schedule and own step only (no evaluation, no checkpoint)
     run = _DRRun(cfg, splits, None, method, stream, meta_stream, device, None, guard, shard=slice(None))
 
     def own_step(epoch: int, i: int) -> bool:

@@ -31,6 +31,7 @@ from lfm_core.data import STANDINS
 from lfm_core.errors import check_choice
 from lfm_core.experiments import typed_set
 from lfm_core.solver import ENGINES as SOLVER_ENGINES
+from lfm_nas.operations import OPS
 
 P4 = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
 P5 = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
@@ -145,8 +146,6 @@ def imagenet_root(options: dict[str, Any]) -> Path | None:
 def set_values(options: dict[str, Any]) -> dict[str, Any]:
     """The ``--set`` values, checked against the two settings' field types and read as them
     (``primitives``: names of ``lfm_nas.operations.OPS``)."""
-    from lfm_nas.operations import OPS
-
     return typed_set(options.get("set") or {}, (SearchSettings, EvalSettings), {"primitives": tuple(OPS)})
 
 
