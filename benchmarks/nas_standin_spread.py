@@ -84,7 +84,7 @@ def random_cell_error(standin: str, k: int, results: Path) -> dict[str, Any]:
     p = settings("cpu", {"standin": standin})
     genotype = random_genotype(k, tuple(p.search.primitives or ()))
     start = time.perf_counter()
-    res = Table1().run_eval(genotype, {"dataset": standin, "eval": "cifar"}, "cpu", 0, _Ctx(), p.search,
+    res = Table1().run_eval(genotype, {"dataset": standin, "eval": "cifar"}, 0, _Ctx(), p.search,
                             p.evaluation, torch.device("cpu"))
     out = {"cell": k, "genotype": genotype_to_dict(genotype), "test_err": res["test_err"],
            "wall_s": time.perf_counter() - start}

@@ -21,8 +21,8 @@ from lfm_core.runtime import default_dtype
 
 VALUES = Path(__file__).with_name("golden_values.json")
 RTOL = 1e-8
-# (name, fit method, options): every DR engine family and the meta baselines
-CASES = {
+# name -> (fit method, options): every DR engine family and the meta baselines
+DR_CASES = {
     "ce": ("ce", {}),
     "lfm_exact": ("lfm", {"engine": "exact"}),
     "lfm_exact_reverse": ("lfm", {"engine": "exact-reverse"}),
@@ -30,9 +30,10 @@ CASES = {
     "lfm_plus": ("lfm_plus", {}),
     "l2rw": ("l2rw", {}),
     "mwn": ("mwn", {}),
-    "nas_exact": ("lfm-darts", {}),
-    "nas_finite_difference": ("lfm-darts", {}),
 }
+# name -> the LFM-DARTS architect's engine
+NAS_CASES = {"nas_exact": "exact", "nas_finite_difference": "finite-difference"}
+CASES = (*DR_CASES, *NAS_CASES)
 
 
 def _data(n: int, seed: int) -> TensorDataset:
@@ -45,11 +46,11 @@ def _data(n: int, seed: int) -> TensorDataset:
 
 
 def _numbers(name: str) -> dict[str, float]:
-    if name.startswith("nas_"):
-        return _nas_numbers(name[len("nas_"):].replace("_", "-"))
+    if name in NAS_CASES:
+        return _nas_numbers(NAS_CASES[name])
     from lfm_dr import fit
 
-    method, options = CASES[name]
+    method, options = DR_CASES[name]
     with default_dtype(torch.float64):
         res = fit(_data(64, 1), TensorDataset(*_data(16, 2).tensors[:1], torch.arange(16) % 4), num_classes=4,
                   test=_data(32, 3), model="resnet32", model_kwargs={"width": 4, "blocks_per_stage": 1}, method=method, epochs=2,

@@ -295,21 +295,33 @@ def test_virtual_passes_leave_batchnorm_buffers_alone(engine):
         assert int(got.bn.num_batches_tracked) == 1
 
 
-def test_an_engine_function_gives_the_solvers_hypergradient():
-    """ENGINES[name](setup, problem) is the whole hypergradient of a solver step, bit for bit."""
-    from lfm_core.hypergradient import ENGINES
+ALL_ENGINES = ["exact", "exact-reverse", "finite-difference", "forward-difference", "first-order"]
 
+
+@pytest.mark.parametrize("engine", ALL_ENGINES)
+def test_an_engine_function_is_what_the_solver_runs(engine):
+    """ENGINES[engine] on a hand-built Setup gives, bit for bit, the hypergradient of a solver
+    built with that name, and no other engine gives it (so a solver running the wrong engine
+    fails); the exact engines also match brute-force central differences."""
+    from lfm_core.hypergradient import ENGINES
+    from lfm_core.hypergradient.steps import RealStep, Setup
+
+    assert sorted(ENGINES) == sorted(ALL_ENGINES)
     w1, w2, enc, upper, data, drop, sim = make(bn=True)
-    via_solver, _ = solver_grads("exact", w1, w2, enc, upper, data, drop, sim)
+    via_solver = {name: solver_grads(name, w1, w2, enc, upper, data, drop, sim)[0] for name in ENGINES}
+    ref = brute_force(w1, w2, enc, upper, data, drop, sim) if engine in EXACT else None
     w1, w2, enc = copy.deepcopy(w1), copy.deepcopy(w2), copy.deepcopy(enc)
     upper = {k: v.clone().requires_grad_() for k, v in upper.items()}
-    opt1 = torch.optim.SGD(w1.parameters(), lr=0.5)
-    opt2 = torch.optim.SGD(w2.parameters(), lr=0.7)
-    solver = TriLevelSolver(w1, w2, upper, opt1, opt2, torch.optim.SGD(upper.values(), lr=0.0), engine="exact",
-                            fd_eps=1e-4, modules=[enc])
-    result = ENGINES["exact"](solver.setup, TinyProblem(w1, w2, enc, data, drop, sim))
-    assert set(result.grads) == set(via_solver)
-    assert all(torch.equal(result.grads[k], via_solver[k]) for k in via_solver)
+    setup = Setup(w1, w2, upper, torch.optim.SGD(w1.parameters(), lr=0.5), torch.optim.SGD(w2.parameters(), lr=0.7),
+                  RealStep(None, None, None), bn_layers=(w1.bn, w2.bn), hyper_params=None, recompute_weights=False,
+                  plain_bn=True, fd_eps=1e-4)
+    direct = ENGINES[engine](setup, TinyProblem(w1, w2, enc, data, drop, sim)).grads
+    assert set(direct) == set(upper)
+    for name, grads in via_solver.items():
+        same = all(torch.equal(direct[k], grads[k]) for k in direct)
+        assert same == (name == engine), name
+    if ref is not None:
+        assert rel_err(direct, ref) < 1e-4
 
 
 def test_the_forward_differences_base_leaves_the_real_steps_alone():

@@ -183,3 +183,17 @@ def test_probes_come_from_the_meta_set_only():
     again = make_probes(y, 10, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(again, (idx, labels, bad)))
     assert make_probes(y[y != 0].clone().index_put_((torch.tensor([0]),), torch.tensor(0)), 10, 0) is None
+
+
+def test_a_diverged_run_is_an_error_not_scores(digits_with_flips):
+    """Non-finite steps in a row stop the finder with one line, as they stop the DR trainer."""
+    from lfm_core.errors import NonFiniteError
+    from lfm_dr.label_issues import train_loop
+    from lfm_dr.train import TrainConfig
+
+    sp = digits_with_flips
+    cfg = TrainConfig(method="ce", model_kwargs=TINY, epochs=1, batch_size=50, device="cpu")
+    with pytest.raises(NonFiniteError, match="5 non-finite steps in a row at label-issue training epoch 0 step 4"):
+        train_loop(cfg, sp, 0, step=lambda *args: False)
+    with pytest.raises(NonFiniteError, match=r"non-finite steps in a row .*\(method lfm, lr nan\)"):
+        find_label_issues(sp.train, sp.meta, 10, epochs=1, batch_size=50, model_kwargs=TINY, lr=float("nan"))

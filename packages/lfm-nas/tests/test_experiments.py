@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from lfm_core.data import STANDIN_TITLES, STANDINS
 from lfm_core.errors import DataNotFoundError
-from lfm_core.experiments import PaperValue
+from lfm_core.experiments import PaperValue, has_cifar
 from lfm_core.runner import RESULT, resolve_config, run_dir_for, run_one
 from lfm_nas import experiments as E
 from lfm_nas.cache import SearchCache
 from lfm_nas.genotypes import DARTS_V2, genotype_to_dict, load_genotype
-from lfm_nas.profiles import STANDIN_TITLES, STANDINS
 
 ALL = [E.Table1, E.Table2, E.Table3, E.Table4, E.Table5, E.Table10, E.Figure4, E.Figure5]
 
@@ -160,6 +160,17 @@ def test_paper_profile_without_data(cls, tmp_path):
     with pytest.raises(DataNotFoundError, match="no --data-root"):
         exp.validate("paper", {"data_root": None})
     exp.validate("smoke", {"data_root": None})  # digits: nothing needed
+
+
+@pytest.mark.parametrize("at_folder", [False, True])
+def test_cifar_is_found_in_a_data_root_or_as_its_folder(tmp_path, at_folder):
+    """``--data-root`` may hold cifar-100-python or be it, as the loader accepts (lfm_core's has_cifar)."""
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    root = folder if at_folder else tmp_path
+    assert has_cifar(root, "cifar100") and not has_cifar(root, "cifar10")
+    assert not has_cifar(tmp_path / "cifar-10-batches-py", "cifar10")  # the folder's name alone is not enough
+    E.Table1().validate("paper", {"data_root": root, "set": {"pretrained": False}})
 
 
 def test_imagenet_is_checked(tmp_path):

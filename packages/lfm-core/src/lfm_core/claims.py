@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lfm_core.data import STANDIN_TITLES, STANDINS
 from lfm_core.io import atomic_write_text
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive", "not run"
 PROFILE_ORDER = ("paper", "cpu", "smoke")  # the most faithful profile with runs is used
-# the embedded stand-ins (lfm_core.data); where runs on more than one exist, every claim gets a
-# verdict per stand-in, and runs on other data (e.g. CIFAR-100 on disk) count towards each
-STANDINS = {"digits": "digits", "photo_patches": "photo patches"}
+# where runs on more than one stand-in (lfm_core.data.STANDINS) exist, every claim gets a verdict
+# per stand-in, and runs on other data (e.g. CIFAR-100 on disk) count towards each
 
 Value = Callable[[dict[str, Any]], "float | None"]
 
@@ -267,17 +267,15 @@ def overall_verdict(by_standin: dict[str, str]) -> str:
     ran = {k: v for k, v in by_standin.items() if v != NOT_RUN}
     if len(set(ran.values())) <= 1:
         return next(iter(ran.values()), NOT_RUN)
-    return "differs by stand-in: " + ", ".join(f"{STANDINS[k]} {v}" for k, v in ran.items())
+    return "differs by stand-in: " + ", ".join(f"{STANDIN_TITLES[k]} {v}" for k, v in ran.items())
 
 
-def write_claims(records: Iterable[dict[str, Any]], out_dir: str | Path,
-                 claims: tuple[Claim, ...] | None = None) -> Path:
-    """Write ``claims.md`` (every claim, its verdict and the numbers behind it) into ``out_dir``;
-    ``claims`` defaults to those of the registered experiments. Where runs on more than one
-    stand-in exist, each claim has a verdict per stand-in and an overall line that says when
-    they disagree."""
+def write_claims(records: Iterable[dict[str, Any]], out_dir: str | Path) -> Path:
+    """Write ``claims.md`` (every claim of the registered experiments, its verdict and the
+    numbers behind it) into ``out_dir``. Where runs on more than one stand-in exist, each claim
+    has a verdict per stand-in and an overall line that says when they disagree."""
     records = list(records)
-    claims = registered_claims() if claims is None else claims
+    claims = registered_claims()
     standins = [s for s in STANDINS if any(standin_of(r) == s for r in records)]
     if len(standins) > 1:
         return _write_claims_per_standin(records, out_dir, standins, claims)
@@ -319,7 +317,7 @@ def _details(claim: Claim, lines: list[dict[str, Any]], title: str) -> list[str]
 def _write_claims_per_standin(records: list[dict[str, Any]], out_dir: str | Path, standins: list[str],
                               claims: tuple[Claim, ...]) -> Path:
     out = Path(out_dir) / "claims.md"
-    names = [STANDINS[s] for s in standins]
+    names = [STANDIN_TITLES[s] for s in standins]
     text = ["# The paper's claims at this suite's scale", "",
             "Each claim is checked on the finished runs (the most faithful profile that has them), once per "
             f"stand-in ({', '.join(names)}): a CPU-scale verdict is a statement about its stand-in. A comparison "

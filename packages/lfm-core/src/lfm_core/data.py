@@ -356,6 +356,11 @@ _CIFAR = {
     "cifar10": ("CIFAR-10", "cifar-10-batches-py", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ("CIFAR-100", "cifar-100-python", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
+# the embedded data sets a stand-in profile (cpu, smoke) runs on (``--standin``), with their names
+# in labels and titles: digits, the default, and grey patches of ten scikit-image photos
+STANDIN_TITLES = {"digits": "digits", "photo_patches": "photo patches"}
+STANDINS = tuple(STANDIN_TITLES)
+CIFAR_FOLDERS = {name: spec[1] for name, spec in _CIFAR.items()}  # the python-pickle folders under a data root
 # the python-pickle release: (training files, test files, meta file, label key, class-name key)
 CIFAR_FILES = {
     "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta", "labels", "label_names"),

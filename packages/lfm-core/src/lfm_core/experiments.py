@@ -8,15 +8,17 @@ tool (``lfm_core.report``) turns run directories back into tables and figures.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from types import UnionType
+from typing import Any, ClassVar, Mapping, Sequence, Union, get_args, get_origin, get_type_hints
 
 import click
 
 from lfm_core.claims import Claim
+from lfm_core.data import CIFAR_FOLDERS
 from lfm_core.errors import UsageError, check_choice
-from lfm_core.paper import PaperValue, pv  # noqa: F401  (pv: the specs' parser of one paper number)
+from lfm_core.paper import PaperValue
 
 PROFILE_NAMES = ("smoke", "cpu", "paper")
 # options that only choose which cells or seeds run, or how results are found: never part of a
@@ -76,10 +78,6 @@ class Experiment:
     def describe(self, profile: str, options: dict[str, Any]) -> str:
         """One line for the start of a run: which data and protocol, and how to get the paper's."""
         return ""
-
-    def run_rows(self, profile: str, options: dict[str, Any]) -> list[str]:
-        """The rows this profile runs by default, or those the options (``--methods``) ask for."""
-        return [r for r in self.rows if r not in self.cited_rows]
 
     def cells(self, profile: str, options: dict[str, Any]) -> list[Cell]:
         raise NotImplementedError
@@ -146,11 +144,7 @@ def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"bad --set {item!r}: expected KEY=VALUE, e.g. --set lr=0.02")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        out[key.strip()] = value
+        out[key.strip()] = _json_or_text(text)
     return out
 
 
@@ -168,17 +162,69 @@ def check_set(values: dict[str, Any], known: dict[str, Any]) -> None:
                              f"{default!r}")
 
 
+def typed_set(values: Mapping[str, Any], settings: Sequence[type],
+              choices: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """``--set`` values checked against the fields of the ``settings`` dataclasses and read as
+    their types: a key must be a field; a value must have the field's type (``X | None`` also
+    takes null; a tuple takes a JSON list or comma-separated text, each element checked, names
+    against ``choices[key]`` where given). A bad one is a one-line UsageError."""
+    hints = {f.name: get_type_hints(cls)[f.name] for cls in settings for f in fields(cls)}
+    out = {}
+    for key, value in values.items():
+        check_choice("--set key", key, sorted(hints))
+        out[key] = _typed_value(key, value, hints[key], (choices or {}).get(key, ()))
+    return out
+
+
+def _typed_value(key: str, value: Any, hint: Any, choices: Sequence[str]) -> Any:
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise UsageError(f"--set {key}=null: expected {_type_name(hint)}")
+    kind = next(a for a in options if a is not type(None))
+    if get_origin(kind) is not tuple:
+        return _typed_scalar(key, value, value, kind, hint, choices)
+    items = [_json_or_text(t.strip()) for t in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise UsageError(f"--set {key}={value!r}: expected {_type_name(hint)}, as a list or comma-separated")
+    return tuple(_typed_scalar(key, value, item, get_args(kind)[0], hint, choices) for item in items)
+
+
+def _typed_scalar(key: str, value: Any, item: Any, kind: type, hint: Any, choices: Sequence[str]) -> Any:
+    kinds = (int, float) if kind is float else (kind,)
+    if not isinstance(item, kinds) or (isinstance(item, bool) and kind is not bool):
+        raise UsageError(f"--set {key}={value!r}: expected {_type_name(hint)}")
+    return check_choice(f"--set {key} value", item, choices) if choices else item
+
+
+def _json_or_text(text: str) -> Any:
+    """``text`` read as JSON where it parses (numbers, true/false, null, lists), else as it is."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _type_name(hint: Any) -> str:
+    """A field type in words: ``int``, ``int or null``, ``a tuple of str``."""
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    words = [f"a tuple of {_type_name(get_args(a)[0])}" if get_origin(a) is tuple else
+             "null" if a is type(None) else a.__name__ for a in options]
+    return " or ".join(words)
+
+
 def check_profile(profile: str) -> str:
     return check_choice("profile", profile, PROFILE_NAMES)
 
 
-CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-
-
 def has_cifar(root: Any, name: str) -> bool:
-    """Whether CIFAR-10 or CIFAR-100 (``name``) is under ``root`` as the python-pickle folder
-    that ``lfm_core.data.load_dataset`` reads."""
-    return bool(root) and (Path(root).expanduser() / CIFAR_FOLDERS[name]).is_dir()
+    """Whether CIFAR-10 or CIFAR-100 (``name``) is at ``root`` as the python-pickle folder that
+    ``lfm_core.data.load_dataset`` reads: a folder holding it, or that folder itself."""
+    if not root:
+        return False
+    base, folder = Path(root).expanduser(), CIFAR_FOLDERS[name]
+    return (base / folder).is_dir() or (base.name == folder and base.is_dir())
 
 
 def get_experiment(name: str) -> Experiment:

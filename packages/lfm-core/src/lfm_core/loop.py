@@ -145,7 +145,7 @@ def run_loop(loop: Loop, start: Position = Position()) -> None:
         for epoch in range(start.epoch, loop.epochs):
             loop.begin_epoch(epoch)
             for step in range(start.step if epoch == start.epoch else 0, loop.steps):
-                _stop_if_asked(loop, Position(epoch, step), save=True)  # a signal during the last step lands here
+                _stop_if_asked(loop, Position(epoch, step), save=True)  # a signal during the previous step lands here
                 for cb in callbacks:
                     cb.on_step_start(epoch, step)
                 finite = loop.step(epoch, step)

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import click
 import torch
 
-from lfm_core.data import load_dataset, make_splits
+from lfm_core.data import STANDIN_TITLES, STANDINS, load_dataset, make_splits
 from lfm_core.encoders import encoder_label
 from lfm_core.errors import DataNotFoundError, check_choice
 from lfm_core.experiments import Cell, Experiment, check_set, has_cifar, selected
@@ -86,10 +86,6 @@ DR_PROFILES: dict[str, DRProfile] = {
                        model_kwargs={"resnet32": {}, "wrn28_10": {}, "vgg19_bn": {}}),
 }
 PAPER_EPOCHS = DR_PROFILES["paper"].epochs
-# the embedded data sets a stand-in profile (cpu, smoke) can run on (``--standin``): digits, the
-# default, and grey patches of ten natural photos shipped with scikit-image (lfm_core.data)
-STANDINS = ("digits", "photo_patches")
-STANDIN_TITLES = {"digits": "digits", "photo_patches": "photo patches"}
 
 
 def standin_of(profile: str, options: dict[str, Any]) -> str | None:

@@ -30,11 +30,12 @@ from torch.utils.data import Dataset
 
 from lfm_core.encoders import PixelEncoder
 from lfm_core.errors import check_choice
+from lfm_core.loop import Loop, NonFiniteGuard, run_loop
 from lfm_core.runtime import seed_everything
 from lfm_core.weighting import SIMILARITIES
 from lfm_dr.user_data import UserData
 from lfm_dr.methods.lfm import DRProblem
-from lfm_dr.train import TrainConfig, build_method, device_of, gather, lr_factor
+from lfm_dr.train import MAX_BAD_STEPS, TrainConfig, _DRRun, build_method, device_of, gather, lr_factor
 
 # V is fixed and label-free (flattened pixels minus their mean, L2-normalised, scaled to a softmax
 # temperature): attention through a randomly initialised CNN is close to uniform, and a_i then says
@@ -235,27 +236,33 @@ def _final_losses(model: nn.Module, data: Dataset, device, batch: int = 500) -> 
 
 
 def train_loop(cfg: TrainConfig, splits, seed: int, step=None, progress: Progress | None = None, setup=None):
-    """Train ``cfg.method`` for ``cfg.epochs`` (the DR trainer's data order and lr schedule,
-    without its evaluation and checkpoints); ``setup(method)`` runs once after it is built and
-    ``step(method, x, y, idx, epoch)`` replaces its own ``train_step``. Returns the method."""
+    """Train ``cfg.method`` for ``cfg.epochs`` on :func:`lfm_core.loop.run_loop` with the DR
+    trainer's data order, lr schedule and non-finite guard (a run that diverges raises
+    :class:`~lfm_core.errors.NonFiniteError`), without its evaluation and checkpoints.
+    ``setup(method)`` runs once after it is built; ``step(method, x, y, idx, epoch)`` replaces its
+    own ``train_step`` and returns whether the step was finite. Returns the method."""
     device = device_of(cfg)
     seed_everything(seed)
-    method, stream, _ = build_method(cfg, splits, seed, device)
+    method, stream, meta_stream = build_method(cfg, splits, seed, device)
     if setup is not None:
         setup(method)
-    scheduled = {n: o for n, o in method.optimizers().items() if n in method.scheduled}
-    base_lr = {n: [g["lr"] for g in o.param_groups] for n, o in scheduled.items()}
-    total = cfg.epochs * stream.per_epoch
-    for epoch in range(cfg.epochs):
-        for name, opt in scheduled.items():
-            for group, lr in zip(opt.param_groups, base_lr[name]):
-                group["lr"] = lr * lr_factor(cfg, epoch)
-        for i in range(stream.per_epoch):
-            x, y, idx = gather(splits.train, stream.batch_indices(epoch, i), device, cfg.augment)
-            (step or type(method).train_step)(method, x, y, idx, epoch)
-            if progress is not None:
-                progress(epoch * stream.per_epoch + i + 1, total)
+    guard = NonFiniteGuard(MAX_BAD_STEPS, in_a_row=True, advice=lambda epoch: (
+        f" (method {cfg.method}, lr {cfg.lr * lr_factor(cfg, epoch):g}); the same settings diverge again: "
+        "lower the learning rate or change the seed"))
+    # the DR run without a run context: its lr schedule and own step only (no evaluation, no checkpoint)
+    run = _DRRun(cfg, splits, None, method, stream, meta_stream, device, None, guard, shard=slice(None))
+
+    def own_step(epoch: int, i: int) -> bool:
+        x, y, idx = gather(splits.train, stream.batch_indices(epoch, i), device, cfg.augment)
+        return bool(step(method, x, y, idx, epoch))
+
+    def end_epoch(epoch: int) -> dict[str, Any]:
         method.end_epoch(epoch)
+        return {}
+
+    run_loop(Loop(name="label_issues", epochs=cfg.epochs, steps=stream.per_epoch,
+                  step=run.step if step is None else own_step, end_epoch=end_epoch, begin_epoch=run.begin_epoch,
+                  progress=progress, guard=guard, title="label-issue training"))
     return method
 
 
@@ -319,6 +326,7 @@ def find_label_issues(
                 method.b.clamp_(min=method.opt["b_min"])
         if len(record) == 3:  # a step that stopped early (non-finite loss) records less
             tracker.add(idx, y, record, early=epoch < max(epochs // 2, 1))
+        return stats.finite
 
     method = train_loop(cfg, splits, seed, step, progress, setup)
     dev = device_of(cfg)

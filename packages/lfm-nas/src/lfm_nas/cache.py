@@ -2,7 +2,9 @@
 computed once per results root and reused by every cell that needs it (``--no-reuse`` turns that
 off). Entries live in ``<results>/.nas-cache/<profile>/<kind>-<hash of the key>.json``; the key is
 the search's (or evaluation's) whole configuration: ``search_key`` and ``eval_key`` take every
-field of the settings dataclass, so a new setting is part of the key by construction."""
+field of the settings dataclass, so a new setting is part of the key by construction. The one
+search setting the CIFAR evaluation reads, ``image_size``, is in its key where it differs from the
+profile's (``NASExperiment.eval_cache_key``)."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def eval_key(genotype: dict[str, Any], params: dict[str, Any], settings: EvalSet
              **extras: Any) -> dict[str, Any]:
     """The evaluation's identity: the searched genotype, the evaluation (CIFAR or ImageNet network)
     and its data set, every evaluation setting, the seed, the device type, and the ``extras`` that
-    are set (data root, ImageNet root)."""
+    are set (data root, ImageNet root, an image size other than the profile's)."""
     key = {"genotype": genotype, "eval": params.get("eval", "cifar"), "dataset": params["dataset"],
            "settings": asdict(settings), "seed": int(seed), "device": device}
     return {**key, **{k: v for k, v in extras.items() if v}}

@@ -19,10 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 from lfm_core.claims import Claim, error_below
+from lfm_core.data import STANDIN_TITLES
 from lfm_core.experiments import Cell
 from lfm_core.paper import paper_table
 from lfm_nas.nas_experiment import NASExperiment, spec
-from lfm_nas.profiles import STANDIN_TITLES, settings
+from lfm_nas.profiles import settings
 
 
 def imagenet_standin(profile: str, options: dict) -> str:

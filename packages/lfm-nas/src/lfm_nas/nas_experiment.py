@@ -16,16 +16,16 @@ from typing import Any
 import click
 import torch
 
+from lfm_core.data import CIFAR_FOLDERS, STANDIN_TITLES, STANDINS
 from lfm_core.encoders import encoder_label
 from lfm_core.errors import CheckpointError, DataNotFoundError, UsageError
-from lfm_core.experiments import Cell, Experiment, check_set, selected
+from lfm_core.experiments import Cell, Experiment, has_cifar, selected
 from lfm_core.identity import file_digest
 from lfm_core.runtime import PeakMemory, cpu_threads
 from lfm_nas.cache import SearchCache, _key_hash, eval_key, search_key
 from lfm_nas.evaluation import _device, _loader, _warm_up, load_bundle, search_split, train_eval_imagenet
 from lfm_nas.genotypes import genotype_from_dict, genotype_to_dict, save_genotype
-from lfm_nas.profiles import (ENGINES, PROFILES, STANDIN_TITLES, STANDINS, EvalSettings, SearchSettings,
-                              has_cifar, imagenet_root, settings)
+from lfm_nas.profiles import ENGINES, PROFILES, EvalSettings, SearchSettings, imagenet_root, set_values, settings
 
 
 def _drop_eval_records(ctx) -> None:
@@ -223,7 +223,13 @@ class NASExperiment(Experiment):
 
     # -- checks -----------------------------------------------------------------------------
     def validate(self, profile, options):
-        check_set(options.get("set") or {}, PROFILES[profile].settable())
+        given = set_values(options)
+        cells = [c for c in self.cells(profile, options) if selected(c, options.get("only"))]
+        imagenet = sorted({c.column for c in cells if c.params.get("eval") == "imagenet"})
+        if "drop_path" in given and imagenet:
+            raise UsageError(f"--set drop_path={given['drop_path']!r}: the ImageNet evaluation ({', '.join(imagenet)}) "
+                             "trains without drop path, as DARTS's; the setting is the CIFAR evaluation's "
+                             "(pick CIFAR columns with --only)")
         standin = self.standin(profile, options)
         if standin == "photo_patches":  # scikit-image's bundled photos (a one-line install message if absent)
             from lfm_core.data import photo_patch_arrays
@@ -232,10 +238,9 @@ class NASExperiment(Experiment):
         if standin:  # embedded data: nothing to find
             return
         root = options.get("data_root")
-        cells = [c for c in self.cells(profile, options) if selected(c, options.get("only"))]
         for name in sorted({c.params["dataset"] for c in cells}):
             if name.startswith("cifar") and not has_cifar(root, name) and not options.get("download"):
-                folder = "cifar-100-python" if name == "cifar100" else "cifar-10-batches-py"
+                folder = CIFAR_FOLDERS[name]
                 where = Path(root).expanduser() / folder if root else "(no --data-root given)"
                 title = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
                 raise DataNotFoundError(
@@ -352,7 +357,7 @@ class NASExperiment(Experiment):
                     cfg["encoder_kwargs"]["weights"] = encoder_weights
         return cfg
 
-    def run_search(self, params, profile, seed, ctx, s: SearchSettings, device, key=None) -> dict[str, Any]:
+    def run_search(self, params, seed, ctx, s: SearchSettings, device, key=None) -> dict[str, Any]:
         from lfm_nas.search import search
 
         bundle = load_bundle(params["dataset"], ctx, s.image_size)
@@ -401,7 +406,7 @@ class NASExperiment(Experiment):
         out["nonfinite_steps"] = int(result.get("nonfinite_steps", 0))
         return out
 
-    def run_eval(self, genotype, params, profile, seed, ctx, search: SearchSettings, s: EvalSettings, device,
+    def run_eval(self, genotype, params, seed, ctx, search: SearchSettings, s: EvalSettings, device,
                  checkpoint=None) -> dict[str, Any]:
         from lfm_nas.search import train_eval
 
@@ -421,7 +426,7 @@ class NASExperiment(Experiment):
             test = _loader(bundle.test, 256, False, seed, device=device)
             res = train_eval_imagenet(genotype, train, test, s.imagenet_epochs, C=s.imagenet_C,
                                       layers=s.imagenet_layers, num_classes=bundle.num_classes,
-                                      lr=s.imagenet_lr, device=device, seed=seed, log=log,
+                                      auxiliary_weight=s.auxiliary, lr=s.imagenet_lr, device=device, seed=seed, log=log,
                                       progress=lambda d, t: ctx.progress(d, t, "evaluate (ImageNet network)"),
                                       checkpoint=checkpoint)
             return {**res, "test_err": res["top1_err"], "eval_dataset": bundle.name,
@@ -447,6 +452,18 @@ class NASExperiment(Experiment):
         metrics["threads"] = torch.get_num_threads() if device.type == "cpu" else None
         return metrics
 
+    @staticmethod
+    def eval_cache_key(genotype: dict[str, Any], params: dict[str, Any], profile: str, recorded: dict[str, Any],
+                       seed: int, device: str, data_root: str | None) -> dict[str, Any]:
+        """The evaluation's cache key from a run's recorded settings (``recorded``: its
+        ``config["settings"]``). The CIFAR network reads the search's ``image_size``: it is in the
+        key where it differs from the profile's, so that keys made before it stay valid."""
+        search, evaluation = SearchSettings.of(recorded["settings"]), EvalSettings.of(recorded["settings"])
+        cifar = params.get("eval", "cifar") == "cifar"
+        image_size = search.image_size if cifar and search.image_size != PROFILES[profile].search.image_size else None
+        return eval_key(genotype, params, evaluation, seed, device, data_root=data_root,
+                        imagenet_root=recorded.get("imagenet_root"), image_size=image_size)
+
     def _run_cell(self, cell, profile, seed, ctx, device):
         opts = getattr(ctx, "options", None) or {}  # (the config holds no selectors such as --no-reuse)
         recorded = ctx.config["settings"]
@@ -461,7 +478,7 @@ class NASExperiment(Experiment):
                           data_root=data_root)
         found = cache.get("search", skey)
         if found is None:
-            found = cache.put("search", skey, self.run_search(params, profile, seed, ctx, search, device, key=skey))
+            found = cache.put("search", skey, self.run_search(params, seed, ctx, search, device, key=skey))
             ctx.checkpoint_path.unlink(missing_ok=True)  # the search's position (supernets, encoder) is done with
         genotype = genotype_from_dict(found["genotype"])
         save_genotype(genotype, Path(ctx.run_dir) / "genotype.json")
@@ -471,11 +488,10 @@ class NASExperiment(Experiment):
         if found["producer"] != str(ctx.run_dir):
             metrics["search_from"] = found["producer"]
         if self.needs_eval(params):
-            ekey = eval_key(found["genotype"], params, evaluation, seed, device.type, data_root=data_root,
-                            imagenet_root=recorded.get("imagenet_root"))
+            ekey = self.eval_cache_key(found["genotype"], params, profile, recorded, seed, device.type, data_root)
             ev = cache.get("eval", ekey)
             if ev is None:
-                ev = cache.put("eval", ekey, self.run_eval(genotype, params, profile, seed, ctx, search, evaluation,
+                ev = cache.put("eval", ekey, self.run_eval(genotype, params, seed, ctx, search, evaluation,
                                                            device, checkpoint=_EvalCheckpoint(ctx, ekey, skey)))
             ctx.checkpoint_path.unlink(missing_ok=True)  # the evaluation's position is done with
             metrics.update({k: v for k, v in ev.items() if k not in ("key", "producer")})

@@ -38,7 +38,6 @@ from lfm_nas.genotypes import Genotype
 from lfm_nas.operations import prepare_bn_for_engine
 from lfm_nas.spaces import PSNetwork
 
-ALPHA_KEYS = ("alpha_normal", "alpha_reduce")
 VARIANTS = ("two", "single", "ps")
 PS_FEATURES = ("grad", "detached")
 
@@ -230,7 +229,7 @@ class ArchitectSettings:
     encoder_lr: float = 1e-2
     r_lr: float = 1e-2
     grad_clip: float | None = 5.0
-    fd_eps: float | None = None
+    fd_eps: float | None = None  # None: lfm_core.hypergradient.default_fd_eps (the search passes DARTS's 0.01)
     recompute_weights: bool = True
 
     def __post_init__(self) -> None:

@@ -27,15 +27,14 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from lfm_core.data import STANDINS
 from lfm_core.errors import check_choice
+from lfm_core.experiments import typed_set
 from lfm_core.solver import ENGINES as SOLVER_ENGINES
+from lfm_nas.operations import OPS
 
 P4 = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
 P5 = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
-
-# the embedded data sets a stand-in profile (cpu, smoke) can run on (``--standin``; lfm_core.data)
-STANDINS = ("digits", "photo_patches")
-STANDIN_TITLES = {"digits": "digits", "photo_patches": "photo patches"}
 
 
 class _Settings:
@@ -136,20 +135,18 @@ PROFILES: dict[str, NASProfile] = {
 ENGINES = ("auto", *SOLVER_ENGINES)
 
 
-def has_cifar(root: Any, name: str) -> bool:
-    if not root:
-        return False
-    folder = "cifar-100-python" if name == "cifar100" else "cifar-10-batches-py"
-    base = Path(root).expanduser()
-    return (base / folder).is_dir() or base.name == folder
-
-
 def imagenet_root(options: dict[str, Any]) -> Path | None:
     if options.get("imagenet_root"):
         return Path(options["imagenet_root"]).expanduser()
     if options.get("data_root"):
         return Path(options["data_root"]).expanduser() / "imagenet"
     return None
+
+
+def set_values(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``--set`` values, checked against the two settings' field types and read as them
+    (``primitives``: names of ``lfm_nas.operations.OPS``)."""
+    return typed_set(options.get("set") or {}, (SearchSettings, EvalSettings), {"primitives": tuple(OPS)})
 
 
 def settings(profile: str, options: dict[str, Any]) -> NASProfile:
@@ -166,8 +163,8 @@ def settings(profile: str, options: dict[str, Any]) -> NASProfile:
                              imagenet_epochs=int(options["eval_epochs"]))
     if options.get("batch_size"):
         search = replace(search, batch_size=int(options["batch_size"]))
-    given = options.get("set") or {}
-    search = replace(search, **{k: _untuple(v) for k, v in given.items() if k in SearchSettings.names()})
+    given = set_values(options)
+    search = replace(search, **{k: v for k, v in given.items() if k in SearchSettings.names()})
     evaluation = replace(evaluation, **{k: v for k, v in given.items() if k in EvalSettings.names()})
     standin = options.get("standin") and check_choice("--standin", options["standin"], STANDINS)
     data = p.data and (standin or p.data)

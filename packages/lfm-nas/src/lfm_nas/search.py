@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lfm_core.errors import CheckpointError, UsageError, check_choice
+from lfm_core.hypergradient import default_fd_eps
 from lfm_core.loop import Loop, NonFiniteGuard, Position, run_loop
 from lfm_core.runtime import rng_state, set_rng_state
 from lfm_core.stopping import stop_on_signals
@@ -56,7 +57,10 @@ DEFAULTS: dict[str, Any] = {
     "encoder": None, "encoder_kwargs": {}, "n_val": None,
     "lfm_start": None,  # None: SearchSettings.pdarts_lfm_start for P-DARTS, 0 for DARTS
     "w_lr_min": 0.001, "arch_lr": None,  # None: PDARTS_ARCH_LR for P-DARTS, ArchitectSettings.arch_lr for DARTS
-    "arch_grad_clip": None, "fd_eps": 0.01,  # DARTS' central-difference step, for every difference engine
+    "arch_grad_clip": None,
+    # DARTS's central-difference step (0.01) for both difference engines, not forward-difference's
+    # own default (1e-3, what ArchitectSettings(fd_eps=None) takes)
+    "fd_eps": default_fd_eps("finite-difference"),
     # P-DARTS
     "pdarts_layers": _SEARCH.pdarts_layers, "pdarts_ops": _SEARCH.pdarts_ops,
     "pdarts_skip_dropout": _SEARCH.pdarts_skip_dropout, "max_skips": 2,
