@@ -24,7 +24,8 @@ DEV = ROOT / ".nox" / "dev"
 # the photo_patches stand-in, lfm-core's ``patches`` extra; submitit: the launcher, lfm-core's ``cluster`` extra;
 # mypy: the type check of ``tests``, one major version so that a new release cannot break CI;
 # pytest-xdist: the tests on two worker processes, see ``tests``)
-DEV_TOOLS = ["pytest>=7", "pytest-xdist>=3.5", "ruff", "tensorboard", "scikit-image>=0.23", "submitit>=1.5", "mypy>=2.4,<3"]
+PYTEST = ["pytest>=7", "pytest-xdist>=3.5"]  # every environment that runs tests: the shared one, install_alone's
+DEV_TOOLS = [*PYTEST, "ruff", "tensorboard", "scikit-image>=0.23", "submitit>=1.5", "mypy>=2.4,<3"]
 nox.options.sessions = ["tests", "install_alone", "reproduce"]
 # two test processes (the tests are single-threaded, CI has two cores or more); each file's tests stay on
 # one worker, so a module's fixtures are built once and the Slurm tests (all in tests/test_launch.py) never
@@ -128,8 +129,7 @@ def install_alone(session: nox.Session, package: str) -> None:
         pip = [_bin(env, "python"), "-m", "pip", "install", "-q", *CONSTRAINTS]
         session.run(*pip, *TORCH, external=True)
         wanted = ["lfm-core"] if package == "lfm-core" else ["lfm-core", package]
-        session.run(*pip, *[str(ROOT / "packages" / p) for p in wanted], "pytest>=7", "pytest-xdist>=3.5",
-                    external=True)
+        session.run(*pip, *[str(ROOT / "packages" / p) for p in wanted], *PYTEST, external=True)
         py = _bin(env, "python")
         session.run(py, "-m", "pytest", "-q", *XDIST, str(ROOT / "packages" / package / "tests"), external=True)
         session.run(_bin(env, "lfm-bench"), "--help", external=True)
