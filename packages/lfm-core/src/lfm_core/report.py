@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,6 +30,13 @@ NOT_RUN = "not run"
 PAPER = "Zhang et al., IEEE TAI 2025"
 # config fields that never tell two configurations of one cell apart in a label
 _UNLABELLED = ("seed", "config_id", "row", "column", "experiment")
+
+
+def seed_std(values: Iterable[float]) -> float:
+    """The spread over seeds that every table, figure and claim shows: the sample standard
+    deviation (n - 1 in the denominator, as ``statistics.stdev``); 0.0 for a single seed."""
+    vals = [float(v) for v in values]
+    return statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
 def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -92,7 +100,7 @@ def aggregate(exp: Experiment, frame: pd.DataFrame, metric: str | None = None,
             config = configs.get(cid, {})
             ours[(row, variant, column)] = {
                 "mean": float(values.mean()),
-                "std": float(values.std(ddof=0)) if len(values) > 1 else 0.0,
+                "std": seed_std(values),
                 "n": int(len(values)),
                 "profile": ",".join(sorted(set(group["profile"]))),
                 "dataset": ",".join(sorted({str(d) for d in group.get("dataset", []) if d and d == d})),
@@ -355,7 +363,7 @@ def write_report(results: Path, out_dir: Path, names: list[str], profile: str | 
     index = ["# LFM reproduction report", "",
              f"Built by `lfm-bench report` from `{results}`"
              + (f" (profile {profile})" if profile else "") + ". "
-             f"Ours: mean ± std over the seeds of one configuration; paper: as printed in {PAPER}. "
+             f"Ours: mean ± sample std (n - 1) over the seeds of one configuration; paper: as printed in {PAPER}. "
              "Cells marked *not run* have no finished run; *cited* rows are baselines this suite "
              "does not implement, shown with the paper's numbers. Each table says what really ran "
              "(data, model, budget); a Δ to the paper appears only where those are the paper's.", ""]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lfm_core.report import seed_std
+
 
 def _pyplot():
     import matplotlib
@@ -52,7 +54,7 @@ def plot_confusions(frame, out_path, rows: list[str]) -> None:
 
 
 def plot_network_bars(frame, out_path, rows: list[str], columns: list[str], title: str) -> None:
-    """Grouped bars: test accuracy per noise rate for each (network, method), mean ± std over seeds."""
+    """Grouped bars: test accuracy per noise rate for each (network, method), mean ± sample std over seeds."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
     width = 0.8 / len(rows)
@@ -62,7 +64,7 @@ def plot_network_bars(frame, out_path, rows: list[str], columns: list[str], titl
         for column in columns:
             vals = frame.loc[(frame["row"] == row) & (frame["column"] == column), "test_acc"].dropna()
             means.append(vals.mean() if len(vals) else np.nan)
-            stds.append(vals.std(ddof=0) if len(vals) > 1 else 0.0)
+            stds.append(seed_std(vals))
         ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=row)
     for j, column in enumerate(columns):
         if not (frame["column"] == column).any():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+from lfm_core.report import seed_std
+
 
 def plot_bars(frame, out_path, rows: list[str], columns: list[str], title: str, metric: str = "test_err",
               ylabel: str = "Test error (%)") -> None:
-    """Grouped bars (one group per column that has runs, one bar per row): mean ± std over seeds."""
+    """Grouped bars (one group per column that has runs, one bar per row): mean ± sample std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +28,7 @@ def plot_bars(frame, out_path, rows: list[str], columns: list[str], title: str, 
             vals = frame.loc[(frame["row"] == row) & (frame["column"] == column), metric].dropna() \
                 if metric in frame else []
             means.append(float(np.mean(vals)) if len(vals) else np.nan)
-            stds.append(float(np.std(vals)) if len(vals) > 1 else 0.0)
+            stds.append(seed_std(vals))
             ns.append(len(vals))
         pos = x + (i - (len(rows) - 1) / 2) * width
         bars = ax.bar(pos, means, width, yerr=stds, capsize=3, label=row)
