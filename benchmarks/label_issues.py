@@ -158,6 +158,28 @@ def candidates_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _resume(path: Path | None, config: dict, rows: list[dict]) -> set[tuple[int, str, float]]:
+    """Settings already measured in ``path`` under the same configuration (seeds and date aside):
+    their rows are kept in ``rows`` and not run again, so ``--seeds 1,2,3`` after ``--seeds 1,2``
+    runs seed 3 only. Another configuration is never mixed in: the file is then rewritten."""
+    if path is None or not path.exists():
+        return set()
+    old = json.loads(path.read_text())
+    free = ("seeds", "date", "note")
+    same = {k: v for k, v in old.get("config", {}).items() if k not in free} == \
+        {k: v for k, v in config.items() if k not in free}
+    if not same:
+        print(f"{path}: another configuration; it is replaced", file=sys.stderr)
+        return set()
+    kept = [r for r in old["settings"] if r["seed"] in config["seeds"]]
+    if "note" in old["config"]:
+        config["note"] = old["config"]["note"]
+    rows.extend(kept)
+    config["date"] = ",".join(sorted({*str(old["config"].get("date", "")).split(","), config["date"]} - {""}))
+    print(f"{path}: {len(kept)} setting(s) already measured, kept", file=sys.stderr)
+    return {(r["seed"], r["noise"], r["rate"]) for r in kept}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help=f"only {QUICK_SETTINGS}")
@@ -193,7 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
               "torch": torch.__version__, "machine": platform.machine(),
               "date": time.strftime("%Y-%m-%d", time.gmtime())}
     result = {"settings": rows, "config": config}
+    done = _resume(args.write / f"label_issues_{args.data}.json" if args.write else None, config, rows)
     for seed, (noise, rate) in itertools.product(seeds, settings):
+        if (seed, noise, rate) in done:
+            continue
         args.seed = seed
         splits = make_splits(bundle, args.meta_per_class, seed=seed, noise=noise, noise_rate=rate)
         lfm, candidates = run_lfm(splits, args)
