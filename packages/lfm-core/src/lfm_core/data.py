@@ -361,6 +361,7 @@ _CIFAR = {
 STANDIN_TITLES = {"digits": "digits", "photo_patches": "photo patches"}
 STANDINS = tuple(STANDIN_TITLES)
 CIFAR_FOLDERS = {name: spec[1] for name, spec in _CIFAR.items()}  # the python-pickle folders under a data root
+CIFAR_TITLES = {name: spec[0] for name, spec in _CIFAR.items()}  # cifar10 -> CIFAR-10
 # the python-pickle release: (training files, test files, meta file, label key, class-name key)
 CIFAR_FILES = {
     "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta", "labels", "label_names"),

@@ -35,7 +35,7 @@ from lfm_core.runtime import seed_everything
 from lfm_core.weighting import SIMILARITIES
 from lfm_dr.user_data import UserData
 from lfm_dr.methods.lfm import DRProblem
-from lfm_dr.train import MAX_BAD_STEPS, TrainConfig, _DRRun, build_method, device_of, gather, lr_factor
+from lfm_dr.train import MAX_BAD_STEPS, TrainConfig, DRRun, build_method, device_of, gather, lr_factor
 
 # V is fixed and label-free (flattened pixels minus their mean, L2-normalised, scaled to a softmax
 # temperature): attention through a randomly initialised CNN is close to uniform, and a_i then says
@@ -250,7 +250,7 @@ def train_loop(cfg: TrainConfig, splits, seed: int, step=None, progress: Progres
         f" (method {cfg.method}, lr {cfg.lr * lr_factor(cfg, epoch):g}); the same settings diverge again: "
         "lower the learning rate or change the seed"))
     # the DR run without a run context: its lr schedule and own step only (no evaluation, no checkpoint)
-    run = _DRRun(cfg, splits, None, method, stream, meta_stream, device, None, guard, shard=slice(None))
+    run = DRRun(cfg, splits, None, method, stream, meta_stream, device, None, guard, shard=slice(None))
 
     def own_step(epoch: int, i: int) -> bool:
         x, y, idx = gather(splits.train, stream.batch_indices(epoch, i), device, cfg.augment)

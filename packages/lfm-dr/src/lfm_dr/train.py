@@ -189,7 +189,7 @@ def train_dr(cfg: TrainConfig, splits, seed: int, ctx) -> dict[str, Any]:
     guard = NonFiniteGuard(MAX_BAD_STEPS, in_a_row=True, advice=lambda epoch: (
         f" (method {cfg.method}, lr {cfg.lr * lr_factor(cfg, epoch):g}); no result was written and the same "
         "settings diverge again: change the learning rate, the mixed precision or the seed"))
-    run = _DRRun(cfg, splits, ctx, method, train_stream, meta_stream, device, reduce, guard,
+    run = DRRun(cfg, splits, ctx, method, train_stream, meta_stream, device, reduce, guard,
                  shard=slice(acc.process_index, None, acc.num_processes) if acc is not None else slice(None))
     start, wall_before = Position(), 0.0
     state = ctx.load_checkpoint()
@@ -223,9 +223,10 @@ def _process_device(cfg: TrainConfig):
 
 
 @dataclass
-class _DRRun:
+class DRRun:
     """One DR run between the loop's calls: the method, its data order, the running train_*
-    sums of the epoch in progress, and what a checkpoint holds."""
+    sums of the epoch in progress, and what a checkpoint holds. Public so that other trainers
+    on the DR schedule (``lfm_dr.label_issues``) drive ``lfm_core.loop.run_loop`` with it."""
 
     cfg: TrainConfig
     splits: Any

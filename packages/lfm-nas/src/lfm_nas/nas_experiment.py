@@ -16,7 +16,7 @@ from typing import Any
 import click
 import torch
 
-from lfm_core.data import CIFAR_FOLDERS, STANDIN_TITLES, STANDINS
+from lfm_core.data import CIFAR_FOLDERS, CIFAR_TITLES, STANDIN_TITLES, STANDINS
 from lfm_core.encoders import encoder_label
 from lfm_core.errors import CheckpointError, DataNotFoundError, UsageError
 from lfm_core.experiments import Cell, Experiment, has_cifar, selected
@@ -242,7 +242,7 @@ class NASExperiment(Experiment):
             if name.startswith("cifar") and not has_cifar(root, name) and not options.get("download"):
                 folder = CIFAR_FOLDERS[name]
                 where = Path(root).expanduser() / folder if root else "(no --data-root given)"
-                title = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[name]
+                title = CIFAR_TITLES[name]
                 raise DataNotFoundError(
                     f"{self.name}'s paper profile needs {title}: looked for {where}. Point --data-root at "
                     f"a folder holding {folder}, or add --download."
@@ -309,7 +309,7 @@ class NASExperiment(Experiment):
         labels = {}
         if params.get("dataset") in STANDINS:
             size, title = s["image_size"], STANDIN_TITLES[params["dataset"]]
-            paper = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(
+            paper = CIFAR_TITLES.get(
                 self.row_dataset(config["row"], config["column"]) if config["column"] in self.column_specs
                 else "cifar100", "CIFAR")
             labels["data"] = f"{title} {size}×{size} (stand-in for {paper})"
