@@ -40,6 +40,7 @@ import torch
 
 from lfm_core.data import IndexedTensorDataset, load_dataset, make_splits
 from lfm_core.io import atomic_write_json
+from lfm_core.report import seed_std
 from lfm_dr.label_issues import auroc, find_label_issues, train_loop
 from lfm_dr.train import TrainConfig, device_of
 
@@ -124,7 +125,7 @@ def run_cleanlab(splits, args) -> dict:
 
 def _mean(rows: list[dict], key: str) -> str:
     values = np.array([r[key] for r in rows], dtype=float)
-    return f"{values.mean():.3f}" + (f" ± {values.std():.3f}" if len(values) > 1 else "")
+    return f"{values.mean():.3f}" + (f" ± {seed_std(values):.3f}" if len(values) > 1 else "")
 
 
 def by_setting(result: dict) -> dict[tuple[str, float], list[dict]]:
