@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from lfm_core.io import atomic_write_text
+from lfm_core.report import seed_std
 from lfm_core.runner import RunContext
 from lfm_dr.tables import Table7
 from lfm_dr.methods.lfm import DEFAULTS
@@ -75,7 +76,7 @@ def summarise(runs: list[dict], ks: list[int], baseline: list[dict] = (), layers
     if ce_accs:
         rows.append({"method": "ce", "meta_every": None, "n": len(ce_accs), "wall_vs_ce": 1.0, "cpu_vs_ce": 1.0,
                      "wall_s": statistics.mean(r["wall_s"] for r in by_seed.values()),
-                     "acc_mean": statistics.mean(ce_accs), "acc_std": _std(ce_accs)})
+                     "acc_mean": statistics.mean(ce_accs), "acc_std": seed_std(ce_accs)})
     for layer in layers:
         rows.extend(_summary_rows(runs, ks, layer, by_seed, base))
     return rows
@@ -95,14 +96,10 @@ def _summary_rows(runs: list[dict], ks: list[int], layer: str, by_seed: dict, ba
             "wall_s": statistics.mean(r["wall_s"] for r in mine),
             "wall_vs_ce": statistics.mean(r["wall_s"] / by_seed[r["seed"]]["wall_s"] for r in mine),
             "cpu_vs_ce": statistics.mean(r["cpu_s"] / by_seed[r["seed"]]["cpu_s"] for r in mine),
-            "acc_mean": statistics.mean(accs), "acc_std": _std(accs),
+            "acc_mean": statistics.mean(accs), "acc_std": seed_std(accs),
             "acc_vs_k1": statistics.mean(deltas) if deltas else None,
         })
     return rows
-
-
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _ints(text: str) -> list[int]:

@@ -23,6 +23,7 @@ import statistics
 from pathlib import Path
 
 from lfm_core.io import atomic_write_text
+from lfm_core.report import seed_std
 from lfm_core.results import load_results
 
 CELLS = (("table7", "CIFAR-10 40%", "40% flip"), ("table8", "CIFAR-10 40%", "40% uniform"),
@@ -44,7 +45,7 @@ def goal_cells(results: Path) -> dict:
                 other_configs += [f"{row} [{c}]" for c in configs.groups if c != cid]
                 values = [float(v) for v in group[group.config_id == cid].sort_values("seed").test_acc]
                 rows[row] = {"mean": statistics.fmean(values), "n": len(values), "values": values,
-                             "std": statistics.stdev(values) if len(values) > 1 else None, "config_id": cid}
+                             "std": seed_std(values), "config_id": cid}
             if not rows:
                 continue
             baselines = {r: v for r, v in rows.items() if r not in (OURS, PAPER)}
@@ -64,7 +65,7 @@ def _gap(rows: dict, a: str, b: str | None) -> float | None:
 def _cell(v: dict | None) -> str:
     if v is None:
         return "not run"
-    return f"{v['mean']:.2f}" + (f" ± {v['std']:.2f}" if v["std"] is not None else "") + f" ({v['n']})"
+    return f"{v['mean']:.2f}" + (f" ± {v['std']:.2f}" if v["n"] > 1 else "") + f" ({v['n']})"
 
 
 def markdown(goals: dict) -> str:
@@ -78,6 +79,10 @@ def markdown(goals: dict) -> str:
             lines.append(f"| {standin} | {label} | {_cell(r.get(BASE))} | {best} {_cell(r.get(best))} | "
                          f"{_cell(r.get('L2RW'))} | {_cell(r.get('Meta-Net'))} | {_cell(r.get(PAPER))} | "
                          f"{_cell(r.get(OURS))} | {gaps[0]} | {gaps[1]} |")
+    others = [f"{s} {label}: {', '.join(c['other_configs'])}" for s, cells in goals.items()
+              for label, c in cells.items() if c["other_configs"]]
+    if others:  # never averaged in: each cell shows its most-seeded configuration only
+        lines += ["", "Other configurations in these results, not shown: " + "; ".join(others)]
     return "\n".join(lines)
 
 
