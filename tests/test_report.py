@@ -122,3 +122,14 @@ def test_report_where_selects_one_configuration(results, tmp_path):
     df = read_csv(tmp_path / "table7.csv")
     ran = df[df.status == "ok"]
     assert list(ran.row) == ["LFM-DR"] and ran.ours_mean.item() == pytest.approx(71.0)
+
+
+def test_rank_agreement_is_per_stand_in(tmp_path):
+    # the paper ranks Base Model < L2RW < Meta-Net < LFM-DR at 40% flip; digits agrees, photo patches reverses it
+    rows = ("Base Model", "L2RW", "Meta-Net", "LFM-DR")
+    write_runs(tmp_path, [("cpu", r, None, 0, acc) for r, acc in zip(rows, (70.0, 80.0, 85.0, 90.0))])
+    write_runs(tmp_path, [("cpu", r, None, 0, acc) for r, acc in zip(rows, (90.0, 85.0, 80.0, 70.0))],
+               options={"standin": "photo_patches"})
+    write_report(tmp_path, tmp_path / "out", ["table7"])
+    md = (tmp_path / "out" / "table7.md").read_text()
+    assert "CIFAR-10 40%: +1.00 (digits), -1.00 (photo patches)" in md

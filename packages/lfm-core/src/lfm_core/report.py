@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from lfm_core.data import STANDIN_TITLES
 from lfm_core.experiments import Experiment, get_experiment
 from lfm_core.io import atomic_write_text
 from lfm_core.results import _flatten, collect_results, load_results
@@ -160,15 +161,20 @@ def _add_gains(exp: Experiment, agg: pd.DataFrame) -> pd.DataFrame:
     return agg
 
 
-def rank_agreement(exp: Experiment, agg: pd.DataFrame) -> dict[str, float]:
+def rank_agreement(exp: Experiment, agg: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Kendall τ between our means and the paper's numbers over the rows that have both, per
-    column (one configuration per row: the unlabelled one, else the first); NaN under 3 rows."""
+    column and per data set (one ranking never mixes two stand-ins; one configuration per row and
+    data set: the first); NaN under 3 rows."""
     from scipy.stats import kendalltau
 
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for column in exp.columns:
-        sub = agg[(agg.column == column) & (agg.status == "ok") & agg.paper.notna()].drop_duplicates("row")
-        out[column] = float(kendalltau(sub.ours_mean, sub.paper).statistic) if len(sub) >= 3 else math.nan
+        sub = agg[(agg.column == column) & (agg.status == "ok") & agg.paper.notna()]
+        out[column] = {}
+        for dataset, part in sub.groupby("dataset", sort=True):
+            part = part.drop_duplicates("row")
+            out[column][str(dataset)] = (float(kendalltau(part.ours_mean, part.paper).statistic) if len(part) >= 3
+                                         else math.nan)
     return out
 
 
@@ -287,7 +293,9 @@ def provenance(exp: Experiment, agg: pd.DataFrame, records: list[dict[str, Any]]
                      + (f"compare each method's gain over {exp.base_row} and the methods' ranking. "
                         if exp.base_row else "compare the methods' ranking. "))
         tau = rank_agreement(exp, agg)
-        shown = [f"{c}: {tau[c]:+.2f}" for c in stand_in if not math.isnan(tau[c])]
+        shown = [f"{c}: " + ", ".join(f"{t:+.2f}" + (f" ({STANDIN_TITLES.get(d, d)})" if len(tau[c]) > 1 else "")
+                                      for d, t in tau[c].items() if not math.isnan(t))
+                 for c in stand_in if any(not math.isnan(t) for t in tau[c].values())]
         if shown:
             lines.append("Rank agreement with the paper (Kendall τ over the rows run): " + ", ".join(shown) + ".")
     if len(ran) and ran.seeds.nunique() > 1:
