@@ -22,8 +22,8 @@ RUNS = [
 ]
 
 
-def write_runs(root, runs, column="CIFAR-10 40%", options=None):
-    exp = get_experiment("table7")
+def write_runs(root, runs, column="CIFAR-10 40%", options=None, experiment="table7"):
+    exp = get_experiment(experiment)
     for profile, row, engine, seed, acc in runs:
         opts = {"engine": engine or "exact", **(options or {})}
         cell = next(c for c in exp.cells(profile, opts) if c.row == row and c.column == column)
@@ -133,3 +133,15 @@ def test_rank_agreement_is_per_stand_in(tmp_path):
     write_report(tmp_path, tmp_path / "out", ["table7"])
     md = (tmp_path / "out" / "table7.md").read_text()
     assert "CIFAR-10 40%: +1.00 (digits), -1.00 (photo patches)" in md
+
+
+def test_a_figure_is_drawn_once_per_stand_in(tmp_path):
+    # two stand-ins with the same seeds: one figure each, never one whose cells mix them
+    for options in ({}, {"standin": "photo_patches"}):
+        write_runs(tmp_path, [("cpu", r, None, 0, 50.0) for r in ("Base Model", "LFM-DR")],
+                   column="CIFAR-10 IF 200", options=options, experiment="figure6")
+    write_report(tmp_path, tmp_path / "out", ["figure6"])
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.png")) == ["figure6_digits.png", "figure6_photo_patches.png"]
+    index = (out / "README.md").read_text()
+    assert "(figure6_digits.png)" in index and "(figure6_photo_patches.png)" in index

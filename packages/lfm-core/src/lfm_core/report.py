@@ -342,6 +342,18 @@ def render_terminal(exp: Experiment, records: list[dict], profile: str | None, c
         console.file.flush()
 
 
+def _per_dataset(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """A figure's runs split by data set, one figure each (suffix ``_<dataset>``) when there are
+    several: a figure draws one configuration per cell, and cells must not mix stand-ins."""
+    if frame.empty:
+        return []
+    datasets = frame["dataset"].fillna("") if "dataset" in frame else pd.Series("", index=frame.index)
+    names = sorted(set(datasets))
+    if len(names) == 1:
+        return [("", frame)]
+    return [(f"_{d or 'unknown'}", frame[datasets == d]) for d in names]
+
+
 def _figure_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """One configuration per cell for a figure: the one with the most seeds (then the newest)."""
     if frame.empty:
@@ -396,13 +408,13 @@ def write_report(results: Path, out_dir: Path, names: list[str], profile: str | 
         index.append(f"{ran} of {cells} cells run (profiles: {profiles}). "
                      f"[Markdown]({name}.md) · [CSV]({name}.csv) · [LaTeX]({name}.tex)")
         if exp.kind == "figure":
-            png = stem.with_suffix(".png")
-            if not frame.empty:
-                exp.plot(_figure_frame(frame), png)
-                written.append(png)
-                index.append(f"\n![{name}]({name}.png)")
-            else:
+            if frame.empty:
                 index.append("\nFigure not drawn: no runs.")
+            for suffix, part in _per_dataset(frame):
+                png = out_dir / f"{name}{suffix}.png"
+                exp.plot(_figure_frame(part), png)
+                written.append(png)
+                index.append(f"\n![{name}{suffix}]({png.name})")
         index.append("")
         index.append(body)
     from lfm_core.claims import write_claims
