@@ -178,6 +178,13 @@ def rank_agreement(exp: Experiment, agg: pd.DataFrame) -> dict[str, dict[str, fl
     return out
 
 
+def _tau_text(by_dataset: dict[str, float]) -> str:
+    """One column's τ values, each named by its stand-in when the column ran on several."""
+    named = len(by_dataset) > 1
+    return ", ".join(f"{t:+.2f}" + (f" ({STANDIN_TITLES.get(d, d)})" if named else "")
+                     for d, t in by_dataset.items() if not math.isnan(t))
+
+
 def _fmt(mean: float, std: float, n: int = 2) -> str:
     """``mean ± std``; a single seed has no spread to show."""
     if math.isnan(mean):
@@ -293,9 +300,7 @@ def provenance(exp: Experiment, agg: pd.DataFrame, records: list[dict[str, Any]]
                      + (f"compare each method's gain over {exp.base_row} and the methods' ranking. "
                         if exp.base_row else "compare the methods' ranking. "))
         tau = rank_agreement(exp, agg)
-        shown = [f"{c}: " + ", ".join(f"{t:+.2f}" + (f" ({STANDIN_TITLES.get(d, d)})" if len(tau[c]) > 1 else "")
-                                      for d, t in tau[c].items() if not math.isnan(t))
-                 for c in stand_in if any(not math.isnan(t) for t in tau[c].values())]
+        shown = [f"{c}: {text}" for c in stand_in if (text := _tau_text(tau[c]))]
         if shown:
             lines.append("Rank agreement with the paper (Kendall τ over the rows run): " + ", ".join(shown) + ".")
     if len(ran) and ran.seeds.nunique() > 1:
