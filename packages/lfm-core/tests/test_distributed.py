@@ -82,7 +82,8 @@ def test_two_processes_equal_one_process(tmp_path):
            "--master_port", port,
            __file__, str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = sorted(p.name for p in tmp_path.glob("rank*.pt"))
+    assert proc.returncode == 0, (saved, proc.stderr[:1500], proc.stderr[-3000:])
     reference = one_step(0, 1)
     for rank in (0, 1):
         for engine in ENGINES:  # the graph-reuse engine averages the same terms
@@ -102,3 +103,9 @@ if __name__ == "__main__":  # one process of the launched pair
         torch.save(result, os.path.join(sys.argv[1], f"rank{acc.process_index}-{engine}.pt"))
     acc.wait_for_everyone()
     torch.distributed.destroy_process_group()  # gloo aborts at exit when the group is left open
+    # gloo's threads can still std::terminate during interpreter finalization (seen once in CI:
+    # "terminate called without an active exception", SIGABRT); the results are saved and the
+    # barrier passed, so leave without finalization.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
