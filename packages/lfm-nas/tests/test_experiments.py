@@ -13,6 +13,7 @@ from lfm_core.experiments import PaperValue, has_cifar
 from lfm_core.runner import RESULT, resolve_config, run_dir_for, run_one
 from lfm_nas import experiments as E
 from lfm_nas.cache import SearchCache
+from lfm_nas.profiles import PROFILES
 from lfm_nas.genotypes import DARTS_V2, genotype_to_dict, load_genotype
 
 ALL = [E.Table1, E.Table2, E.Table3, E.Table4, E.Table5, E.Table10, E.Figure4, E.Figure5]
@@ -68,7 +69,7 @@ def test_grid_per_profile(cls):
         assert len(set(slugs)) == len(slugs)  # one run directory per cell
         assert all(c.row in exp.rows and c.column in exp.columns for c in cells)
         if profile != "paper":
-            assert {c.params["dataset"] for c in cells} == {"digits"}
+            assert {c.params["dataset"] for c in cells} == {PROFILES[profile].data}
         assert exp.seeds[profile]
 
 
@@ -76,8 +77,8 @@ def test_grid_per_profile(cls):
 def test_every_spec_resolves_on_every_standin(cls):
     pytest.importorskip("skimage", reason="photo_patches needs lfm-core[patches] (scikit-image)")
     """``--standin`` picks the embedded data of the cpu/smoke profiles for every cell (the ImageNet
-    stand-in too); digits stays the default with its run identities unchanged, another stand-in
-    makes new runs, and every run's data label names the stand-in. The paper profile ignores it."""
+    stand-in too); naming the profile's default changes no run identity, another stand-in makes
+    new runs, and every run's data label names the stand-in. The paper profile ignores it."""
     exp = cls()
     for profile in ("smoke", "cpu", "paper"):
         plain = {(c.row, c.column): resolve_config(exp, c, profile, 0, {}, device="cpu")["config_id"]
@@ -95,7 +96,8 @@ def test_every_spec_resolves_on_every_standin(cls):
                     assert same and cell.params["dataset"].startswith("cifar")
                     continue
                 assert cell.params["dataset"] == config["settings"]["settings"]["search_dataset"] == standin
-                assert same == (standin == "digits"), (cls.name, profile, standin, cell.row, cell.column)
+                assert same == (standin == PROFILES[profile].data), (cls.name, profile, standin, cell.row,
+                                                                    cell.column)
                 label = exp.run_labels(config)["data"]
                 assert label.startswith(STANDIN_TITLES[standin]) and "stand-in" in label
                 if cell.params.get("eval") == "imagenet":

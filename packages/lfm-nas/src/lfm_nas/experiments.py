@@ -27,7 +27,7 @@ from lfm_nas.profiles import settings
 
 
 def imagenet_standin(profile: str, options: dict) -> str:
-    """What the ImageNet network trains on under a stand-in profile, e.g. "digits at 16x16"."""
+    """What the ImageNet network trains on under a stand-in profile, e.g. "photo patches at 32x32"."""
     p = settings(profile, options)
     size = p.evaluation.imagenet_size
     return f"{STANDIN_TITLES[p.data]} at {size}x{size}"
@@ -150,8 +150,8 @@ class Table3(NASExperiment):
     """ImageNet top-1/top-5 error of cells searched on CIFAR-10/100 (DARTS-2nd, P-DARTS, LFM).
 
     cpu/smoke: a stand-in transfer evaluation: the searched cell in the ImageNet network (its
-    3-convolution stem) trained and tested on digits at twice the search resolution. On digits
-    (10 classes) top-5 error is close to 0; only the paper profile measures ImageNet.
+    3-convolution stem) trained and tested on the stand-in at twice the search resolution. With its
+    10 classes top-5 error is close to 0; only the paper profile measures ImageNet.
     """
 
     name = "table3"
@@ -162,7 +162,7 @@ class Table3(NASExperiment):
     column_specs = {"Top-1 Error (%)": {"eval": "imagenet", "measure": "top1"},
                     "Top-5 Error (%)": {"eval": "imagenet", "measure": "top5"}}
     cited_rows = tuple(r for r in T3_ROWS if r not in T3_SPECS)
-    # on digits the CIFAR-10 and CIFAR-100 searches are the same search: run the CIFAR-10 rows
+    # on a stand-in the CIFAR-10 and CIFAR-100 searches are the same search: run the CIFAR-10 rows
     cpu_rows = ("DARTS2nd-CIFAR10", "LFM-DARTS-2nd-CIFAR10", "PDARTS (CIFAR10)", "LFM-PDARTS-CIFAR10")
     smoke_rows = ("DARTS2nd-CIFAR10", "LFM-DARTS-2nd-CIFAR10")
     uses_imagenet = True

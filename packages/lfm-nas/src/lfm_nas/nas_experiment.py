@@ -158,9 +158,9 @@ class NASExperiment(Experiment):
             click.Option(["--batch-size"], type=click.IntRange(2), default=None,
                          help="Override the profile's search batch size."),
             click.Option(["--standin"], type=click.Choice(STANDINS), default=None,
-                         help="Embedded data set of the cpu/smoke profiles (default: digits); photo_patches: "
-                              "natural-photo patches (needs scikit-image), which separate architectures where "
-                              "digits do not. The paper profile ignores it."),
+                         help="Embedded data set of the cpu/smoke profiles (default: photo_patches on cpu, "
+                              "natural-photo patches, which separate architectures where digits do not; digits "
+                              "on smoke). The paper profile ignores it."),
             click.Option(["--reuse/--no-reuse"], default=True, show_default=True,
                          help="Reuse a search/evaluation with identical settings and seed found under --results."),
             click.Option(["--encoder-weights"], multiple=True, metavar="[ENCODER=]FILE",
