@@ -11,7 +11,7 @@ evaluation seed 0), so the random cells differ in their architecture only.
 Per stand-in: mean ± std test error per method, the spread of the method means (max - min) and
 the std across random cells. Writes ``benchmarks/results/nas_standin_spread.json``.
 
-    python benchmarks/nas_standin_spread.py --seeds 0 --random-cells 4 --results /tmp/nasstd-spread
+    python benchmarks/nas_standin_spread.py --seeds 0,1 --random-cells 12 --results /tmp/nasstd-spread
 """
 
 from __future__ import annotations
