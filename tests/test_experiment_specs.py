@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from lfm_core.data import STANDINS
 from lfm_core.experiments import PROFILE_NAMES, get_experiment
 from lfm_core.identity import config_id
 from lfm_core.registries import EXPERIMENTS
@@ -30,7 +31,7 @@ def test_every_spec_resolves(name, profile, tmp_path):
         assert run_dir_for(tmp_path, config).parent.name.endswith(config["config_id"])
         labels = exp.run_labels(config)
         assert all(isinstance(v, str) and v for v in labels.values())
-        if profile != "paper" and cell.params.get("dataset") == "digits":
+        if profile != "paper" and cell.params.get("dataset") in STANDINS:
             assert "stand-in" in labels["data"]
         ids.add(config["config_id"])
     assert len(ids) == len(cells)  # no two cells share a run directory
