@@ -135,6 +135,20 @@ def test_rank_agreement_is_per_stand_in(tmp_path):
     assert "CIFAR-10 40%: +1.00 (digits), -1.00 (photo patches)" in md
 
 
+def test_a_row_run_on_one_of_several_stand_ins_names_it(tmp_path):
+    # Base Model ran on both stand-ins, L2RW on photo patches only: its line must say so too
+    write_runs(tmp_path, [("cpu", "Base Model", None, 0, 70.0)])
+    write_runs(tmp_path, [("cpu", r, None, 0, 60.0) for r in ("Base Model", "L2RW")],
+               options={"standin": "photo_patches"})
+    write_report(tmp_path, tmp_path / "out", ["table7"])
+    md = (tmp_path / "out" / "table7.md").read_text()
+    assert "| Base Model [dataset=digits] |" in md and "| Base Model [dataset=photo_patches] |" in md
+    assert "| L2RW [dataset=photo_patches] |" in md
+    write_runs(tmp_path / "one", [("cpu", r, None, 0, 60.0) for r in ("Base Model", "L2RW")])
+    write_report(tmp_path / "one", tmp_path / "alone", ["table7"])  # one stand-in: no labels
+    assert "[dataset=" not in (tmp_path / "alone" / "table7.md").read_text()
+
+
 def test_a_figure_is_drawn_once_per_stand_in(tmp_path):
     # two stand-ins with the same seeds: one figure each, never one whose cells mix them
     for options in ({}, {"standin": "photo_patches"}):

@@ -51,17 +51,23 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 def variant_labels(records: Iterable[dict[str, Any]]) -> dict[str, str]:
     """config_id -> what distinguishes it from the other configurations of the same cell
-    (e.g. ``engine=forward-difference``); empty where a cell has one configuration."""
+    (e.g. ``engine=forward-difference``); empty where a cell has one configuration, except that
+    where an experiment's runs span several data sets every line names its own."""
     by_cell: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    datasets: dict[Any, set[str]] = defaultdict(set)
     for rec in records:
         flat = {k: v for k, v in _flatten(rec["config"]).items() if k.split(".")[0] not in _UNLABELLED}
         by_cell[(rec.get("experiment"), rec.get("row"), rec.get("column"))][rec["config_id"]] = flat
+        datasets[rec.get("experiment")].add(str(flat.get("params.dataset")))
     labels: dict[str, str] = {}
-    for configs in by_cell.values():
-        if len(configs) < 2:
+    for (experiment, _, _), configs in by_cell.items():
+        several = len(datasets[experiment]) > 1
+        if len(configs) < 2 and not several:
             continue
         keys = sorted({k for c in configs.values() for k in c})
         differing = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs.values()}) > 1]
+        if several and "params.dataset" not in differing:
+            differing.insert(0, "params.dataset")
         for cid, flat in configs.items():
             # one field may be recorded twice (the cell's engine and the method's): say it once
             parts = list(dict.fromkeys(f"{k.rsplit('.', 1)[-1]}={flat.get(k, '-')}" for k in differing))
