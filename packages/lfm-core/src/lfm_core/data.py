@@ -357,7 +357,8 @@ _CIFAR = {
     "cifar100": ("CIFAR-100", "cifar-100-python", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 # the embedded data sets a stand-in profile (cpu, smoke) runs on (``--standin``), with their names
-# in labels and titles: digits, the default, and grey patches of ten scikit-image photos
+# in labels and titles: digits (the DR experiments' default, and NAS's on the smoke profile) and
+# grey patches of ten scikit-image photos (NAS's default on the cpu profile)
 STANDIN_TITLES = {"digits": "digits", "photo_patches": "photo patches"}
 STANDINS = tuple(STANDIN_TITLES)
 CIFAR_FOLDERS = {name: spec[1] for name, spec in _CIFAR.items()}  # the python-pickle folders under a data root
