@@ -16,7 +16,7 @@ and evaluation cache keys are all of their fields (:mod:`lfm_nas.cache`).
   ten scikit-image photos, the default, or scikit-learn's ``digits``), a 5-cell C=8 supernet with 5
   primitives, a few search epochs and a short evaluation; random-init encoders. Photo patches are
   the default because they separate architectures and digits do not: on digits random and searched
-  cells all land at 1-2% test error, on photo patches random cells span about 30-43%
+  cells all land at 1-3% test error, on photo patches random cells span about 31-43%
   (``benchmarks/results/nas_standin_spread.json``).
 * ``smoke``: the same code path in seconds on digits (8x8 images, 3-cell C=4 supernet, 4 primitives).
 """
