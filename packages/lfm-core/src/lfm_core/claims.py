@@ -324,7 +324,7 @@ def _write_claims_per_standin(records: list[dict[str, Any]], out_dir: str | Path
             "*holds* when the claimed winner is ahead by more than the seeds' spread (the larger sample std of the "
             "two), *fails* when it is behind by more than that, and is *inconclusive* otherwise (or with fewer than "
             "2 seeds); a comparison with a row that has no runs is *not run* and does not count. Runs on data that "
-            "is no stand-in (e.g. the NAS experiments, which record no stand-in, or CIFAR-100 on disk) count "
+            "is no stand-in (e.g. CIFAR-100 on disk, or a run that records no data set) count "
             "towards every stand-in's verdict. The overall verdict says so where the stand-ins disagree.", "",
             "| claim | paper | " + " | ".join(f"verdict on {n}" for n in names) + " | overall |",
             "|---|---|" + "---|" * len(names) + "---|"]
