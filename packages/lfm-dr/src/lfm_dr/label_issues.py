@@ -130,17 +130,17 @@ class _Tracker:
         self.early_loss = torch.zeros(n)  # W1's plus W2's loss there
 
     def add(self, idx: Tensor, y: Tensor, rec: dict[str, Tensor], early: bool = False) -> None:
-        idx = idx.cpu()
+        idx, y = idx.cpu(), y.cpu()
         logits = rec["w2_logits"].float().cpu()
         w1 = rec["w1_loss"].float().cpu()
-        w2 = F.cross_entropy(logits, y.cpu(), reduction="none")
+        w2 = F.cross_entropy(logits, y, reduction="none")
         self.n_seen[idx] += 1
         self.w1_loss[idx] += w1
         self.w2_loss[idx] += w2
         self.a[idx] += rec["a"].float().cpu()
         self.w2_probs[idx] += logits.softmax(1)
-        own = logits.gather(1, y.cpu()[:, None]).squeeze(1)
-        self.w2_margin[idx] += own - logits.scatter(1, y.cpu()[:, None], float("-inf")).amax(1)
+        own = logits.gather(1, y[:, None]).squeeze(1)
+        self.w2_margin[idx] += own - logits.scatter(1, y[:, None], float("-inf")).amax(1)
         if early:
             self.early_seen[idx] += 1
             self.early_loss[idx] += w1 + w2
